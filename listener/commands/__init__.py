@@ -1,0 +1,9 @@
+"""Subcommands. Each module exposes `register(subparsers, common)`; its parser sets
+`handler` (a function taking the parsed args, returning an exit code)."""
+
+from __future__ import annotations
+
+from listener.commands import migrate, psql, run
+
+# run is first: it is also the default command and owns the seed's top-level flags.
+COMMANDS = [run, migrate, psql]

@@ -1,0 +1,37 @@
+"""`listener psql`: open psql on the configured database, or on the embedded one.
+
+The password, if any, travels in PGPASSWORD, not on the command line where `ps` would
+show it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+import psycopg.conninfo
+
+from listener.commands.common import prepare
+from listener.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "psql", parents=[common], help="open psql on the configured (or embedded) database"
+    )
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    ctx = prepare(args, announce_db=False)
+    psql = shutil.which("psql")
+    if psql is None:
+        raise UsageError("psql is not installed (Debian/Ubuntu: apt install postgresql-client)")
+    params = psycopg.conninfo.conninfo_to_dict(ctx.conninfo)
+    env = dict(os.environ)
+    if password := params.pop("password", None):
+        env["PGPASSWORD"] = str(password)
+    conninfo = psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
+    os.execve(psql, [psql, conninfo, *args.psql_args], env)  # noqa: S606 - replaces this process
+    return 0  # not reached

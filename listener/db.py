@@ -1,0 +1,170 @@
+"""The database from trio: psycopg's sync pool behind worker threads.
+
+psycopg's async API runs only on asyncio, so queries go through
+`trio.to_thread.run_sync` on connections of a `psycopg_pool.ConnectionPool`. Two
+capacity limiters share the pool so that it can never run dry for the writes that
+matter: routine work (claims, sweeps, heartbeats) may hold at most
+``max_size - reserve`` connections, and the `critical` lane (writing a result or a
+uuid the API just handed us) always has ``reserve`` connections of its own.
+
+Cancellation never abandons a query half-way: a thread that is writing finishes its
+transaction before the cancelled task unwinds (`abandon_on_cancel=False`), and every
+statement is bounded by `statement_timeout`, so that wait is short.
+
+psycopg errors are translated here, once: connection problems become
+`DatabaseUnavailable` (retry with backoff), anything else `DatabaseError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any, LiteralString, ParamSpec, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+from psycopg.rows import dict_row
+
+from listener.config import Settings
+from listener.errors import DatabaseError, DatabaseUnavailable
+from listener.sqlfiles import queries
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+STATEMENT_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
+
+# TCP keepalives notice a half-open connection (a peer that vanished) within ~1 minute.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+def connect_kwargs(application_name: str) -> dict[str, Any]:
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": application_name[:63],
+        **KEEPALIVES,
+    }
+
+
+def translate(exc: BaseException) -> DatabaseError:
+    """One place where driver errors become ours. Messages are PostgreSQL's own text,
+    which never contains the password."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
+        return DatabaseUnavailable(f"database unavailable: {exc}")
+    if isinstance(exc, psycopg.OperationalError):
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return DatabaseUnavailable(f"database unavailable: {text}")
+    if isinstance(exc, psycopg.Error):
+        diag = getattr(exc, "diag", None)
+        text = (diag.message_primary if diag and diag.message_primary else str(exc)).strip()
+        return DatabaseError(f"database error: {text}")
+    return DatabaseError(f"database error: {exc}")
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+    conn.commit()
+
+
+class Database:
+    """A pool of connections for trio code. Use `open_database` to get one."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int,
+        max_size: int,
+        max_lifetime: float,
+        application_name: str,
+    ) -> None:
+        self.reserve = max(1, max_size // 5)
+        self.pool = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=min(min_size, max_size),
+            max_size=max_size,
+            max_lifetime=max_lifetime if max_lifetime > 0 else 10 * 365 * 86400,
+            max_idle=600,
+            kwargs=connect_kwargs(application_name),
+            configure=_configure,
+            check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=CONNECT_TIMEOUT_S,
+            reconnect_timeout=3600,
+            open=False,
+            name="listener",
+        )
+        self.routine = trio.CapacityLimiter(max_size - self.reserve)
+        self.critical = trio.CapacityLimiter(self.reserve)
+
+    async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
+
+        def work() -> T:
+            try:
+                with self.pool.connection() as conn:
+                    return fn(conn, *args)
+            except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+                raise translate(exc) from exc
+
+        limiter = self.critical if critical else self.routine
+        return await trio.to_thread.run_sync(work, limiter=limiter)
+
+    # Convenience wrappers over named queries from sql/queries.sql.
+
+    async def fetch(
+        self, name: str, params: Any = None, *, critical: bool = False
+    ) -> list[dict[str, Any]]:
+        query = queries()[name]
+
+        def go(conn: psycopg.Connection) -> list[dict[str, Any]]:
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description else []
+
+        return await self.run(go, critical=critical)
+
+    async def execute(self, name: str, params: Any = None, *, critical: bool = False) -> int:
+        query = queries()[name]
+
+        def go(conn: psycopg.Connection) -> int:
+            return conn.execute(query, params).rowcount
+
+        return await self.run(go, critical=critical)
+
+    async def sql(self, query: LiteralString, params: Any = None) -> list[tuple[Any, ...]]:
+        """Ad-hoc statement (tests, start-up checks)."""
+
+        def go(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+        return await self.run(go)
+
+
+@asynccontextmanager
+async def open_database(conninfo: str, settings: Settings, *, application_name: str):
+    """Open a pool sized by the DB_* settings; close it on exit, even when cancelled."""
+    db = Database(
+        conninfo,
+        min_size=settings.db_max_idle_conns,
+        max_size=settings.db_max_open_conns,
+        max_lifetime=settings.db_conn_max_lifetime,
+        application_name=application_name,
+    )
+    # open(wait=False) starts the pool's own connector threads and returns at once.
+    await trio.to_thread.run_sync(lambda: db.pool.open(wait=False))
+    try:
+        yield db
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: db.pool.close(timeout=5))

@@ -1,0 +1,104 @@
+"""One error hierarchy for the whole service.
+
+Every exception the service raises on purpose derives from `ListenerError`; the class
+docstring is the default message. Driver and HTTP errors are translated into these in one
+place each (`listener.db` for psycopg, `listener.api.client` for httpx), always with
+``raise ... from exc`` so the cause survives for debugging but never reaches a user-facing
+line (which could carry a connection string).
+
+    ListenerError
+    ├── ConfigError              bad setting; exit code 2, one line naming the variable
+    ├── UsageError               bad command-line argument; exit code 2
+    ├── DatabaseError            the database could not be reached or refused us
+    │   ├── DatabaseUnavailable  connection lost / refused: transient, retried with backoff
+    │   ├── SchemaNotMigrated    the images schema is missing or older than this release
+    │   └── LeaseLost            another worker now owns the row; our write was refused
+    └── ApiError                 the Fusion Brain API did not give what we asked for
+        ├── ApiTransient         network, timeout, 5xx, 429, unexpected body: try again
+        │   └── ApiOutcomeUnknown  a run request may have reached the API (read timeout)
+        ├── ApiBusy              2xx with DISABLED_BY_QUEUE / DISABLED_MANUALLY: back off
+        ├── ApiPermanent         400, 404, 415...: retrying cannot help
+        │   └── ApiNotFound      the uuid is unknown (result fetched already or expired)
+        └── ApiCredentials       401 / 403: stop generating, say so loudly
+"""
+
+from __future__ import annotations
+
+
+class ListenerError(Exception):
+    """The listener failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(ListenerError):
+    """The configuration is invalid."""
+
+    exit_code = 2
+
+
+class UsageError(ListenerError):
+    """The command line is invalid."""
+
+    exit_code = 2
+
+
+class DatabaseError(ListenerError):
+    """The database refused the request."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached."""
+
+
+class SchemaNotMigrated(DatabaseError):
+    """The database schema is not migrated: run `listener migrate` (make migrate)."""
+
+
+class LeaseLost(DatabaseError):
+    """Another worker owns this row now; the write was refused."""
+
+
+class ApiError(ListenerError):
+    """The Fusion Brain API request failed."""
+
+
+class ApiTransient(ApiError):
+    """The Fusion Brain API is temporarily unavailable."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ApiOutcomeUnknown(ApiTransient):
+    """The run request may have reached the API, but no answer came back."""
+
+
+class ApiBusy(ApiError):
+    """The Fusion Brain pipeline is busy or switched off."""
+
+    def __init__(self, message: str | None = None, *, state: str = "DISABLED_BY_QUEUE") -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class ApiPermanent(ApiError):
+    """The Fusion Brain API refused the request."""
+
+    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ApiNotFound(ApiPermanent):
+    """The Fusion Brain API no longer knows this generation."""
+
+
+class ApiCredentials(ApiError):
+    """The Fusion Brain API rejected the API key or secret."""

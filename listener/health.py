@@ -1,0 +1,98 @@
+"""What the service knows about the API as a whole, shared by every in-flight call.
+
+* Busy (DISABLED_BY_QUEUE / DISABLED_MANUALLY in a 2xx answer): the generator pauses with
+  capped, jittered exponential backoff; the first accepted run resets it.
+* Credentials refused (401/403): nothing is failed because of a bad key. Generation stops,
+  a probe asks the API every few seconds, one clear line is logged per minute, and work
+  resumes by itself once the key works again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from listener.errors import ApiCredentials, ApiError
+from listener.primitives import backoff_delay
+
+log = logging.getLogger(__name__)
+
+CREDENTIALS_PROBE_INTERVAL = 5.0
+CREDENTIALS_LOG_INTERVAL = 60.0
+
+
+class ApiHealth:
+    def __init__(self, *, backoff_base: float, backoff_max: float) -> None:
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.busy_streak = 0
+        self.busy_until = -math.inf
+        self.credentials_ok = trio.Event()
+        self.credentials_ok.set()
+        self._changed = trio.Event()
+
+    # -- reports from calls ----------------------------------------------------------------
+
+    def accepted(self) -> None:
+        if self.busy_streak:
+            log.info("Fusion Brain API accepts runs again; generation resumed")
+        self.busy_streak = 0
+        self.busy_until = -math.inf
+
+    def busy(self, state: str) -> float:
+        """Record a busy answer; return how long the generator pauses."""
+        now = trio.current_time()
+        if now < self.busy_until:  # another call of the same burst already backed off
+            return self.busy_until - now
+        self.busy_streak += 1
+        delay = backoff_delay(self.busy_streak, self.backoff_base, min(self.backoff_max, 60.0))
+        self.busy_until = now + delay
+        log.warning("Fusion Brain API busy (%s): generation paused for %.1fs", state, delay)
+        return delay
+
+    def credentials_refused(self) -> None:
+        if self.credentials_ok.is_set():
+            self.credentials_ok = trio.Event()
+            self._changed.set()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    async def ready_to_generate(self) -> None:
+        """Return when the generator may call run: credentials fine, not backing off."""
+        while True:
+            await self.credentials_ok.wait()
+            pause = self.busy_until - trio.current_time()
+            if pause <= 0:
+                return
+            await trio.sleep(pause)
+
+    async def serve_credentials_probe(
+        self, probe, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """While the credentials are refused, ask the API until it accepts them again."""
+        task_status.started()
+        while True:
+            await self._changed.wait()
+            self._changed = trio.Event()
+            last_log = -math.inf
+            while not self.credentials_ok.is_set():
+                now = trio.current_time()
+                if now - last_log >= CREDENTIALS_LOG_INTERVAL:
+                    log.error(
+                        "Fusion Brain API refused the credentials (401/403): generation is "
+                        "paused and no row is changed; check FUSION_BRAIN_API_KEY and "
+                        "FUSION_BRAIN_SECRET_KEY (retrying every %.0fs)",
+                        CREDENTIALS_PROBE_INTERVAL,
+                    )
+                    last_log = now
+                await trio.sleep(CREDENTIALS_PROBE_INTERVAL)
+                try:
+                    await probe()
+                except ApiCredentials:
+                    continue
+                except ApiError:
+                    pass  # any other answer means the key itself was accepted
+                log.info("Fusion Brain API accepts the credentials again; work resumed")
+                self.credentials_ok.set()

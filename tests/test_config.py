@@ -1,0 +1,143 @@
+"""Configuration: the seed's .env loads verbatim; bad values stop start-up with one line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from listener.config import SEED_NEGATIVE_PROMPT, load_settings
+from listener.errors import ConfigError
+from tests.helpers import CONFIG_PREFIXES, clean_env, run_listener
+
+SEED_ENV = """\
+# Fusion Brain API Configuration
+FUSION_BRAIN_API_KEY=your-api-key-here
+FUSION_BRAIN_SECRET_KEY=your-secret-key-here
+
+# Image Generation Defaults
+DEFAULT_IMAGE_WIDTH=1024
+DEFAULT_IMAGE_HEIGHT=1024
+DEFAULT_NUM_IMAGES=1
+DEFAULT_STYLE=ANIME
+DEFAULT_NEGATIVE_PROMPT=worst quality, normal quality, low quality, low res, blurry, text, watermark, logo, banner, extra digits, cropped, jpeg artifacts, signature, username, error, sketch ,duplicate, ugly, monochrome, geometry, mutation, disgusting
+DEFAULT_GENERATION_TIMEOUT=300
+DEFAULT_CHECK_INTERVAL=2
+DEFAULT_MAX_ATTEMPTS=30
+
+# Database Configuration
+DB_HOST=localhost
+DB_PORT=5432
+DB_USER=postgres
+DB_PASSWORD=your-password-here
+DB_NAME=your-database-name
+DB_SSL_MODE=disable
+DB_MAX_OPEN_CONNS=25
+DB_MAX_IDLE_CONNS=25
+DB_CONN_MAX_LIFETIME=300 # 5 minutes in seconds
+"""
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """No configuration from the developer's environment leaks into these tests."""
+    for key in list(os.environ):
+        if key.startswith(CONFIG_PREFIXES):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_seed_env_block_loads_verbatim(isolated):
+    (isolated / ".env").write_text(SEED_ENV)
+    s = load_settings()
+    assert s.fusion_brain_api_key.get_secret_value() == "your-api-key-here"
+    assert s.fusion_brain_secret_key.get_secret_value() == "your-secret-key-here"
+    assert (s.default_image_width, s.default_image_height) == (1024, 1024)
+    assert s.default_num_images == 1
+    assert s.default_style == "ANIME"
+    assert s.default_negative_prompt == SEED_NEGATIVE_PROMPT
+    assert s.default_generation_timeout == 300
+    assert s.default_check_interval == 2
+    assert s.default_max_attempts == 30
+    assert (s.db_host, s.db_port, s.db_user, s.db_name) == (
+        "localhost",
+        5432,
+        "postgres",
+        "your-database-name",
+    )
+    assert s.db_password.get_secret_value() == "your-password-here"
+    assert s.db_ssl_mode == "disable"
+    assert (s.db_max_open_conns, s.db_max_idle_conns) == (25, 25)
+    assert s.db_conn_max_lifetime == 300  # the inline comment is not part of the value
+    assert s.database_configured
+
+
+def test_defaults_are_the_seeds(isolated):
+    s = load_settings()
+    assert s.default_image_width == 1024 and s.default_image_height == 1024
+    assert s.default_style == "ANIME" and s.default_num_images == 1
+    assert s.default_negative_prompt == SEED_NEGATIVE_PROMPT
+    assert (s.default_generation_timeout, s.default_check_interval, s.default_max_attempts) == (
+        300,
+        2,
+        30,
+    )
+    assert (
+        s.db_port,
+        s.db_ssl_mode,
+        s.db_max_open_conns,
+        s.db_max_idle_conns,
+        s.db_conn_max_lifetime,
+    ) == (5432, "disable", 25, 25, 300)
+    assert str(s.fusion_brain_url) == "https://api-key.fusionbrain.ai/"
+    assert (s.generator_sweep_interval, s.processor_sweep_interval) == (300, 600)
+    assert not s.database_configured and not s.api_configured
+
+
+def test_database_url_wins_over_db_variables(isolated, monkeypatch):
+    monkeypatch.setenv("DB_HOST", "elsewhere")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@db.example:6543/images")
+    info = load_settings().conninfo()
+    assert "db.example" in info and "elsewhere" not in info
+
+
+def test_secrets_never_shown(isolated, monkeypatch):
+    monkeypatch.setenv("FUSION_BRAIN_API_KEY", "KEY-s3cr3t-1")
+    monkeypatch.setenv("FUSION_BRAIN_SECRET_KEY", "SECRET-s3cr3t-2")
+    monkeypatch.setenv("DB_PASSWORD", "PW-s3cr3t-3")
+    s = load_settings()
+    shown = repr(s) + str(s) + str(s.model_dump())
+    for secret in ("KEY-s3cr3t-1", "SECRET-s3cr3t-2", "PW-s3cr3t-3"):
+        assert secret not in shown
+    assert sorted(s.secrets()) == ["KEY-s3cr3t-1", "PW-s3cr3t-3", "SECRET-s3cr3t-2"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DB_PORT", "abc", "DB_PORT"),
+        ("DEFAULT_IMAGE_WIDTH", "0", "DEFAULT_IMAGE_WIDTH"),
+        ("DEFAULT_IMAGE_WIDTH", "5000", "DEFAULT_IMAGE_WIDTH"),
+        ("DEFAULT_NUM_IMAGES", "3", "exactly 1 image"),
+        ("DEFAULT_CHECK_INTERVAL", "-1", "DEFAULT_CHECK_INTERVAL"),
+        ("DATABASE_URL", "postgresql://u:hunter2@[broken", "DATABASE_URL"),
+        ("DB_SSL_MODE", "sometimes", "DB_SSL_MODE"),
+    ],
+)
+def test_bad_value_stops_startup_with_one_line(tmp_path, variable, value, expected):
+    result = run_listener("migrate", env=clean_env(**{variable: value}), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and expected in lines[0]
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_config_error_names_every_bad_variable(isolated, monkeypatch):
+    monkeypatch.setenv("DB_PORT", "abc")
+    monkeypatch.setenv("DEFAULT_MAX_ATTEMPTS", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "DB_PORT" in info.value.message and "DEFAULT_MAX_ATTEMPTS" in info.value.message

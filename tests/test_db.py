@@ -1,0 +1,73 @@
+"""The trio database layer: queries in worker threads, errors translated once, a
+reserved lane for results, and cancellation that never abandons a write."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import trio
+
+from listener.config import load_settings
+from listener.db import open_database
+from listener.errors import DatabaseError, DatabaseUnavailable
+
+
+async def test_run_executes_in_one_transaction(db):
+    def work(conn):
+        conn.execute("INSERT INTO images (prompt) VALUES ('one')")
+        conn.execute("INSERT INTO images (prompt) VALUES ('two')")
+        return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+
+    assert await db.run(work) == 2
+
+    def failing(conn):
+        conn.execute("INSERT INTO images (prompt) VALUES ('three')")
+        conn.execute("INSERT INTO images (prompt) VALUES ('')")  # refused: all rolled back
+
+    with pytest.raises(DatabaseError) as info:
+        await db.run(failing)
+    assert "prompt_must_not_be_blank" in info.value.message
+    assert await db.sql("SELECT count(*) FROM images") == [(2,)]
+
+
+async def test_unreachable_database_is_unavailable(tmp_path):
+    url = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
+    settings = load_settings(
+        env_file=None, database_url=url, db_max_open_conns=2, db_max_idle_conns=0
+    )
+    async with open_database(url, settings, application_name="t") as d:
+        d.pool.timeout = 1
+        with pytest.raises(DatabaseUnavailable):
+            await d.sql("SELECT 1")
+
+
+async def test_critical_lane_is_free_when_routine_work_fills_the_pool(db):
+    """A pool that runs dry never blocks the writing of a result."""
+    assert db.routine.total_tokens == 4 and db.critical.total_tokens == 1
+    finished: list[str] = []
+
+    async def routine():
+        await db.sql("SELECT pg_sleep(1)")
+        finished.append("routine")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):  # more than the routine lane holds
+            nursery.start_soon(routine)
+        await trio.sleep(0.2)
+        with trio.fail_after(0.8):  # well before any sleeper returns
+            await db.run(
+                lambda c: c.execute("INSERT INTO images (prompt) VALUES ('result')"), critical=True
+            )
+        finished.append("critical")
+    assert finished[0] == "critical"
+
+
+async def test_cancellation_lets_the_write_finish(db, database_url):
+    def slow_write(conn):
+        conn.execute("INSERT INTO images (prompt) VALUES ('kept')")
+        conn.execute("SELECT pg_sleep(0.3)")
+
+    with trio.move_on_after(0.05):
+        await db.run(slow_write)
+    with psycopg.connect(database_url) as c:
+        assert c.execute("SELECT prompt FROM images").fetchall() == [("kept",)]

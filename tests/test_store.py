@@ -1,0 +1,135 @@
+"""Claims, leases and fenced writes against the real database."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from listener.errors import LeaseLost
+from listener.store import Store
+
+
+def insert(conn, n=1, **cols):
+    names = ", ".join(["prompt", *cols])
+    values = ", ".join(["%s"] * (1 + len(cols)))
+    return [
+        conn.execute(
+            f"INSERT INTO images ({names}) VALUES ({values}) RETURNING id",
+            (f"prompt {i}", *cols.values()),
+        ).fetchone()[0]
+        for i in range(n)
+    ]
+
+
+def row(conn, id_):
+    return conn.execute(
+        "SELECT status, uuid, attempts, locked_by, last_error, base64 FROM images WHERE id = %s",
+        (id_,),
+    ).fetchone()
+
+
+async def test_two_workers_never_claim_the_same_row(db, conn):
+    insert(conn, 50)
+    a, b = Store(db, "worker-a", 30), Store(db, "worker-b", 30)
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    async def claim(store, key):
+        while True:
+            claimed = await store.claim_ready(3)
+            if not claimed.rows:
+                return
+            got[key] += [r.id for r in claimed.rows]
+
+    async with trio.open_nursery() as n:
+        n.start_soon(claim, a, "a")
+        n.start_soon(claim, b, "b")
+    assert sorted(got["a"] + got["b"]) == sorted(set(got["a"] + got["b"]))
+    assert len(got["a"]) + len(got["b"]) == 50
+
+
+async def test_claim_counts_the_attempt_and_takes_the_lease(db, conn):
+    (id_,) = insert(conn)
+    claimed = await Store(db, "w", 30).claim_ready(10)
+    assert [r.id for r in claimed.rows] == [id_]
+    assert claimed.rows[0].attempts == 1
+    assert row(conn, id_)[2:4] == (1, "w")
+    # held: nobody else gets it, and the next due time is the lease's end
+    other = await Store(db, "x", 30).claim_ready(10)
+    assert other.rows == []
+    assert 25 < other.next_due_in <= 30
+
+
+async def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_out(db, conn):
+    (id_,) = insert(conn)
+    old, new = Store(db, "old", 30), Store(db, "new", 30)
+    await old.claim_ready(1)
+    conn.execute("UPDATE images SET locked_until = now() - interval '1 second'")
+    assert [r.id for r in (await new.claim_ready(1)).rows] == [id_]
+    with pytest.raises(LeaseLost):
+        await old.record_accepted(id_, "uuid-old", keep=True)
+    await new.record_accepted(id_, "uuid-new", keep=True)
+    with pytest.raises(LeaseLost):
+        await old.finalise(id_, "uuid-new", "AAAA")
+    with pytest.raises(LeaseLost):
+        await old.fail(id_, "late", from_status="Generate")
+    await new.finalise(id_, "uuid-new", "AAAA")
+    assert row(conn, id_) == ("ReadyToPublish", "uuid-new", 2, None, None, "AAAA")
+
+
+async def test_fenced_writes_are_idempotent(db, conn):
+    (id_,) = insert(conn)
+    s = Store(db, "w", 30)
+    await s.claim_ready(1)
+    await s.record_accepted(id_, "u1", keep=True)
+    await s.record_accepted(id_, "u1", keep=True)  # a retry after an unknown commit
+    await s.finalise(id_, "u1", "AAAA")
+    await s.finalise(id_, "u1", "AAAA")
+    assert row(conn, id_)[0] == "ReadyToPublish"
+
+
+async def test_generator_only_worker_releases_the_generation(db, conn):
+    (id_,) = insert(conn)
+    s = Store(db, "w", 30)
+    await s.claim_ready(1)
+    await s.record_accepted(id_, "u1", keep=False)
+    assert row(conn, id_)[:4] == ("Generate", "u1", 1, None)
+    adopted = await Store(db, "p", 30).claim_generating(10)
+    assert [(g.id, g.uuid) for g in adopted.rows] == [(id_, "u1")]
+    assert adopted.rows[0].age >= 0
+
+
+async def test_release_uncounted_and_retry_later(db, conn):
+    a, b = insert(conn, 2)
+    s = Store(db, "w", 30)
+    await s.claim_ready(2)
+    await s.release_uncounted(a, delay=0)
+    await s.retry_later(b, delay=60, error="HTTP 503")
+    assert row(conn, a)[2:5] == (0, None, None)
+    assert row(conn, b)[2:5] == (1, None, "HTTP 503")
+    claimed = await s.claim_ready(5)
+    assert [r.id for r in claimed.rows] == [a]  # b waits for its backoff
+    assert 55 < claimed.next_due_in <= 60
+
+
+async def test_heartbeat_extends_and_release_all_frees_every_held_row(db, conn):
+    ids = insert(conn, 3)
+    s = Store(db, "w", 2)
+    await s.claim_ready(3)
+    await s.record_accepted(ids[0], "u0", keep=True)
+    conn.execute("UPDATE images SET locked_until = now() + interval '1 second'")
+    assert await s.heartbeat() == 3
+    (until,) = conn.execute("SELECT min(locked_until) - now() FROM images").fetchone()
+    assert until.total_seconds() > 1.5
+    assert await s.release_all() == 3
+    assert conn.execute("SELECT count(*) FROM images WHERE locked_by IS NOT NULL").fetchone() == (
+        0,
+    )
+    assert row(conn, ids[0])[:2] == ("Generate", "u0")  # keeps its uuid: resumed, not re-run
+
+
+async def test_seed_rows_in_generate_are_adopted(db, conn):
+    conn.execute(
+        "INSERT INTO images (prompt, uuid, status) VALUES ('old', 'seed-uuid', 'Generate')"
+    )
+    adopted = await Store(db, "p", 30).claim_generating(10)
+    assert [g.uuid for g in adopted.rows] == ["seed-uuid"]
