@@ -1,0 +1,273 @@
+"""The client's reading of every answer shape the API notes list, through httpx's
+MockTransport (the wire itself is covered against the emulator in test_api_loopback)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import stamina
+
+from listener.api.client import FusionBrainClient, choose_pipeline, parse_status
+from listener.api.models import GenerationRequest
+from listener.errors import (
+    ApiBusy,
+    ApiCredentials,
+    ApiNotFound,
+    ApiOutcomeUnknown,
+    ApiPermanent,
+    ApiTransient,
+)
+
+KEY, SECRET = "the-key-123", "the-secret-456"
+PIPELINES = [{"id": "pipe-1", "name": "Kandinsky", "version": 3.1, "status": "ACTIVE",
+              "type": "TEXT2IMAGE"}]  # fmt: skip
+REQUEST = GenerationRequest("a red fox", 512, 512, "ANIME", "blurry")
+
+
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    with stamina.set_testing(True, attempts=3, cap=True):
+        yield
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Recorder:
+    def __init__(self, run: Handler | None = None, status: Handler | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self._run = run
+        self._status = status
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path.endswith("/pipelines"):
+            return httpx.Response(200, json=PIPELINES)
+        if path.endswith("/pipeline/run") and self._run:
+            return self._run(request)
+        if "/pipeline/status/" in path and self._status:
+            return self._status(request)
+        if path.endswith("/availability"):
+            return httpx.Response(200, json={"status": "ACTIVE"})
+        return httpx.Response(404, json={"message": "no such path"})
+
+    def count(self, suffix: str) -> int:
+        return sum(1 for r in self.requests if suffix in r.url.path)
+
+
+def client(handler: Handler) -> FusionBrainClient:
+    return FusionBrainClient(
+        "http://api.test", KEY, SECRET, timeout=5, transport=httpx.MockTransport(handler)
+    )
+
+
+def spring(status: int, message: str) -> httpx.Response:
+    return httpx.Response(
+        status,
+        json={"timestamp": "2025-01-01T00:00:00", "status": status, "error": "Bad Request",
+              "message": message, "path": "/key/api/v1/pipeline/run"},
+    )  # fmt: skip
+
+
+# -- pipelines ---------------------------------------------------------------------------
+
+
+def test_pipeline_id_may_be_named_uuid() -> None:
+    assert choose_pipeline([{"uuid": "u-1", "status": "ACTIVE", "type": "TEXT2IMAGE"}]) == "u-1"
+
+
+def test_newest_active_text2image_pipeline_is_chosen() -> None:
+    body = [
+        {"id": "old", "version": 3.0, "status": "ACTIVE", "type": "TEXT2IMAGE"},
+        {"id": "newest-disabled", "version": 3.2, "status": "DISABLED_MANUALLY",
+         "type": "TEXT2IMAGE"},
+        {"id": "new", "version": "3.1", "status": "ACTIVE", "type": "TEXT2IMAGE"},
+        {"id": "other", "version": 9, "status": "ACTIVE", "type": "IMAGE2IMAGE"},
+    ]  # fmt: skip
+    assert choose_pipeline(body) == "new"
+
+
+def test_only_disabled_pipelines_mean_busy() -> None:
+    with pytest.raises(ApiBusy) as info:
+        choose_pipeline([{"id": "p", "status": "DISABLED_BY_QUEUE", "type": "TEXT2IMAGE"}])
+    assert info.value.state == "DISABLED_BY_QUEUE"
+
+
+async def test_pipeline_is_cached_and_looked_up_again_after_busy() -> None:
+    answers = iter([{"uuid": "g-1", "status_time": 3}, {"model_status": "DISABLED_BY_QUEUE"},
+                    {"uuid": "g-2", "status_time": 3}])  # fmt: skip
+    rec = Recorder(run=lambda r: httpx.Response(201, json=next(answers)))
+    async with client(rec) as api:
+        assert (await api.run(REQUEST)).uuid == "g-1"
+        with pytest.raises(ApiBusy):
+            await api.run(REQUEST)
+        assert (await api.run(REQUEST)).uuid == "g-2"
+    assert rec.count("/pipelines") == 2
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+async def test_run_sends_multipart_with_json_params_and_credentials() -> None:
+    rec = Recorder(run=lambda r: httpx.Response(201, json={"uuid": "g-1", "status": "INITIAL",
+                                                          "status_time": 17}))  # fmt: skip
+    async with client(rec) as api:
+        accepted = await api.run(REQUEST)
+    assert (accepted.uuid, accepted.status_time) == ("g-1", 17)
+    run = next(r for r in rec.requests if r.url.path.endswith("/pipeline/run"))
+    assert run.url.path == "/key/api/v1/pipeline/run"
+    assert run.headers["X-Key"] == f"Key {KEY}"
+    assert run.headers["X-Secret"] == f"Secret {SECRET}"
+    assert run.headers["Content-Type"].startswith("multipart/form-data")
+    body = run.read().decode()
+    assert 'name="pipeline_id"\r\n\r\npipe-1' in body
+    _, _, rest = body.partition('name="params"')
+    assert rest.lstrip().startswith("Content-Type: application/json")
+    params = json.loads(rest.split("\r\n\r\n", 1)[1].split("\r\n--", 1)[0])
+    assert params == REQUEST.params()
+
+
+@pytest.mark.parametrize("key", ["model_status", "pipeline_status"])
+@pytest.mark.parametrize("state", ["DISABLED_BY_QUEUE", "DISABLED_MANUALLY"])
+async def test_busy_in_a_2xx_body_either_form(key: str, state: str) -> None:
+    rec = Recorder(run=lambda r: httpx.Response(200, json={key: state}))
+    async with client(rec) as api:
+        with pytest.raises(ApiBusy) as info:
+            await api.run(REQUEST)
+    assert info.value.state == state
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "fragment"),
+    [
+        (spring(400, "query is too long"), ApiPermanent, "query is too long"),
+        (httpx.Response(415, text="Unsupported Media Type"), ApiPermanent, "415"),
+        (httpx.Response(401, json={"message": "Unauthorized"}), ApiCredentials, "401"),
+        (httpx.Response(403, text="Forbidden"), ApiCredentials, "403"),
+        (httpx.Response(500, json={"error": "Internal Server Error"}), ApiTransient, "500"),
+        (httpx.Response(503, text="<html>down</html>"), ApiTransient, "503"),
+        (httpx.Response(201, text="<html>oops</html>"), ApiOutcomeUnknown, "not JSON"),
+        (httpx.Response(201, json={"status": "INITIAL"}), ApiOutcomeUnknown, "without a uuid"),
+        (httpx.Response(201, json=["unexpected"]), ApiOutcomeUnknown, "without a uuid"),
+    ],
+)
+async def test_run_outcomes(response: httpx.Response, error: type, fragment: str) -> None:
+    rec = Recorder(run=lambda r: response)
+    async with client(rec) as api:
+        with pytest.raises(error) as info:
+            await api.run(REQUEST)
+    assert type(info.value) is error
+    assert fragment in info.value.message
+    assert rec.count("/pipeline/run") == 1, "a run is never repeated after an answer"
+
+
+async def test_429_carries_retry_after() -> None:
+    rec = Recorder(run=lambda r: httpx.Response(429, headers={"Retry-After": "7"}))
+    async with client(rec) as api:
+        with pytest.raises(ApiTransient) as info:
+            await api.run(REQUEST)
+    assert info.value.retry_after == 7
+
+
+async def test_run_is_repeated_only_when_it_never_left() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    rec = Recorder(run=refuse)
+    async with client(rec) as api:
+        with pytest.raises(ApiTransient) as info:
+            await api.run(REQUEST)
+    assert not isinstance(info.value, ApiOutcomeUnknown)
+    assert rec.count("/pipeline/run") == 3
+
+
+@pytest.mark.parametrize(
+    "exc", [httpx.ReadTimeout("timed out"), httpx.RemoteProtocolError("server hung up")]
+)
+async def test_run_without_an_answer_is_outcome_unknown_and_not_repeated(exc) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    rec = Recorder(run=fail)
+    async with client(rec) as api:
+        with pytest.raises(ApiOutcomeUnknown):
+            await api.run(REQUEST)
+    assert rec.count("/pipeline/run") == 1
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def test_status_shapes() -> None:
+    pending = parse_status("g", {"uuid": "g", "status": "INITIAL", "result": None})
+    assert (pending.state, pending.final, pending.files) == ("INITIAL", False, ())
+    done = parse_status(
+        "g",
+        {"uuid": "g", "status": "DONE", "result": {"files": ["aGk="], "censored": False},
+         "generationTime": 12},
+    )  # fmt: skip
+    assert (done.final, done.files, done.censored, done.generation_time) == (
+        True, ("aGk=",), False, 12)  # fmt: skip
+    censored = parse_status("g", {"status": "DONE", "result": {"files": [], "censored": True}})
+    assert censored.censored
+    failed = parse_status("g", {"status": "FAIL", "errorDescription": "model crashed"})
+    assert (failed.final, failed.error_description) == (True, "model crashed")
+    assert parse_status("g", {"status": "CANCEL"}).final
+    old = parse_status("g", {"status": "DONE", "images": ["aGk="], "censored": True})
+    assert (old.files, old.censored) == (("aGk=",), True)
+
+
+@pytest.mark.parametrize("body", [[], {"uuid": "g"}, "text"])
+def test_status_without_a_state_is_transient(body) -> None:
+    with pytest.raises(ApiTransient):
+        parse_status("g", body)
+
+
+async def test_status_404_is_not_found() -> None:
+    rec = Recorder(status=lambda r: httpx.Response(404, json={"message": "not found"}))
+    async with client(rec) as api:
+        with pytest.raises(ApiNotFound):
+            await api.status("g-1")
+
+
+async def test_status_reads_are_retried_on_transient_errors() -> None:
+    answers = iter([httpx.Response(502, text="bad gateway"), httpx.Response(200, text="{"),
+                    httpx.Response(200, json={"uuid": "g", "status": "PROCESSING"})])  # fmt: skip
+    rec = Recorder(status=lambda r: next(answers))
+    async with client(rec) as api:
+        status = await api.status("g")
+    assert status.state == "PROCESSING"
+    assert rec.count("/pipeline/status/") == 3
+
+
+async def test_status_gives_up_after_its_attempts() -> None:
+    rec = Recorder(status=lambda r: httpx.Response(500, text="boom"))
+    async with client(rec) as api:
+        with pytest.raises(ApiTransient):
+            await api.status("g")
+    assert rec.count("/pipeline/status/") == 3
+
+
+@pytest.mark.parametrize("key", ["status", "pipeline_status"])
+async def test_availability_either_key(key: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/availability"):
+            return httpx.Response(200, json={key: "DISABLED_BY_QUEUE"})
+        return httpx.Response(200, json=PIPELINES)
+
+    async with client(handler) as api:
+        assert await api.availability() == "DISABLED_BY_QUEUE"
+
+
+async def test_no_error_message_shows_the_credentials() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused {request.url}", request=request)
+
+    async with client(handler) as api:
+        with pytest.raises(ApiTransient) as info:
+            await api.run(REQUEST)
+    assert KEY not in str(info.value) and SECRET not in str(info.value)
