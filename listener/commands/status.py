@@ -1,0 +1,116 @@
+"""`listener status [ID]`: the queue at a glance, or one image's details.
+
+Without an id: the images_queue view as a table, the generations in flight, the failures
+of the last hour by reason and the listeners seen by the database. With an id: every
+column of that row except the image itself (its size is shown instead). Exit 3 when the
+id is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from listener.commands.common import prepare
+from listener.operator import EXIT_OK, NotFound, connect, fetch_all, fetch_one, format_table
+from listener.operator import format_value as fmt
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show the queue, or one image's details",
+        description="Without ID: rows per status, generations in flight, failures of the "
+        "last hour, listeners. With ID: that image's columns (never the image data). "
+        "Exit codes: 0 ok, 3 no such image.",
+    )
+    p.add_argument("id", nargs="?", type=int, help="an image id")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    ctx = prepare(args, announce_db=False)
+    with connect(ctx.conninfo, "status") as conn:
+        if args.id is not None:
+            row = fetch_one(conn, "row_detail", {"id": args.id})
+            if row is None:
+                raise NotFound(f"image {args.id} does not exist")
+            print(render_row(row))
+            return EXIT_OK
+        queue = fetch_all(conn, "queue")
+        in_flight = fetch_one(conn, "in_flight")
+        failures = fetch_all(conn, "recent_failures")
+        listeners = fetch_all(conn, "listeners")
+    print(render_summary(queue, in_flight or {}, failures, listeners))
+    return EXIT_OK
+
+
+def render_row(row: dict) -> str:
+    shown = dict(row)
+    if shown["has_image"]:
+        shown["has_image"] = f"yes ({shown['image_bytes']} bytes)"
+    del shown["image_bytes"]
+    width = max(len(k) for k in shown)
+    return "\n".join(f"{k.ljust(width)}  {fmt(v)}" for k, v in shown.items())
+
+
+def render_summary(queue: list, in_flight: dict, failures: list, listeners: list) -> str:
+    out = [
+        format_table(
+            ["status", "rows", "held", "due", "delayed", "oldest", "last change"],
+            [
+                [
+                    r["status"],
+                    r["rows"],
+                    r["held"],
+                    r["due"],
+                    r["delayed"],
+                    r["oldest_age"],
+                    r["last_change"],
+                ]
+                for r in queue
+            ],
+        ),
+        "",
+    ]
+    flying = in_flight.get("rows") or 0
+    line = f"in flight: {flying}"
+    if flying:
+        line += f" (oldest {fmt(in_flight['oldest_age'])}"
+        if in_flight["unfollowed"]:
+            line += f", {in_flight['unfollowed']} without a live lease"
+        line += ")"
+    out.append(line)
+    out.append("")
+    if failures:
+        out.append("failures in the last hour:")
+        out.append(
+            format_table(
+                ["count", "latest", "reason", "latest ids"],
+                [[f["failures"], f["latest"], f["reason"], f["latest_ids"]] for f in failures],
+            )
+        )
+    else:
+        out.append("failures in the last hour: none")
+    out.append("")
+    connected = sum(1 for r in listeners if r["connected"])
+    if listeners:
+        out.append(f"listeners: {connected} connected")
+        out.append(
+            format_table(
+                ["worker", "connected", "listening", "rows held", "lease until"],
+                [
+                    [
+                        r["worker"],
+                        r["connected"],
+                        r["listening"],
+                        r["rows_held"],
+                        r["earliest_lease_until"],
+                    ]
+                    for r in listeners
+                ],
+            )
+        )
+    else:
+        out.append("listeners: none connected")
+    return "\n".join(out)

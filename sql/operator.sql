@@ -1,0 +1,53 @@
+-- Named queries of the operator commands (listener enqueue|status|export|retry|cancel|
+-- watch), loaded by listener.sqlfiles.named("operator.sql"). They call the views and
+-- functions of migrations/0010_operator.sql, so psql users and the CLI share one surface.
+
+-- name: enqueue
+SELECT images_enqueue(%(prompt)s, %(style)s, %(width)s, %(height)s, %(negative_prompt)s) AS id
+
+-- name: queue
+SELECT status, rows, held, due, delayed, oldest_age, last_change FROM images_queue
+
+-- name: in_flight
+SELECT count(*) AS rows,
+       count(*) FILTER (WHERE lease_expired) AS unfollowed,
+       max(age) AS oldest_age
+FROM images_in_flight
+
+-- name: recent_failures
+SELECT reason, failures, latest, latest_ids FROM images_recent_failures
+
+-- name: listeners
+SELECT worker, connected, listening, rows_held, earliest_lease_until FROM images_listeners
+
+-- Every column but the image itself: its size and kind are enough on a terminal.
+-- name: row_detail
+SELECT id, status, prompt, style, width, height, negative_prompt, uuid,
+       base64 IS NOT NULL AS has_image,
+       -- decoded size: 3 bytes per 4 base64 characters, padding and whitespace left out
+       length(regexp_replace(base64, '[^A-Za-z0-9+/]', '', 'g')) * 3 / 4 AS image_bytes,
+       attempts, last_error, censored, not_before, locked_by, locked_until,
+       generated_by, generation_started_at, generation_finished_at,
+       generation_finished_at - generation_started_at AS generation_time,
+       created_at, updated_at
+FROM images WHERE id = %(id)s
+
+-- name: row_state
+SELECT id, status, attempts, last_error, locked_by FROM images WHERE id = %(id)s
+
+-- name: image
+SELECT status, base64 FROM images WHERE id = %(id)s
+
+-- name: ready_images
+SELECT id, base64 FROM images
+WHERE status = 'ReadyToPublish' AND base64 IS NOT NULL
+ORDER BY id
+
+-- name: retry
+SELECT images_retry(%(id)s) AS id
+
+-- name: retry_failed
+SELECT images_retry_failed(coalesce(%(since)s::timestamptz, '-infinity')) AS count
+
+-- name: cancel
+SELECT images_cancel(%(id)s) AS id
