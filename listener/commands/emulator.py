@@ -1,0 +1,193 @@
+"""`listener emulator`: serve the built-in Fusion Brain API emulator.
+
+Prints one line on stdout once it accepts connections, `Emulator listening on URL`, so
+that scripts and tests can wait for it and learn the port (`--port 0` picks a free one).
+Logs each request only with -verbose. Ends with exit code 0 on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from functools import partial
+
+import trio
+
+from listener.emulator import EmulatorConfig, serve_emulator
+from listener.emulator.config import BUSY_KEYS
+from listener.logs import setup_logging
+
+log = logging.getLogger("listener")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {text}")
+    return value
+
+
+def _whole_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a rate is between 0 and 1, not {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "emulator",
+        parents=[common],
+        help="serve a local emulator of the Fusion Brain API (real images, injectable faults)",
+        description="Serve a local emulator of the Fusion Brain API: the same endpoints, "
+        "real PNG images of the requested size, configurable timings and faults, and a "
+        "control endpoint under /_emulator/ (see docs/emulator.md).",
+        allow_abbrev=False,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8089, help="port (default 8089; 0 = any free)")
+    p.add_argument("--api-key", help="accepted API key (default: accept any)")
+    p.add_argument("--secret-key", help="accepted secret key (default: accept any)")
+    p.add_argument(
+        "--generation-time",
+        type=_seconds,
+        default=3.0,
+        help="seconds from run to the final answer (default 3; 0 = DONE at the first poll)",
+    )
+    p.add_argument(
+        "--status-time",
+        type=_whole_seconds,
+        default=2,
+        help="status_time advertised by run (default 2)",
+    )
+    p.add_argument(
+        "--result-ttl",
+        type=_seconds,
+        default=360.0,
+        help="seconds an unfetched result is kept (default 360)",
+    )
+    p.add_argument(
+        "--busy",
+        choices=BUSY_KEYS,
+        help="answer every run 'busy' (DISABLED_BY_QUEUE) with this body key",
+    )
+    p.add_argument("--fail-rate", type=_rate, default=0.0, help="share of generations that FAIL")
+    p.add_argument(
+        "--cancel-rate", type=_rate, default=0.0, help="share of generations that end CANCEL"
+    )
+    p.add_argument("--error-rate", type=_rate, default=0.0, help="share of requests answered 500")
+    p.add_argument(
+        "--malformed-rate",
+        type=_rate,
+        default=0.0,
+        help="share of requests answered 200 with a body that is not JSON",
+    )
+    p.add_argument(
+        "--delay", type=_seconds, default=0.0, help="seconds added before every API answer"
+    )
+    p.add_argument(
+        "--censor",
+        action="append",
+        default=[],
+        metavar="WORD",
+        help="prompts containing WORD end censored (repeatable)",
+    )
+    p.add_argument(
+        "--wrong-credentials", action="store_true", help="answer 401 to every API request"
+    )
+    p.add_argument("--seed", type=int, help="seed of the random faults (default: random)")
+    p.set_defaults(handler=handle)
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    return EmulatorConfig(
+        api_key=args.api_key,
+        secret_key=args.secret_key,
+        generation_time=args.generation_time,
+        status_time=args.status_time,
+        result_ttl=args.result_ttl,
+        busy=args.busy,
+        fail_rate=args.fail_rate,
+        cancel_rate=args.cancel_rate,
+        error_rate=args.error_rate,
+        malformed_rate=args.malformed_rate,
+        delay=args.delay,
+        censor_words=list(args.censor),
+        wrong_credentials=args.wrong_credentials,
+        seed=args.seed,
+    )
+
+
+async def _main(config: EmulatorConfig, host: str, port: int) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_emulator, config, host=host, port=port))
+            print(f"Emulator listening on {url}", flush=True)
+            log.info(
+                "Fusion Brain API emulator at %s (control: %s_emulator/; %s)",
+                url,
+                url,
+                "credentials checked" if config.api_key else "any credentials accepted",
+            )
+            async for signum in signals:
+                log.info("Emulator stopping (%s)", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    setup_logging(
+        verbose=bool(getattr(args, "verbose", False)),
+        secrets=[s for s in (config.api_key, config.secret_key) if s],
+    )
+    if args.verbose:
+        logging.getLogger("listener.emulator").setLevel(logging.DEBUG)
+    try:
+        trio.run(_main, config, args.host, args.port)
+    except KeyboardInterrupt:
+        return 0
+    except BaseExceptionGroup as group:
+        _, rest = group.split(KeyboardInterrupt)
+        if rest is None:
+            return 0
+        cannot_listen, rest = rest.split(OSError)
+        if rest is not None or cannot_listen is None:
+            raise
+        first = cannot_listen.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(
+            f"listener: the emulator cannot listen on {args.host}:{args.port}: {first}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
