@@ -64,14 +64,17 @@ def handle(args: argparse.Namespace) -> int:
         with connect(ctx.conninfo, "watch") as conn:
             conn.execute(f"LISTEN {DONE_CHANNEL}")
             log.info("Watching %s (Ctrl-C to stop)", DONE_CHANNEL)
-            # The generator stops by itself only when stop_after is reached; the keep-alive
-            # timeout lets a dead connection surface as an error instead of a silent hang.
             while args.count is None or seen < args.count:
-                for note in conn.notifies(timeout=30, stop_after=1):
+                left = None if args.count is None else args.count - seen
+                # Taken out of the generator before anything else runs on the connection:
+                # psycopg holds the connection's lock while notifies() is iterated.
+                notes = list(conn.notifies(timeout=30, stop_after=1))
+                if not notes:
+                    # keep-alive: a dead connection surfaces as an error, not a silent hang
+                    conn.execute("SELECT 1")
+                for note in notes[:left]:
                     events.info("%s", describe(conn, note.payload))
                     seen += 1
-                if args.count is None or seen < args.count:
-                    conn.execute("SELECT 1")
     except KeyboardInterrupt:
         pass
     return EXIT_OK
