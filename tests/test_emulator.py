@@ -25,8 +25,8 @@ SPRING_KEYS = {"timestamp", "status", "error", "message", "path"}
 
 
 @pytest.fixture(scope="module")
-def shared() -> Iterator[EmulatorProcess]:
-    process = start_emulator()
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    process = start_emulator(cwd=tmp_path_factory.mktemp("emulator"))
     try:
         yield process
     finally:
