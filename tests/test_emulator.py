@@ -17,6 +17,8 @@ from PIL import Image
 
 from listener.cli import build_parser
 from listener.emulator import EmulatorConfig, EmulatorControl
+from tests.fixtures.emulator import EMULATOR_API_KEY as KEY
+from tests.fixtures.emulator import EMULATOR_SECRET_KEY as SECRET
 from tests.fixtures.emulator import EmulatorProcess, start_emulator
 from tests.helpers import clean_env, run_listener
 
@@ -147,10 +149,10 @@ def test_pipelines_lists_one_active_kandinsky_and_availability_is_active(api):
     "headers",
     [
         {},
-        {"X-Key": "Key test-key"},
-        {"X-Key": "Key wrong", "X-Secret": "Secret test-secret"},
-        {"X-Key": "Key test-key", "X-Secret": "Secret wrong"},
-        {"X-Key": "test-key", "X-Secret": "test-secret"},  # prefixes missing
+        {"X-Key": f"Key {KEY}"},
+        {"X-Key": "Key wrong", "X-Secret": f"Secret {SECRET}"},
+        {"X-Key": f"Key {KEY}", "X-Secret": "Secret wrong"},
+        {"X-Key": KEY, "X-Secret": SECRET},  # prefixes missing
     ],
 )
 def test_wrong_credentials_are_401_on_every_endpoint(emu, headers):
@@ -557,7 +559,7 @@ def test_control_config_reads_and_updates_at_once(emu, api, control):
     assert (
         config
         == EmulatorConfig(
-            api_key="test-key", secret_key="test-secret", generation_time=0, status_time=0
+            api_key=KEY, secret_key=SECRET, generation_time=0, status_time=0
         ).to_json()
     )
     updated = emu.configure(generation_time=1.5, busy="pipeline_status")
@@ -633,4 +635,4 @@ def test_verbose_logs_requests_without_secrets(tmp_path):
         assert process.stop() == 0
     log = process.log
     assert "GET /key/api/v1/pipelines -> 200" in log
-    assert "test-secret" not in log
+    assert SECRET not in log
