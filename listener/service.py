@@ -22,12 +22,14 @@ import os
 import secrets
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from functools import partial
 
 import psycopg
 import stamina
 import trio
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from listener import __version__
 from listener.api.client import FusionBrainClient
@@ -35,6 +37,7 @@ from listener.commands.common import Context, prepare
 from listener.config import Settings
 from listener.db import Database, connect_kwargs, open_database, translate
 from listener.durable import Guard
+from listener.embedded import psql_command
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
 from listener.generator import Generator
 from listener.health import ApiHealth
@@ -271,8 +274,22 @@ class Service:
                         )
                         await control.start(stream.serve)
                 log.info("Listener ready")
+                if self.ctx.embedded or self.with_emulator:
+                    log.info("%s", self._try_it())
             await self._soft_stop()
             work.cancel_scope.cancel()
+
+    def _try_it(self) -> str:
+        """The one line a first-time user needs: insert a row, then export its image."""
+        params = conninfo_to_dict(self.ctx.conninfo)
+        params.pop("password", None)  # psql asks for it; a log line never shows it
+        target = make_conninfo(**{k: v for k, v in params.items() if v})
+        insert = "INSERT INTO images (prompt) VALUES ('a red fox in the snow') RETURNING id"
+        prog = sys.argv[0] if os.path.basename(sys.argv[0]) == "listener" else "python -m listener"
+        return (
+            f'Try it: {psql_command(target)} -c "{insert}"'
+            f" ; then: {prog} export ID -o fox.png (or: {prog} enqueue 'a red fox' --wait)"
+        )
 
     def _on_event(self, event: Notification | Connected) -> None:
         if isinstance(event, Connected):

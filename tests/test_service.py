@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import signal
 
 import pytest
+import trio
 from PIL import Image
 
 from tests.fixtures.listener import API_KEY, API_SECRET, rows, wait_until
+from tests.helpers import listener_cmd
 
 SEED_INSERT = "INSERT INTO images (prompt, status) VALUES (%s, 'ReadyToGenerate') RETURNING id"
 
@@ -238,3 +241,27 @@ async def test_unmigrated_database_is_refused(start_listener, make_database, lis
     assert "the database is not migrated" in listener.log
     assert "run `listener migrate`" in listener.log
     assert "Traceback" not in listener.log
+
+
+@pytest.mark.skipif(not shutil.which("psql"), reason="psql is not installed")
+async def test_with_emulator_and_no_key_the_try_it_line_works(
+    start_listener, database_url, listener_env, tmp_path
+) -> None:
+    """What `make run` shows a first-time user: the built-in emulator, and one line whose
+    psql command inserts a row that becomes an image the export command writes."""
+    env = {k: v for k, v in listener_env.items() if not k.startswith("FUSION_BRAIN_")}
+    listener = await start_listener("--with-emulator", env=env)
+    assert "images are placeholders until an API key is set" in listener.log
+    hint = next(line for line in listener.log.splitlines() if "Try it: " in line)
+    psql_part = hint.split("Try it: ", 1)[1].split(" ; then: ", 1)[0]
+    inserted = await trio.run_process(["bash", "-c", psql_part + " -At"], capture_stdout=True)
+    image_id = int(inserted.stdout.split()[0])
+    done = await finished(database_url, image_id)
+    assert done["status"] == "ReadyToPublish", done["last_error"]
+    assert "export ID -o fox.png" in hint
+    out = tmp_path / "fox.png"
+    exported = await trio.run_process(
+        listener_cmd("export", str(image_id), "-o", str(out)), env=env, cwd=tmp_path
+    )
+    assert exported.returncode == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
