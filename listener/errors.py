@@ -9,6 +9,9 @@ line (which could carry a connection string).
     ListenerError
     ├── ConfigError              bad setting; exit code 2, one line naming the variable
     ├── UsageError               bad command-line argument; exit code 2
+    ├── NotFound                 operator command: no image with that id; exit code 3
+    ├── WrongState               operator command: not allowed in the row's status; exit 4
+    ├── WaitTimeout              `enqueue --wait` gave up; exit code 5
     ├── DatabaseError            the database could not be reached or refused us
     │   ├── DatabaseUnavailable  connection lost / refused: transient, retried with backoff
     │   ├── SchemaNotMigrated    the images schema is missing or older than this release
@@ -46,6 +49,24 @@ class UsageError(ListenerError):
     """The command line is invalid."""
 
     exit_code = 2
+
+
+class NotFound(ListenerError):
+    """No image with that id."""
+
+    exit_code = 3
+
+
+class WrongState(ListenerError):
+    """The image is not in a state that allows this."""
+
+    exit_code = 4
+
+
+class WaitTimeout(ListenerError):
+    """Gave up waiting for the image."""
+
+    exit_code = 5
 
 
 class DatabaseError(ListenerError):

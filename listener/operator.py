@@ -33,35 +33,20 @@ from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 
 from listener.db import connect_kwargs, translate
-from listener.errors import ListenerError, SchemaNotMigrated, UsageError
+from listener.errors import (
+    ListenerError,
+    NotFound,
+    SchemaNotMigrated,
+    UsageError,
+    WrongState,
+)
 from listener.sqlfiles import named
 
 EXIT_OK = 0
 EXIT_IMAGE_FAILED = 1
 EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_WRONG_STATE = 4
-EXIT_TIMEOUT = 5
 
 DONE_CHANNEL = "images_done"
-
-
-class NotFound(ListenerError):
-    """No image with that id."""
-
-    exit_code = EXIT_NOT_FOUND
-
-
-class WrongState(ListenerError):
-    """The image is not in a state that allows this."""
-
-    exit_code = EXIT_WRONG_STATE
-
-
-class WaitTimeout(ListenerError):
-    """Gave up waiting for the image."""
-
-    exit_code = EXIT_TIMEOUT
 
 
 def query(name: str) -> LiteralString:

@@ -159,13 +159,14 @@ def test_the_cookbook_runs_as_documented(database_url, conn, tmp_path):
 def test_the_doc_lists_every_exit_code():
     text = DOC.read_text(encoding="utf-8")
     from listener import operator
+    from listener.errors import NotFound, WaitTimeout, WrongState
 
     for code in (
         operator.EXIT_OK,
         operator.EXIT_IMAGE_FAILED,
         operator.EXIT_USAGE,
-        operator.EXIT_NOT_FOUND,
-        operator.EXIT_WRONG_STATE,
-        operator.EXIT_TIMEOUT,
+        NotFound.exit_code,
+        WrongState.exit_code,
+        WaitTimeout.exit_code,
     ):
         assert re.search(rf"^\| {code} \|", text, re.M), code

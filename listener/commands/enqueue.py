@@ -15,13 +15,11 @@ import sys
 import time
 
 from listener.commands.common import prepare
-from listener.errors import UsageError
+from listener.errors import NotFound, UsageError, WaitTimeout
 from listener.operator import (
     DONE_CHANNEL,
     EXIT_IMAGE_FAILED,
     EXIT_OK,
-    NotFound,
-    WaitTimeout,
     connect,
     fetch_one,
 )

@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 
 from listener.commands.common import prepare
-from listener.errors import UsageError
+from listener.errors import NotFound, UsageError, WrongState
 from listener.operator import (
     EXIT_OK,
-    NotFound,
-    WrongState,
     connect,
     decode_image,
     fetch_one,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 from listener.commands.common import prepare
-from listener.operator import EXIT_OK, NotFound, connect, fetch_all, fetch_one, format_table
+from listener.errors import NotFound
+from listener.operator import EXIT_OK, connect, fetch_all, fetch_one, format_table
 from listener.operator import format_value as fmt
 
 
