@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import signal
 
@@ -15,6 +16,8 @@ from PIL import Image
 from tests.fixtures.listener import API_KEY, API_SECRET, rows, wait_until
 from tests.helpers import listener_cmd
 
+PLAIN_LINE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (?![\w/]+\.py:\d+: )\S")
+VERBOSE_LINE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [\w/]+\.py:\d+: \S")
 SEED_INSERT = "INSERT INTO images (prompt, status) VALUES (%s, 'ReadyToGenerate') RETURNING id"
 
 
@@ -66,8 +69,19 @@ async def test_seed_insert_becomes_a_png_of_the_configured_size(
     assert await listener.stop() == 0
     log = listener.log
     assert "Service stopped" in log
+    assert all(PLAIN_LINE.match(line) for line in log.splitlines()), log
     for secret in (API_KEY, API_SECRET):
         assert secret not in log
+
+
+async def test_verbose_adds_file_and_line_to_every_line(start_listener, database_url) -> None:
+    listener = await start_listener("-verbose")
+    done = await finished(database_url, insert(database_url))
+    assert done["status"] == "ReadyToPublish"
+    assert await listener.stop() == 0
+    lines = listener.log.splitlines()
+    assert any("Image ID 1 ready" in line for line in lines)
+    assert all(VERBOSE_LINE.match(line) for line in lines), listener.log
 
 
 async def test_per_row_overrides_reach_the_api(start_listener, database_url, emulator) -> None:
