@@ -15,8 +15,7 @@ from functools import partial
 
 import trio
 
-from listener.emulator import EmulatorConfig, serve_emulator
-from listener.emulator.config import BUSY_KEYS
+from listener.emulator.config import BUSY_KEYS, EmulatorConfig
 from listener.logs import setup_logging
 
 log = logging.getLogger("listener")
@@ -147,6 +146,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 async def _main(config: EmulatorConfig, host: str, port: int) -> None:
+    from listener.emulator.server import serve_emulator  # hypercorn: only when serving
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_emulator, config, host=host, port=port))

@@ -2,10 +2,32 @@
 
 Used by `listener emulator`, by `make run` when no API key is configured, and by the
 tests and benchmarks (see docs/emulator.md).
+
+The server (hypercorn, Pillow) is imported on first use: the listener's CLI registers the
+`emulator` command at every start, and a listener that talks to the real API should not
+carry the emulator's ~10 MB of modules.
 """
 
-from listener.emulator.config import EmulatorConfig
-from listener.emulator.control import EmulatorControl
-from listener.emulator.server import serve_emulator
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from listener.emulator.config import EmulatorConfig
+    from listener.emulator.control import EmulatorControl
+    from listener.emulator.server import serve_emulator
 
 __all__ = ["EmulatorConfig", "EmulatorControl", "serve_emulator"]
+
+_WHERE = {
+    "EmulatorConfig": "listener.emulator.config",
+    "EmulatorControl": "listener.emulator.control",
+    "serve_emulator": "listener.emulator.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'listener.emulator' has no attribute {name!r}")
