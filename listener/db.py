@@ -18,8 +18,9 @@ psycopg errors are translated here, once: connection problems become
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, LiteralString, ParamSpec, TypeVar
 
 import psycopg
@@ -76,6 +77,17 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
+def _check_if_spoken_to(conn: psycopg.Connection) -> None:
+    """The pool's check before handing a connection out, without a round trip when it is
+    healthy: an idle connection has nothing to read unless the server spoke first (a
+    terminated backend or a shutting-down server sends FATAL, then closes). Only then
+    the real check runs, fails, and the pool replaces the connection."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
 class Database:
     """A pool of connections for trio code. Use `open_database` to get one."""
 
@@ -97,7 +109,7 @@ class Database:
             max_idle=600,
             kwargs=connect_kwargs(application_name),
             configure=_configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=_check_if_spoken_to,
             timeout=CONNECT_TIMEOUT_S,
             reconnect_timeout=3600,
             open=False,
@@ -106,13 +118,24 @@ class Database:
         self.routine = trio.CapacityLimiter(max_size - self.reserve)
         self.critical = trio.CapacityLimiter(self.reserve)
 
-    async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
-        """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
+    async def run(
+        self, fn: Callable[..., T], *args: Any, critical: bool = False, autocommit: bool = False
+    ) -> T:
+        """Run ``fn(conn, *args)`` in a worker thread, in one transaction; or, with
+        `autocommit`, each statement on its own (no BEGIN and COMMIT round trips: for a
+        single UPDATE on the pickup path)."""
 
         def work() -> T:
             try:
                 with self.pool.connection() as conn:
-                    return fn(conn, *args)
+                    if not autocommit:
+                        return fn(conn, *args)
+                    conn.autocommit = True
+                    try:
+                        return fn(conn, *args)
+                    finally:
+                        with suppress(psycopg.Error):  # a broken one is discarded anyway
+                            conn.autocommit = False
             except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
                 raise translate(exc) from exc
 

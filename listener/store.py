@@ -80,7 +80,8 @@ class Store:
                 nxt = cur.execute(q["next_ready_at"], params).fetchone()
                 return Claimed(rows, _seconds_until(nxt["at"], nxt["now"]))
 
-        return await self.db.run(go)
+        # One UPDATE is atomic by itself: autocommit spares the pickup path two round trips.
+        return await self.db.run(go, autocommit=True)
 
     async def claim_generating(self, limit: int) -> Claimed:
         q = queries()
