@@ -115,7 +115,7 @@ class Generator:
                 self.slots.acquire_nowait()
                 limit += 1
             try:
-                claimed = await self.store.claim_ready(limit)
+                claimed = await self.store.claim_ready(limit, next_due=False)
             except DatabaseError as exc:
                 for _ in range(limit):
                     self.slots.release()
@@ -124,7 +124,6 @@ class Generator:
                 return total
             for _ in range(limit - len(claimed.rows)):
                 self.slots.release()
-            self.next_due_in = claimed.next_due_in
             for row in claimed.rows:
                 self.capacity.take()
                 self.in_flight.take()
@@ -132,7 +131,13 @@ class Generator:
                 self.runs.start_soon(self.submit, row, name=f"submit image {row.id}")
             total += len(claimed.rows)
             if len(claimed.rows) < limit:
+                # Asked only now, while the runs just started are already on their way.
+                try:
+                    self.next_due_in = await self.store.next_ready_in()
+                except DatabaseError:
+                    self.next_due_in = 1.0
                 break
+            self.next_due_in = 0.0
         return total
 
     async def wait_idle(self) -> None:

@@ -68,20 +68,38 @@ class Store:
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"worker": self.worker, "lease": self.lease, **extra}
 
-    async def claim_ready(self, limit: int) -> Claimed:
+    async def claim_ready(self, limit: int, *, next_due: bool = True) -> Claimed:
+        """Claim up to `limit` due rows. When fewer were due, `next_due_in` says when the
+        next waiting row falls due, unless `next_due=False`: then the caller asks
+        `next_ready_in` itself, after it has set the claimed rows on their way."""
         q = queries()
         params = self._params(limit=limit)
 
         def go(conn: psycopg.Connection) -> Claimed:
             with conn.cursor(row_factory=dict_row) as cur:
                 rows = [ReadyRow(**r) for r in cur.execute(q["claim_ready"], params)]
-                if len(rows) == limit:
-                    return Claimed(rows, 0.0)
-                nxt = cur.execute(q["next_ready_at"], params).fetchone()
-                return Claimed(rows, _seconds_until(nxt["at"], nxt["now"]))
+                if len(rows) == limit or not next_due:
+                    return Claimed(rows, 0.0 if len(rows) == limit else None)
+                return Claimed(rows, self._next(cur, q["next_ready_at"], params))
 
         # One UPDATE is atomic by itself: autocommit spares the pickup path two round trips.
         return await self.db.run(go, autocommit=True)
+
+    async def next_ready_in(self) -> float | None:
+        """Seconds until the next waiting row falls due (None: nothing waits)."""
+        q, params = queries(), self._params()
+
+        def go(conn: psycopg.Connection) -> float | None:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return self._next(cur, q["next_ready_at"], params)
+
+        return await self.db.run(go, autocommit=True)
+
+    @staticmethod
+    def _next(cur: psycopg.Cursor[dict[str, Any]], query: str, params: Any) -> float | None:
+        nxt = cur.execute(query, params).fetchone()
+        assert nxt is not None
+        return _seconds_until(nxt["at"], nxt["now"])
 
     async def claim_generating(self, limit: int) -> Claimed:
         q = queries()
