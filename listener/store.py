@@ -82,8 +82,7 @@ class Store:
                     return Claimed(rows, 0.0 if len(rows) == limit else None)
                 return Claimed(rows, self._next(cur, q["next_ready_at"], params))
 
-        # One UPDATE is atomic by itself: autocommit spares the pickup path two round trips.
-        return await self.db.run(go, autocommit=True)
+        return await self.db.run(go, pickup=True)
 
     async def next_ready_in(self) -> float | None:
         """Seconds until the next waiting row falls due (None: nothing waits)."""
@@ -93,7 +92,7 @@ class Store:
             with conn.cursor(row_factory=dict_row) as cur:
                 return self._next(cur, q["next_ready_at"], params)
 
-        return await self.db.run(go, autocommit=True)
+        return await self.db.run(go, pickup=True)
 
     @staticmethod
     def _next(cur: psycopg.Cursor[dict[str, Any]], query: str, params: Any) -> float | None:
