@@ -1,0 +1,1064 @@
+"""The benchmarks of issue 6: pickup latency, throughput, procrastinate side by side, scale,
+memory, NOTIFY cost and a profile. Re-runnable: every run makes its own databases
+(bench_*) on the local server and its own emulator, and rewrites the generated part of
+bench/RESULTS.md (between the markers; the hand-written analysis below them is kept).
+
+    python bench/run.py                 # everything, 3 repetitions (about 10 minutes)
+    python bench/run.py --quick         # small counts, 1 repetition: checks the harness
+    python bench/run.py --only pickup,throughput --reps 5
+    python bench/run.py --no-write      # print the table only
+
+Names for --only: pickup, throughput, baseline, scale, notify, profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as h
+from harness import DoneListener, Emulator, Process
+
+ALL = ("pickup", "throughput", "baseline", "imports", "scale", "notify", "profile")
+RESULTS_MD = h.REPO / "bench" / "RESULTS.md"
+RESULTS_JSON = h.WORK / "results.json"
+START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+
+
+def done_sql(first_id: int) -> str:
+    """Finished rows from first_id on (the scale section's history is not counted)."""
+    return (
+        "SELECT count(*) FROM images WHERE status IN ('ReadyToPublish', 'Failed') "
+        f"AND id >= {int(first_id)}"
+    )
+
+
+PC_TEMPLATE = "bench_template_pc"
+
+
+class Results:
+    def __init__(self) -> None:
+        self.metrics: dict[str, dict] = {}
+        self.extra: dict[str, object] = {}
+        self.loads: list[str] = []
+        self.checks: list[str] = []  # counts that show each repetition did the whole job
+        self.notes: list[str] = []
+
+    def add(self, key: str, section: str, label: str, unit: str, value: float | None) -> None:
+        m = self.metrics.setdefault(
+            key, {"section": section, "label": label, "unit": unit, "values": []}
+        )
+        if value is not None and not math.isnan(value):
+            m["values"].append(value)
+
+    def summary(self, key: str) -> dict[str, float] | None:
+        m = self.metrics.get(key)
+        return h.summary(m["values"]) if m and m["values"] else None
+
+
+# -- one measurement each ----------------------------------------------------------------------
+
+
+def ready_listener(name: str, url: str, emu: Emulator, size: int = 64, **knobs: str) -> Process:
+    p = h.start_listener(name, url, emu, size, **knobs)
+    p.wait_for("Listener ready")
+    return p
+
+
+def ready_procrastinate(name: str, url: str, emu: Emulator, size: int = 64) -> Process:
+    p = h.start_procrastinate(name, url, emu, size)
+    p.wait_for("Starting worker")
+    return p
+
+
+def pc_client(url: str):
+    import procrastinate
+    from procrastinate_app import make_app
+
+    return make_app(procrastinate.SyncPsycopgConnector(conninfo=url, min_size=1, max_size=2))
+
+
+def pc_fresh_db(name: str) -> str:
+    """Our schema (the same images table and triggers) plus procrastinate's."""
+    h.drop_db(name)
+    h.execute(h.SERVER, f'CREATE DATABASE "{name}" TEMPLATE "{PC_TEMPLATE}"')
+    return h.db_url(name)
+
+
+def make_pc_template() -> None:
+    url = h.fresh_db(PC_TEMPLATE)
+    app = pc_client(url)
+    with app.open():
+        app.schema_manager.apply_schema()
+
+
+def warm_up(url: str, emu: Emulator, kind: str) -> None:
+    """Three rows through the whole path first (connections, pipeline id, imports)."""
+    with psycopg.connect(url, autocommit=True) as c:
+        ids = [
+            c.execute(
+                "INSERT INTO images (prompt, status) VALUES (%s, 'ReadyToGenerate') RETURNING id",
+                (f"warm-up {i}",),
+            ).fetchone()[0]
+            for i in range(3)
+        ]
+    if kind == "procrastinate":
+        app = pc_client(url)
+        with app.open():
+            for i in ids:
+                app.tasks["generate"].defer(image_id=i, prompt=f"warm-up {ids.index(i)}")
+    h.wait_rows(url, done_sql(min(ids)), 3, timeout=30, every=0.05)
+    # only the warm-up rows: the scale section's finished history stays
+    h.execute(url, "DELETE FROM images WHERE id = ANY(%s)", (ids,))
+    emu.control.reset()
+
+
+def pickup(url: str, emu: Emulator, n: int, gap: float, kind: str, tag: str) -> dict:
+    """n single-row inserts (or defers), gap seconds apart, into an idle service."""
+    warm_up(url, emu, kind)
+    done = DoneListener(url)
+    commits: dict[str, tuple[int, float]] = {}
+    prompts = [f"pickup {tag} {i}" for i in range(n)]
+    with psycopg.connect(url, autocommit=True) as c:
+        if kind == "ours":
+            start = time.monotonic()
+            for i, prompt in enumerate(prompts):
+                _sleep_until(start + i * gap)
+                row = c.execute(
+                    "INSERT INTO images (prompt, status) VALUES (%s, 'ReadyToGenerate') "
+                    "RETURNING id",
+                    (prompt,),
+                ).fetchone()
+                commits[prompt] = (row[0], time.time())
+        else:
+            # The rows exist first (nothing claims them there); each job's defer is timed.
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "INSERT INTO images (prompt) SELECT unnest(%s::text[]) RETURNING id",
+                    (prompts,),
+                ).fetchall()
+            ]
+            app = pc_client(url)
+            with app.open():
+                task = app.tasks["generate"]
+                start = time.monotonic()
+                for i, (image_id, prompt) in enumerate(zip(ids, prompts, strict=True)):
+                    _sleep_until(start + i * gap)
+                    task.defer(image_id=image_id, prompt=prompt)
+                    commits[prompt] = (image_id, time.time())
+    first_id = min(i for i, _ in commits.values())
+    finished = h.wait_rows(url, done_sql(first_id), n, timeout=60 + n * 0.2, every=0.1)
+    time.sleep(0.3)  # the last notifications
+    done.close()
+    arrivals = emu.arrivals()
+    to_run = [1000 * (arrivals[p] - t) for p, (_, t) in commits.items() if p in arrivals]
+    to_done = [1000 * (done.stamps[i] - t) for i, t in commits.values() if i in done.stamps]
+    return {
+        "to_run": to_run,
+        "to_done": to_done,
+        "finished": finished,
+        "missing_runs": n - len(to_run),
+        "missing_done": n - len(to_done),
+    }
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def insert_bulk(url: str, n: int, prompts: int = 64) -> list[int]:
+    """n rows in one statement; `prompts` distinct prompts so the emulator's image cache
+    (256 entries) serves every image after the first few."""
+    with psycopg.connect(url, autocommit=True) as c:
+        return [
+            r[0]
+            for r in c.execute(
+                "INSERT INTO images (prompt, status) "
+                "SELECT 'throughput ' || (g %% %s), 'ReadyToGenerate' "
+                "FROM generate_series(1, %s) AS g RETURNING id",
+                (prompts, n),
+            ).fetchall()
+        ]
+
+
+def throughput(
+    url: str, emu: Emulator, n: int, size: int, processes: int, kind: str, tag: str
+) -> dict:
+    """n rows inserted in one statement (and for procrastinate n jobs deferred in one
+    batch), then the service started; rate from the first run request to the last
+    ReadyToPublish."""
+    ids = insert_bulk(url, n)
+    if kind == "procrastinate":
+        app = pc_client(url)
+        with app.open():
+            app.tasks["generate"].batch_defer(
+                *({"image_id": i, "prompt": f"throughput {k % 64}"} for k, i in enumerate(ids, 1))
+            )
+    emu.control.reset()
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    spawned = time.time()
+    if kind == "ours":
+        procs = [h.start_listener(f"{tag}-{k}", url, emu, size) for k in range(processes)]
+    else:
+        procs = [h.start_procrastinate(f"{tag}-{k}", url, emu, size) for k in range(processes)]
+    try:
+        # CPU is counted from the first run request on (start-up and imports left out)
+        deadline = time.monotonic() + 60
+        while not emu.control.stats()["runs_total"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cpu0 = [p.cpu_seconds() or 0.0 for p in procs]
+        emu0 = emu.cpu_seconds() or 0.0
+        backends0 = h.backends_cpu(h.backend_pids(dbname))
+        busy0, total0 = h.machine_cpu()
+        finished = h.wait_rows(url, done_sql(min(ids)), n, timeout=120 + n / 10, every=0.25)
+        busy1, total1 = h.machine_cpu()
+        rss = [p.peak_rss_mb() for p in procs]
+        cpu = [(p.cpu_seconds() or 0.0) - c0 for p, c0 in zip(procs, cpu0, strict=True)]
+        emu_cpu = (emu.cpu_seconds() or 0.0) - emu0
+        backends1 = h.backends_cpu(h.backend_pids(dbname))
+    finally:
+        for p in procs:
+            p.stop()
+    pg_cpu = sum(c - backends0.get(pid, 0.0) for pid, c in backends1.items())
+    runs = emu.control.stats()["runs"]
+    first = min(r["arrived_at"] for r in runs)
+    with psycopg.connect(url, autocommit=True) as c:
+        last, failed, generates = c.execute(
+            "SELECT extract(epoch FROM max(generation_finished_at))::float8, "
+            "count(*) FILTER (WHERE status = 'Failed'), count(*) FILTER (WHERE status = 'Generate')"
+            " FROM images WHERE id >= %s",
+            (min(ids),),
+        ).fetchone()
+    return {
+        "rate": n / (last - first),
+        "seconds": last - first,
+        "startup": first - spawned,
+        "finished": finished,
+        "failed": failed,
+        "left_in_generate": generates,
+        "duplicate_runs": len(runs) - n,
+        "rss_mb": rss,
+        "cpu_s": cpu,
+        "emulator_cpu_s": emu_cpu,
+        "postgres_cpu_s": pg_cpu,
+        "machine_busy": (busy1 - busy0) / (total1 - total0),
+        # CPU of everything else on the machine meanwhile: the bench client, PostgreSQL's
+        # background processes, and any other work
+        "rest_cpu_s": (busy1 - busy0) - sum(cpu) - emu_cpu - pg_cpu,
+    }
+
+
+CLAIM_EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+
+
+def claim_cost(url: str, repeats: int = 30) -> dict:
+    """claim_ready (limit 8, the API_CONCURRENCY) on the waiting rows, each call in a
+    transaction that is rolled back: the server's planning + execution time (EXPLAIN
+    ANALYZE), the client's round trip of the plain query, and one plan in text."""
+    from listener.sqlfiles import queries
+
+    query = queries()["claim_ready"]
+    params = {"worker": "bench", "lease": 30, "limit": 8}
+    server: list[float] = []
+    client: list[float] = []
+    with psycopg.connect(url) as c:
+        c.execute("SELECT 1")  # the transaction is open: BEGIN is not in the timings
+        for _ in range(repeats):
+            plan = c.execute(CLAIM_EXPLAIN + query, params).fetchone()[0][0]
+            server.append(plan["Execution Time"] + plan["Planning Time"])
+            c.rollback()
+            c.execute("SELECT 1")
+            t0 = time.perf_counter()
+            rows = c.execute(query, params).fetchall()
+            client.append(1000 * (time.perf_counter() - t0))
+            assert len(rows) == 8, f"claim_ready returned {len(rows)} rows"
+            c.rollback()
+            c.execute("SELECT 1")
+        plan_text = "\n".join(
+            r[0] for r in c.execute("EXPLAIN (ANALYZE, BUFFERS) " + query, params).fetchall()
+        )
+        c.rollback()
+    return {"server": server, "client": client, "plan": plan_text}
+
+
+# -- the sections ------------------------------------------------------------------------------
+
+WHO = {"ours": "ours", "procrastinate": "procrastinate"}
+
+
+def run_pickup(res: Results, emu: Emulator, args, kind: str = "ours") -> None:
+    n = 40 if args.quick else 300
+    who = WHO[kind]
+    for rep in range(args.reps):
+        name = f"bench_pickup_{who}"
+        url = h.fresh_db(name) if kind == "ours" else pc_fresh_db(name)
+        proc = (
+            ready_listener(f"listener-pickup-{rep}", url, emu)
+            if kind == "ours"
+            else ready_procrastinate(f"procrastinate-pickup-{rep}", url, emu)
+        )
+        time.sleep(0.5)
+        res.add(
+            f"rss_idle_{who}",
+            "5. memory",
+            "RSS when started and idle (before any row)",
+            "MB",
+            proc.rss_mb(),
+        )
+        try:
+            out = pickup(url, emu, n, 0.02, kind, f"{who}{rep}")
+        finally:
+            proc.stop()
+        h.drop_db(name)
+        for p in (50, 95, 99):
+            res.add(
+                f"pickup_run_p{p}_{who}",
+                "1. pickup",
+                f"commit -> emulator received run, p{p} ({n} rows, 20 ms apart)",
+                "ms",
+                h.percentile(out["to_run"], p),
+            )
+        for p in (50, 95, 99):
+            res.add(
+                f"pickup_done_p{p}_{who}",
+                "1. pickup",
+                f"commit -> ReadyToPublish (images_done notification), p{p}",
+                "ms",
+                h.percentile(out["to_done"], p),
+            )
+        res.add(
+            f"pickup_max_{who}",
+            "1. pickup",
+            "commit -> emulator received run, max",
+            "ms",
+            max(out["to_run"], default=None),
+        )
+        res.checks.append(
+            f"pickup {who} rep {rep}: {n} rows, {out['finished']} finished, "
+            f"{out['missing_runs']} without a run, {out['missing_done']} without a notification"
+        )
+        print(
+            f"  pickup {who} rep {rep}: p50 {h.percentile(out['to_run'], 50):.2f} ms "
+            f"p99 {h.percentile(out['to_run'], 99):.2f} ms, to ReadyToPublish p50 "
+            f"{h.percentile(out['to_done'], 50):.2f} ms (load {h.loadavg()})",
+            flush=True,
+        )
+
+
+TP_CONFIGS = [(64, 1), (64, 2), (1024, 1), (1024, 2)]
+# procrastinate: the same, less 1024x1024 with 2 workers (keeps the full run under ~20 min)
+TP_CONFIGS_BASELINE = [(64, 1), (64, 2), (1024, 1)]
+
+
+def run_throughput(res: Results, emu: Emulator, args, kind: str = "ours") -> None:
+    n = 500 if args.quick else 5000
+    who = WHO[kind]
+    name = "bench_throughput" if kind == "ours" else "bench_throughput_pc"
+    for rep in range(args.reps):
+        for size, procs in TP_CONFIGS if kind == "ours" else TP_CONFIGS_BASELINE:
+            url = h.fresh_db(name) if kind == "ours" else pc_fresh_db(name)
+            prefix = "listener" if kind == "ours" else "procrastinate"
+            out = throughput(url, emu, n, size, procs, kind, f"{prefix}-tp-{size}-{procs}p-{rep}")
+            h.drop_db(name)
+            pixels = "small 64x64" if size == 64 else "1024x1024 PNG"
+            what = "1 process" if procs == 1 else f"{procs} processes"
+            res.add(
+                f"tp_{size}_{procs}_{who}",
+                "2. throughput",
+                f"{n} rows, {pixels}, {what}: first run -> last ReadyToPublish",
+                "rows/s",
+                out["rate"],
+            )
+            cpu_row = {
+                "service": 1000 * sum(out["cpu_s"]) / n,
+                "emulator": 1000 * out["emulator_cpu_s"] / n,
+                "postgres": 1000 * out["postgres_cpu_s"] / n,
+            }
+            total_row = sum(cpu_row.values())
+            res.add(
+                f"tpcpu_rest_{size}_{procs}_{who}",
+                "2b. CPU per row",
+                f"{pixels}, {what}: the rest of the machine meanwhile (bench client, "
+                "PostgreSQL background processes, any other work)",
+                "ms",
+                1000 * out["rest_cpu_s"] / n,
+            )
+            for part, ms in [*cpu_row.items(), ("total", total_row)]:
+                res.add(
+                    f"tpcpu_{part}_{size}_{procs}_{who}",
+                    "2b. CPU per row",
+                    f"{pixels}, {what}: "
+                    + {
+                        "service": "listener / worker processes",
+                        "emulator": "emulator",
+                        "postgres": "PostgreSQL backends of the database",
+                        "total": "all three",
+                    }[part],
+                    "ms",
+                    ms,
+                )
+            res.add(
+                f"tpcpu_ceiling_{size}_{procs}_{who}",
+                "2b. CPU per row",
+                f"{pixels}, {what}: ceiling = {os.cpu_count()} cores / CPU per row (all three)",
+                "rows/s",
+                1000 * (os.cpu_count() or 1) / total_row,
+            )
+            res.add(
+                f"tpcpu_ceiling0_{size}_{procs}_{who}",
+                "2b. CPU per row",
+                f"{pixels}, {what}: ceiling if the service itself used no CPU = "
+                f"{os.cpu_count()} cores / (emulator + PostgreSQL)",
+                "rows/s",
+                1000 * (os.cpu_count() or 1) / (cpu_row["emulator"] + cpu_row["postgres"]),
+            )
+            res.add(
+                f"tpcpu_busy_{size}_{procs}_{who}",
+                "2b. CPU per row",
+                f"{pixels}, {what}: machine busy during the run (all cores, all processes)",
+                "%",
+                100 * out["machine_busy"],
+            )
+            if procs == 1:
+                res.add(
+                    f"rss_{size}_{who}",
+                    "5. memory",
+                    f"peak RSS during throughput, {pixels}, 1 process",
+                    "MB",
+                    out["rss_mb"][0],
+                )
+            else:
+                res.add(
+                    f"rss_{size}_2p_{who}",
+                    "5. memory",
+                    f"peak RSS during throughput, {pixels}, largest of 2 processes",
+                    "MB",
+                    max((r for r in out["rss_mb"] if r), default=None),
+                )
+            res.extra.setdefault(f"throughput_{who}_raw", []).append(
+                {"size": size, "processes": procs, "n": n} | out
+            )
+            res.checks.append(
+                f"throughput {who} {size}px {procs}p rep {rep}: {out['finished']}/{n} finished, "
+                f"{out['failed']} Failed, {out['left_in_generate']} left in Generate, "
+                f"{out['duplicate_runs']} duplicate runs, first run {out['startup']:.2f} s "
+                "after the processes were spawned"
+            )
+            print(
+                f"  throughput {who} {pixels}, {what} rep {rep}: {out['rate']:.0f} rows/s, "
+                f"RSS {[round(r or 0, 1) for r in out['rss_mb']]} MB, failed {out['failed']}, "
+                f"dup runs {out['duplicate_runs']} (load {h.loadavg()})",
+                flush=True,
+            )
+
+
+def run_baseline(res: Results, emu: Emulator, args) -> None:
+    make_pc_template()
+    try:
+        run_pickup(res, emu, args, kind="procrastinate")
+        run_throughput(res, emu, args, kind="procrastinate")
+    finally:
+        h.drop_db(PC_TEMPLATE)
+
+
+IMPORT_PROBE = """
+import importlib, sys
+for m in sys.argv[1:]:
+    importlib.import_module(m)
+rss = next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]
+print(int(rss) / 1024, int("hypercorn" in sys.modules), int("PIL.Image" in sys.modules))
+"""
+# What `listener` (the run command) needs to serve: every module the service runs on.
+CORE_MODULES = [
+    "listener.config",
+    "listener.logs",
+    "listener.db",
+    "listener.store",
+    "listener.notify",
+    "listener.api.client",
+    "listener.generator",
+    "listener.processor",
+    "listener.sweeps",
+    "listener.heartbeat",
+    "listener.health",
+    "listener.durable",
+    "listener.migrate",
+]
+
+
+def run_imports(res: Results, emu: Emulator, args) -> None:
+    """RSS of a fresh interpreter after imports only, adding one library at a time: what
+    the service's libraries cost, what its own modules add, and what `python -m listener`
+    (listener.cli, which loads every subcommand) adds on top."""
+    steps = [
+        ("python, nothing imported", []),
+        ("+ trio", ["trio"]),
+        ("+ psycopg, psycopg_pool", ["psycopg", "psycopg_pool"]),
+        ("+ httpx", ["httpx"]),
+        ("+ pydantic, pydantic_settings, stamina", ["pydantic", "pydantic_settings", "stamina"]),
+        ("+ the service's own modules (config, db, store, notify, generator, ...)", CORE_MODULES),
+        ("+ listener.cli, what `python -m listener` imports", ["listener.cli"]),
+    ]
+    for _rep in range(max(args.reps, 3)):
+        modules: list[str] = []
+        for k, (label, more) in enumerate(steps):
+            modules += more
+            out = subprocess.run(
+                [h.PYTHON, "-c", IMPORT_PROBE, *modules],
+                env=h.clean_env(),
+                cwd=h.WORK,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            res.add(
+                f"rss_import_{k}", "5. memory", f"RSS after imports: {label}", "MB", float(out[0])
+            )
+            res.extra[f"imports_{k}_loads_hypercorn_pil"] = out[1:]
+
+
+def run_scale(res: Results, emu: Emulator, args) -> None:
+    scales = (10_000, 100_000) if args.quick else (10_000, 1_000_000)
+    n_pickup, n_tp = (30, 300) if args.quick else (100, 2000)
+    for scale in scales:
+        label = f"{scale:,} finished"
+        url = h.fresh_db("bench_scale")
+        t0 = time.monotonic()
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(
+                "INSERT INTO images (prompt, status, base64, uuid, attempts, "
+                "generation_started_at, generation_finished_at) "
+                "SELECT 'finished ' || g, 'ReadyToPublish', 'aGk=', gen_random_uuid()::text, 1, "
+                "now(), now() FROM generate_series(1, %s) AS g",
+                (scale,),
+            )
+            c.execute("VACUUM ANALYZE images")
+            seed_max = c.execute("SELECT max(id) FROM images").fetchone()[0]
+        print(f"  scale {label}: seeded in {time.monotonic() - t0:.1f}s", flush=True)
+
+        def cleanup(url: str = url, seed_max: int = seed_max) -> None:
+            with psycopg.connect(url, autocommit=True) as c:
+                c.execute("DELETE FROM images WHERE id > %s", (seed_max,))
+                c.execute("VACUUM ANALYZE images")
+
+        key = f"{scale // 1000}k"
+        for rep in range(args.reps):
+            proc = ready_listener(f"listener-scale-{key}-{rep}", url, emu)
+            time.sleep(0.5)
+            try:
+                out = pickup(url, emu, n_pickup, 0.02, "ours", f"scale{key}{rep}")
+            finally:
+                proc.stop()
+            cleanup()
+            pickup_p50 = h.percentile(out["to_run"], 50)
+            for p in (50, 99):
+                res.add(
+                    f"scale_pickup_p{p}_{key}",
+                    "4. scale",
+                    f"{label}: commit -> emulator received run, p{p} ({n_pickup} rows)",
+                    "ms",
+                    h.percentile(out["to_run"], p),
+                )
+            res.checks.append(
+                f"scale {key} pickup rep {rep}: {n_pickup} rows, {out['finished']} finished, "
+                f"{out['missing_runs']} without a run"
+            )
+            insert_bulk(url, n_tp)
+            claims = {}
+            for stats in ("stale", "analyzed"):
+                if stats == "analyzed":
+                    h.execute(url, "ANALYZE images")
+                claims[stats] = cost = claim_cost(url)
+                how = (
+                    "statistics as left by the bulk INSERT" if stats == "stale" else "after ANALYZE"
+                )
+                res.add(
+                    f"scale_claim_{stats}_{key}",
+                    "4. scale",
+                    f"{label}: claim_ready, 8 of {n_tp} waiting, {how}: server time "
+                    "(EXPLAIN ANALYZE planning + execution)",
+                    "ms",
+                    statistics.median(cost["server"]),
+                )
+                res.add(
+                    f"scale_claim_client_{stats}_{key}",
+                    "4. scale",
+                    f"{label}: claim_ready, 8 of {n_tp} waiting, {how}: client round trip",
+                    "ms",
+                    statistics.median(cost["client"]),
+                )
+                res.extra[f"plan_{stats}_{key}"] = cost["plan"]
+            times = claims["stale"]["server"]
+            h.execute(url, "DELETE FROM images WHERE id > %s", (seed_max,))
+            out = throughput(url, emu, n_tp, 64, 1, "ours", f"listener-scale-tp-{key}-{rep}")
+            cleanup()
+            res.add(
+                f"scale_tp_{key}",
+                "4. scale",
+                f"{label}: throughput, {n_tp} rows inserted at once, 1 listener",
+                "rows/s",
+                out["rate"],
+            )
+            res.checks.append(
+                f"scale {key} throughput rep {rep}: {out['finished']}/{n_tp} finished, "
+                f"{out['failed']} Failed, {out['duplicate_runs']} duplicate runs"
+            )
+            print(
+                f"  scale {label} rep {rep}: pickup p50 {pickup_p50:.2f} ms, claim "
+                f"{statistics.median(times):.3f} ms, {out['rate']:.0f} rows/s "
+                f"(load {h.loadavg()})",
+                flush=True,
+            )
+        h.drop_db("bench_scale")
+
+
+def run_notify(res: Results, emu: Emulator, args) -> None:
+    n = 10_000
+    url = h.fresh_db("bench_notify")
+    triggers = "images_wakeup_after_insert, images_wakeup_after_update, images_announce_done"
+    # LISTENers on both channels, as in production (a NOTIFY nobody listens to is cheaper)
+    listening = DoneListener(url)
+    wakeups = DoneListener(url, "images_wakeup")
+    reps = max(args.reps, 5)
+    with psycopg.connect(url, autocommit=True) as c:
+        for _rep in range(reps):
+            for on in (True, False):
+                c.execute("TRUNCATE images")
+                for t in triggers.split(", "):
+                    c.execute(f"ALTER TABLE images {'ENABLE' if on else 'DISABLE'} TRIGGER {t}")
+                t0 = time.perf_counter()
+                c.execute(
+                    "INSERT INTO images (prompt, status) SELECT 'row ' || g, 'ReadyToGenerate' "
+                    "FROM generate_series(1, %s) AS g",
+                    (n,),
+                )
+                t1 = time.perf_counter()
+                c.execute(
+                    "UPDATE images SET status = 'ReadyToPublish', base64 = 'aGk=', "
+                    "uuid = 'u' || id, generation_finished_at = now()"
+                )
+                t2 = time.perf_counter()
+                which = "with" if on else "without"
+                res.add(
+                    f"notify_insert_{which}",
+                    "6. NOTIFY cost",
+                    f"INSERT {n:,} rows, one statement, {which} notify triggers",
+                    "ms",
+                    1000 * (t1 - t0),
+                )
+                res.add(
+                    f"notify_update_{which}",
+                    "6. NOTIFY cost",
+                    f"UPDATE {n:,} rows to ReadyToPublish, {which} notify triggers",
+                    "ms",
+                    1000 * (t2 - t1),
+                )
+    time.sleep(1.0)
+    res.notes.append(
+        f"NOTIFY: over {reps} INSERTs of {n:,} rows with the triggers, the images_wakeup "
+        f"LISTENer received {wakeups.count} notification(s); over {reps} UPDATEs of {n:,} rows "
+        f"to ReadyToPublish, the images_done LISTENer received {listening.count} "
+        "(one per row, by design: the payload is the row id)."
+    )
+    listening.close()
+    wakeups.close()
+    h.drop_db("bench_notify")
+
+
+def run_profile(res: Results, emu: Emulator, args) -> None:
+    """py-spy on one listener while it works through a bulk insert (small images).
+
+    --gil keeps only samples of the thread holding the GIL, i.e. Python running: a sampled
+    thread waiting for PostgreSQL or a socket (GIL released) is not counted as CPU."""
+    n = 500 if args.quick else 3000
+    url = h.fresh_db("bench_profile")
+    proc = ready_listener("listener-profile", url, emu)
+    raw = h.WORK / "profile.txt"  # collapsed stacks: flamegraph.pl or speedscope open it
+    rate = 250
+    spy = subprocess.Popen(
+        [
+            *(str(Path(h.PYTHON).parent / "py-spy"), "record", "--pid", str(proc.pid)),
+            *("--rate", str(rate), "--format", "raw", "-o", str(raw)),
+            *("--nonblocking", "--threads", "--gil"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)
+    cpu0 = proc.cpu_seconds() or 0.0
+    t0 = time.monotonic()
+    ids = insert_bulk(url, n)
+    h.wait_rows(url, done_sql(min(ids)), n, timeout=120 + n / 10, every=0.25)
+    wall = time.monotonic() - t0
+    cpu = (proc.cpu_seconds() or 0.0) - cpu0
+    spy.send_signal(signal.SIGINT)
+    _, err = spy.communicate(timeout=30)
+    proc.stop()
+    h.drop_db("bench_profile")
+    summary = summarise_profile(raw, n, cpu)
+    summary |= {"wall_seconds": wall, "rate": rate, "py_spy_stderr": err.decode()[-500:]}
+    res.extra["profile"] = summary
+
+
+# Where a sample's CPU goes: the outermost frame (from the thread's root towards the leaf)
+# that lies in one of these libraries names the work; what calls into no library is the
+# listener's own code (its frame is the leaf) or trio's scheduler. py-spy prints paths
+# relative to site-packages or to the repository.
+CATEGORIES = [
+    (
+        "API requests: httpx, httpcore, h11 (and the trio socket calls beneath)",
+        ("httpx/", "httpcore/", "h11/", "anyio/", "sniffio/"),
+    ),
+    (
+        "database: psycopg, psycopg_pool (queries, pool, result parsing)",
+        ("psycopg/", "psycopg_pool/", "psycopg_binary/"),
+    ),
+    ("logging: log records, formatting, the stderr write", ("logging/",)),
+    ("retry wrappers: stamina, tenacity", ("stamina/", "tenacity/")),
+    ("pydantic", ("pydantic/", "pydantic_core/")),
+]
+OWN = "the listener's own code (listener/)"
+TRIO = "trio: scheduler, thread hand-off to the pool's workers, epoll"
+OTHER = "other (stdlib, interpreter start-up)"
+
+
+def _path(frame: str) -> str:
+    """The file of a frame, relative to site-packages or to the code snapshot."""
+    path = frame.rpartition(" (")[2].rstrip(")") if frame.endswith(")") else frame
+    for root in ("site-packages/", ".work/code/"):
+        path = path.rpartition(root)[2]
+    return path.removeprefix("code/")
+
+
+def _category(frames: list[str]) -> str:
+    paths = [_path(f) for f in frames]
+    for path in paths:
+        for name, prefixes in CATEGORIES:
+            if path.startswith(prefixes):
+                return name
+    if paths and paths[-1].startswith("listener/"):
+        return OWN
+    if any(p.startswith("trio/") for p in paths):
+        return TRIO
+    return OTHER
+
+
+def summarise_profile(path: Path, rows: int, cpu: float) -> dict:
+    """Collapsed stacks (py-spy raw): each sample counted once, in the category of its
+    outermost library frame; plus self time per function."""
+    if not path.exists():
+        return {"error": "py-spy wrote no profile (ptrace not permitted?)"}
+    self_time: Counter[str] = Counter()
+    by_category: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if not f.startswith(("thread ", "process "))]
+        if not frames:
+            continue
+        k = int(count)
+        total += k
+        self_time[_short(frames[-1])] += k
+        by_category[_category(frames)] += k
+    names = [name for name, _ in CATEGORIES] + [OWN, TRIO, OTHER]
+    per_row = 1000 * cpu / rows
+    return {
+        "samples": total,
+        "rows": rows,
+        "cpu_seconds": cpu,
+        "cpu_ms_per_row": per_row,
+        "categories": [
+            (name, 100 * by_category[name] / total, per_row * by_category[name] / total)
+            for name in sorted(names, key=lambda x: -by_category[x])
+        ]
+        if total
+        else [],
+        "top_self": [(f, 100 * k / total) for f, k in self_time.most_common(20)] if total else [],
+    }
+
+
+def _short(frame: str) -> str:
+    # "function (path/to/site-packages/pkg/mod.py:123)" -> "function (pkg/mod.py:123)"
+    if "(" in frame and frame.endswith(")"):
+        func = frame[:-1].partition(" (")[0]
+        return f"{func} ({_path(frame)})"
+    return frame
+
+
+# -- report ------------------------------------------------------------------------------------
+
+SECTIONS = [
+    "1. pickup",
+    "2. throughput",
+    "2b. CPU per row",
+    "4. scale",
+    "5. memory",
+    "6. NOTIFY cost",
+]
+
+
+def _theirs(key: str) -> str | None:
+    return key.removesuffix("_ours") + "_procrastinate" if key.endswith("_ours") else None
+
+
+def _at_most(limit: float, unit: str):
+    def check(v: float) -> str:
+        if v <= limit:
+            return f"<= {limit:g} {unit}: met"
+        return f"<= {limit:g} {unit}: MISSED by {v - limit:.2f} {unit} ({v / limit:.1f}x)"
+
+    return check
+
+
+TARGETS = {
+    "pickup_run_p50_ours": _at_most(2, "ms"),
+    "pickup_run_p99_ours": _at_most(5, "ms"),
+    "rss_64_ours": _at_most(60, "MB"),
+    "rss_64_2p_ours": _at_most(60, "MB"),
+}
+
+
+def target(res: Results, key: str, ours: dict[str, float], theirs: dict | None) -> str:
+    if key in TARGETS:
+        return TARGETS[key](ours["median"])
+    if key.startswith("tp_") and theirs:
+        ratio = ours["median"] / theirs["median"]
+        verdict = "met" if ratio >= 3 else f"MISSED: {ratio:.2f}x, {ratio / 3:.0%} of the target"
+        return f">= 3x procrastinate: {verdict}"
+    if key.startswith("scale_") and not key.endswith("_10k"):
+        base = res.summary(key.rsplit("_", 1)[0] + "_10k")
+        if not base:
+            return ""
+        change = 100 * (ours["median"] / base["median"] - 1)
+        if key.startswith("scale_claim_"):
+            verdict = "met" if abs(change) <= 20 else "MISSED"
+            return f"within +-20% of 10k: {change:+.0f}%, {verdict}"
+        return f"{change:+.0f}% vs 10k"
+    return ""
+
+
+def fmt(s: dict[str, float] | None, unit: str) -> str:
+    if not s:
+        return ""
+    digits = 2 if unit == "ms" else (1 if unit == "MB" else 0)
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}..{s['max']:.{digits}f})"
+
+
+def table(res: Results) -> str:
+    lines = [
+        "| section | measurement | unit | ours: median (min..max) | procrastinate: median "
+        "(min..max) | ours / theirs | target |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [(k, m) for k, m in res.metrics.items() if not k.endswith("_procrastinate")]
+    rows.sort(key=lambda km: SECTIONS.index(km[1]["section"]))
+    for key, m in rows:
+        ours = res.summary(key)
+        if not ours:
+            continue
+        theirs_key = _theirs(key)
+        theirs = res.summary(theirs_key) if theirs_key else None
+        ratio = f"{ours['median'] / theirs['median']:.2f}" if theirs else ""
+        lines.append(
+            f"| {m['section']} | {m['label']} | {m['unit']} | {fmt(ours, m['unit'])} | "
+            f"{fmt(theirs, m['unit'])} | {ratio} | {target(res, key, ours, theirs)} |"
+        )
+    return "\n".join(lines)
+
+
+def report(res: Results, args, started: float, meta: dict[str, str]) -> str:
+    command = " ".join(["python bench/run.py", *sys.argv[1:]])
+    first_load = float(res.loads[0].split()[1]) if res.loads else 0.0
+    out = [
+        f"Generated by `{command}` on {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: "
+        f"{args.reps} repetition(s) of each measurement, {time.monotonic() - started:.0f} s "
+        "in all. Medians, with the smallest and largest repetition in brackets; every figure "
+        "below comes from this run.",
+        "",
+        f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory']} memory, "
+        f"{meta['os']}; PostgreSQL {meta['postgresql']}; Python {meta['python']}; "
+        f"{meta['packages']}. The client, the listener(s) or procrastinate worker(s), the "
+        "emulator and PostgreSQL share these cores.",
+        "",
+        f"Code measured: {meta['code']}.",
+        "",
+        "Load average (1, 5, 15 min) at the start of each section: "
+        + "; ".join(res.loads)
+        + ". It counts the benchmark's own processes: a throughput run keeps both cores"
+        " busy (see 'machine busy' and 'the rest of the machine' in 2b). "
+        + (
+            f"Before the first section the 1-minute load was {first_load:.2f}: other work"
+            " was running, so the figures are noisier than on an idle machine."
+            if first_load >= 1.0
+            else f"Before the first section the 1-minute load was {first_load:.2f}."
+        ),
+        "",
+        *(f"**{note}**\n" for note in res.notes if note.startswith("WARNING")),
+        table(res),
+        "",
+    ]
+    if res.notes:
+        out += [*(f"* {note}" for note in res.notes if not note.startswith("WARNING")), ""]
+    prof = res.extra.get("profile")
+    if isinstance(prof, dict) and prof.get("categories"):
+        out += [
+            f"### Where the listener's CPU goes (py-spy --gil, {prof['samples']} samples at "
+            f"{prof['rate']} Hz)",
+            "",
+            f"One listener working through {prof['rows']} small rows inserted at once: "
+            f"{prof['cpu_seconds']:.2f} s of CPU (user + system, from /proc) in "
+            f"{prof['wall_seconds']:.1f} s, {prof['cpu_ms_per_row']:.2f} ms of CPU per row. "
+            "Each sample counts once, under the outermost library it is in; the ms per row "
+            "split the measured CPU by those shares.",
+            "",
+            "| where | share of samples | CPU per row (ms) |",
+            "| --- | --- | --- |",
+            *(f"| {name} | {share:.1f}% | {ms:.2f} |" for name, share, ms in prof["categories"]),
+            "",
+            "Functions with the most self time:",
+            "",
+            "| function | self share |",
+            "| --- | --- |",
+            *(f"| `{f}` | {share:.1f}% |" for f, share in prof["top_self"][:12]),
+            "",
+        ]
+    plans = [k for k in res.extra if k.startswith("plan_")]
+    if plans:
+        out += ["### EXPLAIN (ANALYZE, BUFFERS) of claim_ready (sql/queries.sql)", ""]
+        for key in plans:
+            _, stats, scale = key.split("_")
+            how = "statistics as left by the bulk INSERT" if stats == "stale" else "after ANALYZE"
+            out += [
+                f"<details><summary>{scale} finished rows, {how}</summary>",
+                "",
+                "```",
+                str(res.extra[key]),
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
+    if res.checks:
+        out += [
+            "<details><summary>Sanity checks of each repetition</summary>",
+            "",
+            *(f"* {c}" for c in res.checks),
+            "",
+            "</details>",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def write_results(text: str) -> None:
+    block = f"{START}\n{text}\n{END}"
+    if RESULTS_MD.exists():
+        old = RESULTS_MD.read_text()
+        if START in old and END in old:
+            head, _, rest = old.partition(START)
+            _, _, tail = rest.partition(END)
+            RESULTS_MD.write_text(head + block + tail)
+            return
+    RESULTS_MD.write_text(
+        "# Benchmark results\n\nThe part between the markers is written by `make bench`"
+        " (bench/run.py); the analysis below it is kept.\n\n"
+        f"{block}\n\n## Analysis\n\n(hand-written)\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, 1 repetition")
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma list of {ALL}")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite RESULTS.md")
+    args = parser.parse_args()
+    args.reps = args.reps or (1 if args.quick else 3)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(ALL)
+    if unknown:
+        parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+
+    started = time.monotonic()
+    h.WORK.mkdir(parents=True, exist_ok=True)
+    fingerprint = h.snapshot_code()
+    meta = h.machine()
+    print(f"machine: {meta}", flush=True)
+    h.make_template()
+    emu = Emulator()
+    res = Results()
+    sections = {
+        "pickup": lambda: run_pickup(res, emu, args),
+        "throughput": lambda: run_throughput(res, emu, args),
+        "baseline": lambda: run_baseline(res, emu, args),
+        "imports": lambda: run_imports(res, emu, args),
+        "scale": lambda: run_scale(res, emu, args),
+        "notify": lambda: run_notify(res, emu, args),
+        "profile": lambda: run_profile(res, emu, args),
+    }
+    try:
+        for name in ALL:
+            if name in chosen:
+                res.loads.append(f"{name} {h.loadavg()}")
+                t0 = time.monotonic()
+                print(f"== {name} (load {h.loadavg()})", flush=True)
+                sections[name]()
+                print(f"   {name} took {time.monotonic() - t0:.0f}s", flush=True)
+    finally:
+        emu.close()
+        h.drop_db(h.TEMPLATE)
+    res.loads.append(f"end {h.loadavg()}")
+    if h.code_fingerprint(h.CODE) != fingerprint:
+        res.notes.insert(
+            0,
+            "WARNING: the snapshot of the code under bench/.work/code changed during the run"
+            " (it should not): the figures may mix two versions. Run again.",
+        )
+    if h.code_fingerprint() != fingerprint:
+        res.notes.append(
+            "The working tree's listener/ or sql/ changed while this run was going on; the "
+            "run measured the copy taken at its start (see 'Code measured')."
+        )
+    text = report(res, args, started, meta)
+    print(text)
+    RESULTS_JSON.write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "metrics": res.metrics,
+                "extra": res.extra,
+                "loads": res.loads,
+                "checks": res.checks,
+                "notes": res.notes,
+            },
+            indent=1,
+        )
+    )
+    if not args.no_write:
+        write_results(text)
+        print(f"wrote {RESULTS_MD.relative_to(h.REPO)} and {RESULTS_JSON.relative_to(h.REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(h.REPO)
+    sys.exit(main())
