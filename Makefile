@@ -43,7 +43,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 emulator: $(STAMP) ## run the Fusion Brain API emulator on 127.0.0.1:8089
 	$(BIN)/listener emulator $(ARGS)
 
-bench: $(STAMP) ## benchmarks vs procrastinate, ~15 min (ARGS=--quick for a short check); writes bench/RESULTS.md
+bench: $(STAMP) ## benchmarks vs procrastinate, ~12 min (ARGS=--quick for a short check); writes bench/RESULTS.md
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(ARGS)
 

@@ -3,12 +3,12 @@ memory, NOTIFY cost and a profile. Re-runnable: every run makes its own database
 (bench_*) on the local server and its own emulator, and rewrites the generated part of
 bench/RESULTS.md (between the markers; the hand-written analysis below them is kept).
 
-    python bench/run.py                 # everything, 3 repetitions (about 10 minutes)
+    python bench/run.py                 # everything, 3 repetitions (about 12 minutes)
     python bench/run.py --quick         # small counts, 1 repetition: checks the harness
     python bench/run.py --only pickup,throughput --reps 5
     python bench/run.py --no-write      # print the table only
 
-Names for --only: pickup, throughput, baseline, scale, notify, profile.
+Names for --only: pickup, throughput, baseline, imports, scale, notify, profile.
 """
 
 from __future__ import annotations
