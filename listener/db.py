@@ -112,37 +112,29 @@ class Database:
         application_name: str,
     ) -> None:
         self.reserve = max(1, max_size // 5)
-        self.pool = psycopg_pool.ConnectionPool(
-            conninfo,
-            min_size=min(min_size, max_size),
-            max_size=max_size,
-            max_lifetime=max_lifetime if max_lifetime > 0 else 10 * 365 * 86400,
-            max_idle=600,
-            kwargs=connect_kwargs(application_name),
-            configure=_configure,
-            check=_check_if_spoken_to,
-            timeout=CONNECT_TIMEOUT_S,
-            reconnect_timeout=3600,
-            open=False,
-            name="listener",
-        )
+
+        def pool(name: str, size: tuple[int, int], configure) -> psycopg_pool.ConnectionPool:
+            return psycopg_pool.ConnectionPool(
+                conninfo,
+                min_size=size[0],
+                max_size=size[1],
+                max_lifetime=max_lifetime if max_lifetime > 0 else 10 * 365 * 86400,
+                max_idle=600,
+                kwargs=connect_kwargs(application_name),
+                configure=configure,
+                check=_check_if_spoken_to,
+                timeout=CONNECT_TIMEOUT_S,
+                reconnect_timeout=3600,
+                open=False,
+                name=name,
+            )
+
+        self.pool = pool("listener", (min(min_size, max_size), max_size), _configure)
         self.routine = trio.CapacityLimiter(max_size - self.reserve)
         self.critical = trio.CapacityLimiter(self.reserve)
         # A pool of one: psycopg_pool checks it, replaces it when it breaks and
         # reconnects with backoff, as for the others.
-        self.pickup_pool = psycopg_pool.ConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=1,
-            max_lifetime=max_lifetime if max_lifetime > 0 else 10 * 365 * 86400,
-            kwargs=connect_kwargs(application_name),
-            configure=_configure_autocommit,
-            check=_check_if_spoken_to,
-            timeout=CONNECT_TIMEOUT_S,
-            reconnect_timeout=3600,
-            open=False,
-            name="listener-pickup",
-        )
+        self.pickup_pool = pool("listener-pickup", (1, 1), _configure_autocommit)
         self.pickup_lane = trio.CapacityLimiter(1)
 
     async def run(
