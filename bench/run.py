@@ -7,6 +7,7 @@ bench/RESULTS.md (between the markers; the hand-written analysis below them is k
     python bench/run.py --quick         # small counts, 1 repetition: checks the harness
     python bench/run.py --only pickup,throughput --reps 5
     python bench/run.py --no-write      # print the table only
+    (RESULTS.md is rewritten by a full run only, unless --write is given)
 
 Names for --only: pickup, throughput, baseline, imports, scale, notify, profile.
 """
@@ -991,6 +992,12 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(ALL), help=f"comma list of {ALL}")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite RESULTS.md")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="rewrite RESULTS.md even after a --quick or --only run (by default only a full"
+        " run replaces the committed results)",
+    )
     args = parser.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1053,9 +1060,15 @@ def main() -> int:
             indent=1,
         )
     )
-    if not args.no_write:
+    full = not args.quick and set(chosen) == set(ALL)
+    if not args.no_write and (full or args.write):
         write_results(text)
         print(f"wrote {RESULTS_MD.relative_to(h.REPO)} and {RESULTS_JSON.relative_to(h.REPO)}")
+    else:
+        print(
+            f"wrote {RESULTS_JSON.relative_to(h.REPO)}; {RESULTS_MD.relative_to(h.REPO)} left as"
+            " it was (only a full run replaces it, or --write)"
+        )
     return 0
 
 
