@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     db_password: SecretStr | None = None
     db_name: str | None = None
     db_ssl_mode: SslMode = "disable"
-    db_max_open_conns: int = Field(25, ge=2)
+    db_max_open_conns: int = Field(25, ge=0)  # 0: no limit of ours (as in Go)
     db_max_idle_conns: int = Field(25, ge=0)
     db_conn_max_lifetime: float = Field(300, ge=0)
 
@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(5, ge=0)
     listen_keepalive: float = Field(30, gt=0)
     data_dir: Path = Path(".data")
+
+    # -- engine (issue 11) ----------------------------------------------------------------
+    unknown_outcome_resends: int = Field(1, ge=0, le=10)
+    db_statement_timeout: float = Field(30, gt=0)
+    db_max_idle_time: float = Field(30, gt=0)
 
     @field_validator("default_num_images")
     @classmethod
@@ -123,6 +128,8 @@ class Settings(BaseSettings):
         "lease_timeout",
         "shutdown_grace",
         "listen_keepalive",
+        "db_statement_timeout",
+        "db_max_idle_time",
     )
     @classmethod
     def _finite(cls, value: float) -> float:
@@ -147,7 +154,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.db_max_idle_conns > self.db_max_open_conns:
+        if self.db_max_open_conns == 1:
+            raise ValueError(
+                "DB_MAX_OPEN_CONNS: must be 0 (no limit) or at least 2 (one for the "
+                "writes that must never wait, one for the rest)"
+            )
+        if self.db_max_open_conns and self.db_max_idle_conns > self.db_max_open_conns:
             # Go's database/sql lowers MaxIdleConns to MaxOpenConns silently; so do we.
             object.__setattr__(self, "db_max_idle_conns", self.db_max_open_conns)
         return self

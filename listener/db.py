@@ -35,7 +35,7 @@ import trio
 from psycopg.rows import dict_row
 
 from listener.config import Settings
-from listener.errors import DatabaseError, DatabaseUnavailable
+from listener.errors import DatabaseBusy, DatabaseError, DatabaseUnavailable
 from listener.sqlfiles import queries
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,14 @@ def translate(exc: BaseException) -> DatabaseError:
     if isinstance(exc, psycopg.OperationalError):
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return DatabaseUnavailable(f"database unavailable: {text}")
+    if isinstance(
+        exc,
+        psycopg.errors.QueryCanceled
+        | psycopg.errors.LockNotAvailable
+        | psycopg.errors.DeadlockDetected
+        | psycopg.errors.SerializationFailure,
+    ):
+        return DatabaseBusy(f"database busy: {_primary(exc)}")
     if isinstance(exc, psycopg.Error):
         diag = getattr(exc, "diag", None)
         text = (diag.message_primary if diag and diag.message_primary else str(exc)).strip()
@@ -78,14 +86,9 @@ def translate(exc: BaseException) -> DatabaseError:
     return DatabaseError(f"database error: {exc}")
 
 
-def _configure(conn: psycopg.Connection) -> None:
-    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    conn.commit()
-
-
-def _configure_autocommit(conn: psycopg.Connection) -> None:
-    _configure(conn)
-    conn.autocommit = True
+def _primary(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    return (diag.message_primary if diag and diag.message_primary else str(exc)).strip()
 
 
 def _check_if_spoken_to(conn: psycopg.Connection) -> None:
@@ -99,29 +102,78 @@ def _check_if_spoken_to(conn: psycopg.Connection) -> None:
         psycopg_pool.ConnectionPool.check_connection(conn)
 
 
+class _IdleCappedPool(psycopg_pool.ConnectionPool):
+    """A pool that, like Go's database/sql, keeps at most `idle_cap` idle connections:
+    a connection coming back to a pool that already has that many idle is closed
+    instead of kept. (psycopg_pool alone only shrinks one connection per `max_idle`.)"""
+
+    def __init__(self, *args: Any, idle_cap: int, **kwargs: Any) -> None:
+        self._idle_cap = idle_cap
+        super().__init__(*args, **kwargs)
+
+    def _add_to_pool(self, conn: Any) -> None:
+        with self._lock:
+            surplus = (
+                not self._closed
+                and not self._waiting
+                and len(self._pool) >= self._idle_cap
+                and self._nconns > self._min_size
+            )
+            if surplus:
+                self._nconns -= 1
+        if surplus:
+            self._close_connection(conn)
+            return
+        super()._add_to_pool(conn)
+
+
+# DB_MAX_OPEN_CONNS=0 means "no limit" in Go; a pool needs a number: this one.
+UNLIMITED_OPEN = 100
+
+
 class Database:
-    """A pool of connections for trio code. Use `open_database` to get one."""
+    """A pool of connections for trio code. Use `open_database` to get one.
+
+    Nothing is opened ahead of need but one pooled connection and the pickup lane's:
+    idle, a listener holds the LISTEN connection, the pickup lane and one or two pooled
+    connections. The pool grows on demand up to DB_MAX_OPEN_CONNS, keeps at most
+    DB_MAX_IDLE_CONNS idle, and closes what stays idle longer than DB_MAX_IDLE_TIME."""
 
     def __init__(
         self,
         conninfo: str,
         *,
-        min_size: int,
-        max_size: int,
+        max_open: int,
+        max_idle_conns: int,
         max_lifetime: float,
+        max_idle_time: float = 30.0,
+        statement_timeout: float = STATEMENT_TIMEOUT_MS / 1000,
         application_name: str,
     ) -> None:
-        self.reserve = max(1, max_size // 5)
+        max_size = max_open or UNLIMITED_OPEN
+        self.reserve = max(1, min(4, max_size // 5))
+        timeout_ms = max(1, int(statement_timeout * 1000))
 
-        def pool(name: str, size: tuple[int, int], configure) -> psycopg_pool.ConnectionPool:
-            return psycopg_pool.ConnectionPool(
+        def configure(conn: psycopg.Connection) -> None:
+            conn.execute(f"SET statement_timeout = {timeout_ms}")
+            conn.commit()
+
+        def configure_autocommit(conn: psycopg.Connection) -> None:
+            configure(conn)
+            conn.autocommit = True
+
+        def pool(
+            name: str, size: tuple[int, int], setup, idle_cap: int
+        ) -> psycopg_pool.ConnectionPool:
+            return _IdleCappedPool(
                 conninfo,
+                idle_cap=idle_cap,
                 min_size=size[0],
                 max_size=size[1],
                 max_lifetime=max_lifetime if max_lifetime > 0 else 10 * 365 * 86400,
-                max_idle=600,
+                max_idle=max_idle_time,
                 kwargs=connect_kwargs(application_name),
-                configure=configure,
+                configure=setup,
                 check=_check_if_spoken_to,
                 timeout=CONNECT_TIMEOUT_S,
                 reconnect_timeout=3600,
@@ -129,12 +181,14 @@ class Database:
                 name=name,
             )
 
-        self.pool = pool("listener", (min(min_size, max_size), max_size), _configure)
+        self.pool = pool(
+            "listener", (min(1, max_idle_conns), max_size), configure, max(1, max_idle_conns)
+        )
         self.routine = trio.CapacityLimiter(max_size - self.reserve)
         self.critical = trio.CapacityLimiter(self.reserve)
         # A pool of one: psycopg_pool checks it, replaces it when it breaks and
         # reconnects with backoff, as for the others.
-        self.pickup_pool = pool("listener-pickup", (1, 1), _configure_autocommit)
+        self.pickup_pool = pool("listener-pickup", (1, 1), configure_autocommit, 1)
         self.pickup_lane = trio.CapacityLimiter(1)
 
     async def run(
@@ -151,6 +205,8 @@ class Database:
                     return fn(conn, *args)
             except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
                 raise translate(exc) from exc
+            except UnicodeError as exc:  # psycopg encodes parameters outside its errors
+                raise DatabaseError(f"database error: cannot encode a value: {exc.reason}") from exc
 
         limiter = self.pickup_lane if pickup else self.critical if critical else self.routine
         return await trio.to_thread.run_sync(work, limiter=limiter)
@@ -192,9 +248,11 @@ async def open_database(conninfo: str, settings: Settings, *, application_name: 
     """Open a pool sized by the DB_* settings; close it on exit, even when cancelled."""
     db = Database(
         conninfo,
-        min_size=settings.db_max_idle_conns,
-        max_size=settings.db_max_open_conns,
+        max_open=settings.db_max_open_conns,
+        max_idle_conns=settings.db_max_idle_conns,
         max_lifetime=settings.db_conn_max_lifetime,
+        max_idle_time=settings.db_max_idle_time,
+        statement_timeout=settings.db_statement_timeout,
         application_name=application_name,
     )
     pools = (db.pool, db.pickup_pool)

@@ -14,6 +14,7 @@ line (which could carry a connection string).
     ├── WaitTimeout              `enqueue --wait` gave up; exit code 5
     ├── DatabaseError            the database could not be reached or refused us
     │   ├── DatabaseUnavailable  connection lost / refused: transient, retried with backoff
+    │   ├── DatabaseBusy         statement timeout, lock or deadlock: retried with backoff
     │   ├── SchemaNotMigrated    the images schema is missing or older than this release
     │   └── LeaseLost            another worker now owns the row; our write was refused
     └── ApiError                 the Fusion Brain API did not give what we asked for
@@ -75,6 +76,10 @@ class DatabaseError(ListenerError):
 
 class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached."""
+
+
+class DatabaseBusy(DatabaseError):
+    """The database could not take the statement now (timeout behind a lock, deadlock)."""
 
 
 class SchemaNotMigrated(DatabaseError):

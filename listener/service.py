@@ -1,22 +1,14 @@
-"""The service: one trio nursery holding the LISTEN stream, the generator, the processor,
-the sweeps and the heartbeat, each started with `nursery.start` so start-up is ordered
-and a start-up failure reaches the caller.
+"""The service: settings in, a running engine out.
 
-Start: check the database (reachable, migrated, DEFAULT_STYLE known), LISTEN, a catch-up
-sweep, then wait for wake-ups. With -cron: no LISTEN, the sweeps are the schedule. With
---once: one pass of the chosen roles, then exit.
-
-Stop (SIGINT / SIGTERM), in two phases:
-1. soft: stop claiming; API calls in flight and the writes of their outcome get
-   SHUTDOWN_GRACE seconds (they are shielded until then);
-2. hard: everything else is cancelled; every row this worker holds is released at once
-   (a Generate row keeps its uuid), so the next start or another listener resumes it.
-A second signal skips the grace period.
+Start: the API endpoint (or the built-in emulator), the database (reachable, migrated,
+DEFAULT_STYLE known; a database that is down is waited for), then the engine with the
+LISTEN stream as its wake-up source. With -cron: no LISTEN, the sweeps are the schedule.
+With --once: one pass of the chosen roles, then exit. SIGINT / SIGTERM stop the engine
+in its two phases (listener.engine.engine); a second signal skips the grace period.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -24,7 +16,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from functools import partial
+from typing import Literal
 
 import psycopg
 import stamina
@@ -33,27 +25,22 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from listener import __version__
 from listener.api.client import FusionBrainClient
-from listener.commands.common import Context, prepare
 from listener.config import Settings
-from listener.db import Database, connect_kwargs, open_database, translate
-from listener.durable import Guard
+from listener.db import connect_kwargs, open_database, translate
 from listener.embedded import psql_command
+from listener.engine import Connected, Engine, Wakeup
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
-from listener.generator import Generator
-from listener.health import ApiHealth
-from listener.heartbeat import serve_heartbeat
 from listener.migrate import check_migrated
-from listener.notify import Backoff, Connected, ListenStream, Notification
-from listener.primitives import Capacity
-from listener.processor import Processor
-from listener.store import Store
-from listener.sweeps import Sweeps
+from listener.notify import Connected as ListenConnected
+from listener.notify import ListenStream, Notification
+from listener.providers.fusionbrain import FusionBrainProvider
+from listener.store import PgStore
+from listener.validate import validate_image
 
 log = logging.getLogger("listener")
 
 WAKEUP_CHANNEL = "images_wakeup"
 DONE_CHANNEL = "images_done"
-RELEASE_TIMEOUT = 5.0
 
 # Connection failures that retrying cannot fix: say so and stop.
 _FATAL_CONNECT = (
@@ -65,20 +52,27 @@ _FATAL_CONNECT = (
 
 
 @dataclass(frozen=True)
-class Roles:
-    generator: bool
-    processor: bool
+class Options:
+    """What the command line asks of the service, as plain values."""
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Roles:
-        if not args.generator and not args.processor:
-            return cls(True, True)
-        return cls(bool(args.generator), bool(args.processor))
+    generate: bool = True
+    follow: bool = True
+    mode: Literal["event", "cron", "once"] = "event"
+    with_emulator: bool = False
 
-    def __str__(self) -> str:
+    @property
+    def roles(self) -> str:
         return ", ".join(
-            n for n, on in (("generator", self.generator), ("processor", self.processor)) if on
+            n for n, on in (("generator", self.generate), ("processor", self.follow)) if on
         )
+
+    @property
+    def described(self) -> str:
+        return {
+            "once": "one pass",
+            "cron": "schedule only (-cron)",
+            "event": "event-driven, sweeps as fallback",
+        }[self.mode]
 
 
 def make_worker_id() -> str:
@@ -102,51 +96,59 @@ def _check_database(conninfo: str, style: str) -> None:
             )
 
 
+class _StreamEvents:
+    """Adapts the LISTEN stream's events to the engine's."""
+
+    def __init__(self, stream: ListenStream) -> None:
+        self.stream = stream
+        self.on_event = lambda event: None
+        stream.on_event = self._translate
+
+    def _translate(self, event: object) -> None:
+        if isinstance(event, ListenConnected):
+            self.on_event(Connected(first=event.first))
+        elif isinstance(event, Notification):
+            self.on_event(Wakeup(event.payload))
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.stream.serve(task_status=task_status)
+
+
 class Service:
-    def __init__(self, ctx: Context, args: argparse.Namespace) -> None:
-        self.ctx = ctx
-        self.settings: Settings = ctx.settings
-        self.roles = Roles.from_args(args)
-        self.cron = bool(args.cron)
-        self.once = bool(args.once)
-        self.with_emulator = bool(args.with_emulator)
+    def __init__(
+        self, settings: Settings, conninfo: str, options: Options, *, embedded: bool = False
+    ) -> None:
+        self.settings = settings
+        self.conninfo = conninfo
+        self.options = options
+        self.embedded = embedded
         self.worker = make_worker_id()
-        self.guard = Guard()
-        self.top: trio.CancelScope | None = None
-        self.control: trio.CancelScope | None = None
-        self.work: trio.CancelScope | None = None
+        self.engine: Engine | None = None
         self.stop_reason: str | None = None
-        self.generator: Generator | None = None
-        self.processor: Processor | None = None
-        self.sweeps: Sweeps | None = None
-
-    @property
-    def mode(self) -> str:
-        if self.once:
-            return "one pass"
-        return "schedule only (-cron)" if self.cron else "event-driven, sweeps as fallback"
-
-    # -- entry ---------------------------------------------------------------------------------
+        self._starting: trio.CancelScope | None = None
 
     async def run(self) -> int:
-        s = self.settings
+        s, o = self.settings, self.options
         log.info(
             "Starting fusionbrain-listener %s (worker %s; roles: %s; %s)",
             __version__,
             self.worker,
-            self.roles,
-            self.mode,
+            o.roles,
+            o.described,
         )
-        stamina.instrumentation.set_on_retry_hooks([])  # we log retries ourselves
+        stamina.instrumentation.set_on_retry_hooks([])  # retries are logged where they happen
         async with trio.open_nursery() as top:
-            self.top = top.cancel_scope
             top.start_soon(self._watch_signals)
-            base_url, key, secret = await self._api_endpoint(top)
-            await self._wait_for_database()
+            with trio.CancelScope() as self._starting:
+                base_url, key, secret = await self._api_endpoint(top)
+                await self._wait_for_database()
+            if self._starting.cancelled_caught:
+                top.cancel_scope.cancel()
+                return self._stopped()
             log.info("Database connection established")
             async with (
                 open_database(
-                    self.ctx.conninfo, s, application_name=f"fusionbrain-listener {self.worker}"
+                    self.conninfo, s, application_name=f"fusionbrain-listener {self.worker}"
                 ) as db,
                 FusionBrainClient(
                     base_url,
@@ -156,14 +158,44 @@ class Service:
                     max_connections=2 * s.api_concurrency,
                 ) as api,
             ):
-                try:
-                    await self._serve(db, api)
-                finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
-                        await self._release(Store(db, self.worker, s.lease_timeout))
+                await self._serve(PgStore(db, self.worker, s.lease_timeout), api)
             top.cancel_scope.cancel()
-        log.info("Service stopped%s", f" ({self.stop_reason})" if self.stop_reason else "")
+        return self._stopped()
+
+    def _stopped(self) -> int:
+        reason = self.stop_reason
+        log.info("Service stopped%s", f" ({reason})" if reason else "")
         return 0
+
+    async def _serve(self, store: PgStore, api: FusionBrainClient) -> None:
+        s, o = self.settings, self.options
+        wakeups = None
+        if o.mode == "event":
+            stream = ListenStream(
+                self.conninfo,
+                [WAKEUP_CHANNEL],
+                lambda event: None,
+                keepalive=s.listen_keepalive,
+                application_name=f"fusionbrain-listener {self.worker} listen",
+            )
+            wakeups = _StreamEvents(stream)
+        self.engine = Engine(
+            settings=s,
+            store=store,
+            provider=FusionBrainProvider(api),
+            validate=validate_image,
+            generate=o.generate,
+            follow=o.follow,
+            mode=o.mode,
+            wakeups=wakeups,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.engine.serve)
+            log.info("Listener ready")
+            if self.embedded or o.with_emulator:
+                log.info("%s", self._try_it())
+        if self.engine.stop_reason and not self.stop_reason:
+            self.stop_reason = self.engine.stop_reason
 
     async def _api_endpoint(self, nursery: trio.Nursery) -> tuple[str, str, str]:
         s = self.settings
@@ -179,7 +211,7 @@ class Service:
                 s.fusion_brain_api_key.get_secret_value(),
                 s.fusion_brain_secret_key.get_secret_value(),
             )
-        if not self.with_emulator:
+        if not self.options.with_emulator:
             raise ConfigError(
                 "configuration error: FUSION_BRAIN_API_KEY is not set: set it "
                 "and FUSION_BRAIN_SECRET_KEY, or start with --with-emulator "
@@ -198,90 +230,37 @@ class Service:
     async def _wait_for_database(self) -> None:
         """Reachable, migrated, and knows DEFAULT_STYLE. A database that is down is waited
         for (one line per attempt); one that refuses us for good ends start-up."""
-        backoff = Backoff(initial=0.5, maximum=30.0)
-        while True:
-            try:
-                await trio.to_thread.run_sync(
-                    _check_database,
-                    self.ctx.conninfo,
-                    self.settings.default_style,
-                    abandon_on_cancel=True,
-                )
-                return
-            except psycopg.Error as exc:
-                err = translate(exc)
-                if not isinstance(err, DatabaseUnavailable):
+        async for attempt in stamina.retry_context(
+            on=DatabaseUnavailable,
+            attempts=None,
+            timeout=None,
+            wait_initial=0.5,
+            wait_max=30.0,
+            wait_jitter=1.0,
+        ):
+            with attempt:
+                try:
+                    await trio.to_thread.run_sync(
+                        _check_database,
+                        self.conninfo,
+                        self.settings.default_style,
+                        abandon_on_cancel=True,
+                    )
+                except psycopg.Error as exc:
+                    err = translate(exc)
+                    if not isinstance(err, DatabaseUnavailable):
+                        raise err from None
+                    reason = err.message.removeprefix("database unavailable: ")
+                    if any(marker in reason for marker in _FATAL_CONNECT):
+                        raise ConfigError(
+                            f"the database refused the connection: {reason}"
+                        ) from None
+                    log.warning("Database unavailable: %s; retrying", reason)
                     raise err from None
-                reason = err.message.removeprefix("database unavailable: ")
-                if any(marker in reason for marker in _FATAL_CONNECT):
-                    raise ConfigError(f"the database refused the connection: {reason}") from None
-                delay = backoff.next()
-                log.warning("Database unavailable: %s; retrying in %.1fs", reason, delay)
-                await trio.sleep(delay)
-
-    # -- the nursery ---------------------------------------------------------------------------
-
-    async def _serve(self, db: Database, api: FusionBrainClient) -> None:
-        s = self.settings
-        store = Store(db, self.worker, s.lease_timeout)
-        health = ApiHealth(backoff_base=s.retry_backoff_base, backoff_max=s.retry_backoff_max)
-        capacity = Capacity(s.max_in_flight)
-        common = dict(
-            settings=s, store=store, api=api, health=health, capacity=capacity, guard=self.guard
-        )
-        if self.roles.processor:
-            self.processor = Processor(**common)
-        if self.roles.generator:
-            self.generator = Generator(
-                **common, handoff=self.processor.follow if self.processor else None
-            )
-        self.sweeps = Sweeps(
-            self.generator,
-            self.processor,
-            generator_interval=s.generator_sweep_interval,
-            processor_interval=s.processor_sweep_interval,
-            cron=self.cron,
-        )
-        event_driven = not (self.cron or self.once)
-
-        async with trio.open_nursery() as work:  # API calls, followers, heartbeat
-            self.work = work.cancel_scope
-            await work.start(serve_heartbeat, store)
-            async with trio.open_nursery() as control:  # what decides to start new work
-                self.control = control.cancel_scope
-                await control.start(health.serve_credentials_probe, api.availability)
-                if self.processor:
-                    await control.start(
-                        partial(self.processor.serve, work, event_driven=event_driven)
-                    )
-                if self.generator:
-                    await control.start(
-                        partial(self.generator.serve, work, event_driven=event_driven)
-                    )
-                if self.once:
-                    control.start_soon(self._one_pass)
-                else:
-                    await control.start(self.sweeps.serve)
-                    if not event_driven:
-                        self.sweeps.request_catch_up()  # -cron: a first pass at start-up
-                    else:
-                        stream = ListenStream(
-                            self.ctx.conninfo,
-                            [WAKEUP_CHANNEL],
-                            self._on_event,
-                            keepalive=s.listen_keepalive,
-                            application_name=f"fusionbrain-listener {self.worker} listen",
-                        )
-                        await control.start(stream.serve)
-                log.info("Listener ready")
-                if self.ctx.embedded or self.with_emulator:
-                    log.info("%s", self._try_it())
-            await self._soft_stop()
-            work.cancel_scope.cancel()
 
     def _try_it(self) -> str:
         """The one line a first-time user needs: insert a row, then export its image."""
-        params = conninfo_to_dict(self.ctx.conninfo)
+        params = conninfo_to_dict(self.conninfo)
         params.pop("password", None)  # psql asks for it; a log line never shows it
         target = make_conninfo(**{k: v for k, v in params.items() if v})
         insert = "INSERT INTO images (prompt) VALUES ('a red fox in the snow') RETURNING id"
@@ -291,41 +270,15 @@ class Service:
             f" ; then: {prog} export ID -o fox.png (or: {prog} enqueue 'a red fox' --wait)"
         )
 
-    def _on_event(self, event: Notification | Connected) -> None:
-        if isinstance(event, Connected):
-            assert self.sweeps is not None
-            self.sweeps.request_catch_up()
-        elif event.payload == "ReadyToGenerate" and self.generator:
-            self.generator.doorbell.ring()
-        elif event.payload == "Generate" and self.processor:
-            self.processor.doorbell.ring()
-
-    async def _one_pass(self) -> None:
-        assert self.sweeps is not None
-        await self.sweeps.catch_up()
-        if self.processor:
-            await self.processor.wait_idle()
-        self.stop("one pass done")
-
-    # -- stopping --------------------------------------------------------------------------------
+    # -- stopping ----------------------------------------------------------------------
 
     def stop(self, reason: str) -> None:
-        """Phase 1: stop claiming; in-flight calls get SHUTDOWN_GRACE to finish."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        for part in (self.generator, self.processor):
-            if part is not None:
-                part.stopping = True
-        self.guard.stop_by(trio.current_time() + self.settings.shutdown_grace)
-        if self.control is not None:
-            self.control.cancel()
-        elif self.top is not None:
-            self.top.cancel()  # still starting (waiting for the database): nothing to finish
-
-    async def _soft_stop(self) -> None:
-        if self.generator is not None:
-            with trio.move_on_at(self.guard.deadline):
-                await self.generator.wait_idle()
+        if self.engine is not None:
+            self.engine.stop(reason)
+        elif self._starting is not None:
+            self._starting.cancel()  # still starting: nothing to finish
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -340,22 +293,8 @@ class Service:
                     self.stop(name)
                 else:
                     log.info("Received %s again: stopping now", name)
-                    self.guard.stop_by(trio.current_time())
-                    if self.work is not None:
-                        self.work.cancel()
-
-    async def _release(self, store: Store) -> None:
-        try:
-            n = await store.release_all()
-        except ListenerError as exc:
-            log.warning(
-                "Could not release this worker's rows (%s); their leases run out in %gs",
-                exc.message,
-                self.settings.lease_timeout,
-            )
-            return
-        if n:
-            log.info("Released %d row(s) for the next start or another listener", n)
+                    if self.engine is not None:
+                        self.engine.stop_now()
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
@@ -371,9 +310,8 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
     return expected[0] if expected and len(expected) == len(leaves) else group
 
 
-def main(args: argparse.Namespace) -> int:
-    ctx = prepare(args)
-    service = Service(ctx, args)
+def run(settings: Settings, conninfo: str, options: Options, *, embedded: bool = False) -> int:
+    service = Service(settings, conninfo, options, embedded=embedded)
     try:
         return trio.run(service.run)
     except BaseExceptionGroup as group:

@@ -1,16 +1,17 @@
-"""Every change the service makes to a row, as one named query each (sql/queries.sql).
+"""The engine's store on PostgreSQL: every change the engine makes to a row, as one named
+query each (sql/queries.sql).
 
 All writes are fenced on the lease (`locked_by = this worker`): a listener that lost a
-row (its lease expired and another listener took it) cannot overwrite the new owner's
-work. Such a refused write raises `LeaseLost`, which the caller logs. Writes that carry
-something the API handed us (a uuid, an image) use the database's critical lane, which
-routine work can never exhaust.
+row (its lease expired and another listener took it, or an operator moved it) cannot
+overwrite the new owner's work. Such a refused write raises `LeaseLost`. Writes that
+carry something the API handed us (a uuid, an image) use the database's critical lane,
+which routine work can never exhaust. Text written into a row has been through
+`listener.sanitize.clean` (no NUL, no control characters, bounded).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,87 +19,46 @@ import psycopg
 from psycopg.rows import dict_row
 
 from listener.db import Database
+from listener.engine.ports import Claimed, Generation, ReadyRow
 from listener.errors import LeaseLost
+from listener.sanitize import clean
 from listener.sqlfiles import queries
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReadyRow:
-    """A claimed ReadyToGenerate row."""
-
-    id: int
-    prompt: str
-    style: str | None
-    width: int | None
-    height: int | None
-    negative_prompt: str | None
-    attempts: int
-    last_error: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A generation to follow: the API's uuid is durable in the row."""
-
-    id: int
-    uuid: str
-    prompt: str
-    age: float  # seconds since the API accepted it, by the database's clock
-    status_time: float = 0.0  # the API's hint: no point asking before this
-
-
-@dataclass(frozen=True)
-class Claimed:
-    rows: list[Any]
-    # Seconds until the next waiting row becomes due (None: nothing waits).
-    next_due_in: float | None
 
 
 def _seconds_until(at: datetime | None, now: datetime) -> float | None:
     return None if at is None else max(0.0, (at - now).total_seconds())
 
 
-class Store:
+class PgStore:
     def __init__(self, db: Database, worker: str, lease: float) -> None:
         self.db, self.worker, self.lease = db, worker, lease
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"worker": self.worker, "lease": self.lease, **extra}
 
-    async def claim_ready(self, limit: int, *, next_due: bool = True) -> Claimed:
-        """Claim up to `limit` due rows. When fewer were due, `next_due_in` says when the
-        next waiting row falls due, unless `next_due=False`: then the caller asks
-        `next_ready_in` itself, after it has set the claimed rows on their way."""
-        q = queries()
-        params = self._params(limit=limit)
+    # -- claims (the pickup lane: one warm autocommit connection) ---------------------
 
-        def go(conn: psycopg.Connection) -> Claimed:
+    async def claim_ready(self, limit: int) -> list[ReadyRow]:
+        query, params = queries()["claim_ready"], self._params(limit=limit)
+
+        def go(conn: psycopg.Connection) -> list[ReadyRow]:
             with conn.cursor(row_factory=dict_row) as cur:
-                rows = [ReadyRow(**r) for r in cur.execute(q["claim_ready"], params)]
-                if len(rows) == limit or not next_due:
-                    return Claimed(rows, 0.0 if len(rows) == limit else None)
-                return Claimed(rows, self._next(cur, q["next_ready_at"], params))
+                return [ReadyRow(**r) for r in cur.execute(query, params)]
 
         return await self.db.run(go, pickup=True)
 
     async def next_ready_in(self) -> float | None:
-        """Seconds until the next waiting row falls due (None: nothing waits)."""
-        q, params = queries(), self._params()
+        query, params = queries()["next_ready_at"], self._params()
 
         def go(conn: psycopg.Connection) -> float | None:
             with conn.cursor(row_factory=dict_row) as cur:
-                return self._next(cur, q["next_ready_at"], params)
+                nxt = cur.execute(query, params).fetchone()
+                assert nxt is not None
+                return _seconds_until(nxt["at"], nxt["now"])
 
         return await self.db.run(go, pickup=True)
-
-    @staticmethod
-    def _next(cur: psycopg.Cursor[dict[str, Any]], query: str, params: Any) -> float | None:
-        nxt = cur.execute(query, params).fetchone()
-        assert nxt is not None
-        return _seconds_until(nxt["at"], nxt["now"])
 
     async def claim_generating(self, limit: int) -> Claimed:
         q = queries()
@@ -110,9 +70,12 @@ class Store:
                 if len(rows) == limit:
                     return Claimed(rows, 0.0)
                 nxt = cur.execute(q["next_generating_at"], params).fetchone()
+                assert nxt is not None
                 return Claimed(rows, _seconds_until(nxt["at"], nxt["now"]))
 
         return await self.db.run(go)
+
+    # -- fenced writes -----------------------------------------------------------------
 
     async def _fenced(self, name: str, id_: int, target: str, **params: Any) -> None:
         """Run a fenced write; a retry that finds its own write already done is fine."""
@@ -123,50 +86,82 @@ class Store:
         if (
             state
             and state[0]["status"] == target
-            and state[0]["locked_by"] is None
+            and state[0]["locked_by"] in (None, self.worker)
             and (params.get("uuid") is None or state[0]["uuid"] == params["uuid"])
         ):
             return
+        now = f"status {state[0]['status']}" if state else "deleted"
         raise LeaseLost(
-            f"image ID {id_}: write refused ({name}), another listener owns the row now"
+            f"image ID {id_}: write refused ({name}): the row changed under this listener "
+            f"({now}; another listener or an operator owns it now)"
         )
 
-    async def record_accepted(self, id_: int, uuid: str, *, keep: bool) -> None:
-        """Status Generate with the uuid. Idempotent like the other fenced writes."""
+    async def record_accepted(self, id_: int, handle: str, *, keep: bool) -> None:
+        await self._fenced("record_accepted", id_, "Generate", uuid=handle, keep=keep)
+
+    async def release(
+        self,
+        id_: int,
+        *,
+        status: str,
+        delay: float = 0.0,
+        error: str | None = None,
+        uncount: bool = False,
+        count: bool = False,
+    ) -> None:
         n = await self.db.execute(
-            "record_accepted", self._params(id=id_, uuid=uuid, keep=keep), critical=True
+            "release",
+            self._params(
+                id=id_,
+                status=status,
+                delay=delay,
+                error=None if error is None else clean(error),
+                uncount=uncount,
+                count=count,
+            ),
+            critical=True,
         )
-        if n == 1:
-            return
-        state = await self.db.fetch("row_state", {"id": id_}, critical=True)
-        if state and state[0]["status"] == "Generate" and state[0]["uuid"] == uuid:
-            return
-        raise LeaseLost(
-            f"image ID {id_}: uuid {uuid} not recorded, another listener owns the row now"
+        if n != 1:
+            raise LeaseLost(f"image ID {id_}: not released, it is not this listener's any more")
+
+    async def retry_later(
+        self, id_: int, *, delay: float, error: str, unknown_outcome: bool = False
+    ) -> None:
+        n = await self.db.execute(
+            "retry_later",
+            self._params(id=id_, delay=delay, error=clean(error), unknown=unknown_outcome),
+            critical=True,
         )
-
-    async def release_uncounted(self, id_: int, *, delay: float = 0.0) -> None:
-        await self.db.execute("release_uncounted", self._params(id=id_, delay=delay))
-
-    async def retry_later(self, id_: int, *, delay: float, error: str) -> None:
-        await self.db.execute("retry_later", self._params(id=id_, delay=delay, error=error))
+        if n != 1:
+            raise LeaseLost(f"image ID {id_}: retry not recorded, the row is not ours any more")
 
     async def fail(self, id_: int, error: str, *, from_status: str, censored: bool = False) -> None:
         await self._fenced(
-            "fail", id_, "Failed", error=error, from_status=from_status, censored=censored
+            "fail", id_, "Failed", error=clean(error), from_status=from_status, censored=censored
         )
 
-    async def finalise(self, id_: int, uuid: str, base64: str) -> None:
+    async def finalise(self, id_: int, handle: str, image: str) -> None:
         """Write the image. Idempotent: if a retried write finds the row already holding
         this generation's result, it was ours and it is durable."""
-        await self._fenced("finalise", id_, "ReadyToPublish", uuid=uuid, base64=base64)
+        await self._fenced("finalise", id_, "ReadyToPublish", uuid=handle, base64=image)
 
-    async def heartbeat(self) -> int:
-        return await self.db.execute("heartbeat", self._params())
+    # -- leases ------------------------------------------------------------------------
 
-    async def release_all(self) -> int:
-        return await self.db.execute("release_all", self._params(), critical=True)
+    async def renew(self, owned: dict[int, str]) -> tuple[set[int], set[int]]:
+        ids = list(owned)
+        params = self._params(ids=ids, statuses=[owned[i] for i in ids])
+        rows = await self.db.fetch("renew", params)
+        renewed = {r["id"] for r in rows if r["renewed"]}
+        lost = {r["id"] for r in rows if r["lost"]}
+        return renewed, lost
+
+    async def release_rows(self, ids: list[int]) -> int:
+        return await self.db.execute("release_rows", self._params(ids=ids), critical=True)
 
     async def style_check(self, style: str) -> tuple[bool, str]:
         (row,) = await self.db.fetch("style_exists", {"style": style})
         return bool(row["known"]), row["known_styles"] or ""
+
+
+# The name the rest of the code and the tests know it by.
+Store = PgStore

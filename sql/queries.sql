@@ -21,7 +21,7 @@ FROM (
 ) AS due
 WHERE i.id = due.id
 RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attempts,
-          i.last_error, i.created_at
+          i.last_error, i.unknown_outcomes
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
 -- not_before, or another listener's lease running out; our own leases do not run out).
@@ -36,7 +36,8 @@ SELECT least(
 ) AS at, now() AS now
 
 -- Generations that nobody follows: left by a stopped or crashed listener (lease expired
--- or released) or by the seed service (never leased).
+-- or released) or by the seed service (never leased). A row released after an internal
+-- error keeps locked_until as its back-off, without an owner.
 -- name: claim_generating
 UPDATE images AS i
 SET locked_by = %(worker)s,
@@ -49,12 +50,13 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS orphan
 WHERE i.id = orphan.id
-RETURNING i.id, i.uuid, i.prompt,
+RETURNING i.id, i.uuid AS handle, i.prompt, i.width, i.height, i.attempts,
           extract(epoch FROM now() - coalesce(i.generation_started_at, i.updated_at))::float8 AS age
 
 -- name: next_generating_at
 SELECT min(locked_until) AS at, now() AS now FROM images
-WHERE status = 'Generate' AND locked_until >= now() AND locked_by <> %(worker)s
+WHERE status = 'Generate' AND locked_until >= now()
+  AND locked_by IS DISTINCT FROM %(worker)s
 
 -- The API accepted the run: the uuid is durable before anything else happens. Fenced on
 -- the lease, so a listener that lost the row cannot overwrite the new owner's work.
@@ -68,19 +70,29 @@ SET status = 'Generate', uuid = %(uuid)s, last_error = NULL, generated_by = %(wo
     locked_by = CASE WHEN %(keep)s THEN %(worker)s END
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
 
--- Give a claimed row back without counting the attempt (API busy, credentials refused,
--- shutdown before the call was made).
--- name: release_uncounted
+-- Give a row back: its task cannot go on (API busy, credentials refused, a database
+-- error, an internal error). `uncount` gives the claim's attempt back; `count` counts a
+-- follow's failure as an attempt. A ReadyToGenerate row waits `delay` in not_before; a
+-- Generate row waits it in locked_until, owned by nobody.
+-- name: release
 UPDATE images
-SET locked_by = NULL, locked_until = NULL, attempts = greatest(attempts - 1, 0),
-    not_before = now() + make_interval(secs => %(delay)s)
-WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
+SET locked_by = NULL,
+    locked_until = CASE WHEN status = 'Generate' AND %(delay)s > 0
+                        THEN now() + make_interval(secs => %(delay)s) END,
+    attempts = greatest(attempts - CASE WHEN %(uncount)s THEN 1 ELSE 0 END
+                        + CASE WHEN %(count)s AND status = 'Generate' THEN 1 ELSE 0 END, 0),
+    not_before = CASE WHEN status = 'ReadyToGenerate'
+                      THEN now() + make_interval(secs => %(delay)s) ELSE not_before END,
+    last_error = coalesce(%(error)s, last_error)
+WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(status)s
 
--- A transient failure: the attempt counts, the reason is kept, the row waits.
+-- A transient failure: the attempt counts, the reason is kept, the row waits. A run
+-- whose outcome is unknown is counted: it may have been paid for.
 -- name: retry_later
 UPDATE images
 SET locked_by = NULL, locked_until = NULL, last_error = %(error)s,
-    not_before = now() + make_interval(secs => %(delay)s)
+    not_before = now() + make_interval(secs => %(delay)s),
+    unknown_outcomes = unknown_outcomes + CASE WHEN %(unknown)s THEN 1 ELSE 0 END
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
 
 -- name: fail
@@ -100,15 +112,49 @@ WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'Generate'
 -- name: row_state
 SELECT status, uuid, locked_by FROM images WHERE id = %(id)s
 
--- name: heartbeat
-UPDATE images SET locked_until = now() + make_interval(secs => %(lease)s)
-WHERE locked_by = %(worker)s AND status IN ('ReadyToGenerate', 'Generate')
+-- Lease renewal for exactly the rows owned by live tasks, each in the status its task
+-- expects. Rows locked by someone else right now (an operator's SELECT ... FOR UPDATE)
+-- are skipped, so renewal never waits behind a lock. Rows that moved under us come back
+-- as lost: another owner took them, or an operator changed their status, in which case
+-- our lease on them is dropped here (the row is work again: the wake-up trigger fires).
+-- Touches the lease only: not a change of the row (updated_at stays).
+-- name: renew
+WITH mine AS (
+    SELECT o.id, o.status FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]) AS o (id, status)
+),
+lockable AS (
+    -- a submitting task's own move (ReadyToGenerate -> Generate) may land meanwhile
+    SELECT i.id,
+           (i.status = mine.status
+            OR (mine.status = 'ReadyToGenerate' AND i.status = 'Generate')) AS same
+    FROM images AS i JOIN mine ON mine.id = i.id
+    WHERE i.locked_by = %(worker)s
+    FOR UPDATE OF i SKIP LOCKED
+),
+renewed AS (
+    UPDATE images AS i SET locked_until = now() + make_interval(secs => %(lease)s)
+    FROM lockable WHERE i.id = lockable.id AND lockable.same
+    RETURNING i.id
+),
+moved AS (
+    UPDATE images AS i SET locked_by = NULL, locked_until = NULL
+    FROM lockable WHERE i.id = lockable.id AND NOT lockable.same
+    RETURNING i.id
+)
+SELECT mine.id, renewed.id IS NOT NULL AS renewed,
+       (moved.id IS NOT NULL OR i.id IS NULL OR i.locked_by IS DISTINCT FROM %(worker)s)
+           AS lost
+FROM mine
+LEFT JOIN renewed ON renewed.id = mine.id
+LEFT JOIN moved ON moved.id = mine.id
+LEFT JOIN images AS i ON i.id = mine.id
 
--- On shutdown: everything this worker holds goes back, at once, so other listeners (or
--- the next start) resume it without waiting for the lease to run out.
--- name: release_all
+-- Rows whose tasks ended without settling them (shutdown, a database that was down):
+-- back to the queue, at once, so other listeners (or the next start) resume them.
+-- name: release_rows
 UPDATE images SET locked_by = NULL, locked_until = NULL
-WHERE locked_by = %(worker)s AND status IN ('ReadyToGenerate', 'Generate')
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s
+  AND status IN ('ReadyToGenerate', 'Generate')
 
 -- name: style_exists
 SELECT EXISTS (SELECT 1 FROM image_styles WHERE name = %(style)s) AS known,

@@ -47,7 +47,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
-    from listener.service import main as service_main
+def options_from(args: argparse.Namespace):
+    """The command line as plain values: no role flag means both roles."""
+    from listener.service import Options
 
-    return service_main(args)
+    generate, follow = bool(args.generator), bool(args.processor)
+    if not generate and not follow:
+        generate = follow = True
+    mode = "once" if args.once else "cron" if args.cron else "event"
+    return Options(
+        generate=generate, follow=follow, mode=mode, with_emulator=bool(args.with_emulator)
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    from listener.commands.common import prepare
+    from listener.service import run
+
+    ctx = prepare(args)
+    return run(ctx.settings, ctx.conninfo, options_from(args), embedded=ctx.embedded)

@@ -1,14 +1,15 @@
 """Work that must not be cut half-way, and writes that must not be lost.
 
-An API call in flight may already have cost the user quota (run) or be carrying a result
-the API hands out only once (status): cancelling it would throw that away. So such calls,
-and the writes that record their outcome, run *shielded* from cancellation. Only
-shutdown bounds them: `stop_by(deadline)` gives every shielded scope, present and
-future, until the hard deadline (SHUTDOWN_GRACE after the stop signal).
+An API call in flight may already have cost the user quota (a run) or be carrying a
+result the API hands out only once (a status answer): cancelling it would throw that
+away. So such calls, and the writes that record their outcome, run *shielded* from
+cancellation. Only shutdown bounds them: `stop_by(deadline)` gives every shielded scope,
+present and future, until the hard deadline (SHUTDOWN_GRACE after the stop signal).
 
-A durable write (a uuid the API accepted, an image it handed out) is additionally retried
-with backoff (stamina) for as long as the database is unavailable, one log line per
-attempt. If the deadline passes first, it is abandoned with an error naming what was lost.
+A durable write (a uuid the API accepted, an image it handed out, a row's release) is
+retried with backoff (stamina) while the database cannot take it now: unavailable, or
+busy (statement timeout behind an operator's lock, deadlock). It ends when it lands,
+when the lease is lost (`LeaseLost` is raised to the caller), or at the deadline.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from typing import TypeVar
 import stamina
 import trio
 
-from listener.errors import DatabaseUnavailable, ListenerError
+from listener.errors import DatabaseBusy, DatabaseUnavailable, ListenerError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("listener.engine")
 
 T = TypeVar("T")
 
+RETRYABLE = (DatabaseUnavailable, DatabaseBusy)
+
 
 class WriteAbandoned(ListenerError):
-    """A durable write was abandoned at shutdown: the database stayed unavailable."""
+    """A durable write was abandoned at shutdown: the database could not take it."""
 
 
 class Guard:
@@ -55,10 +58,10 @@ class Guard:
             scope.deadline = min(scope.deadline, deadline)
 
     async def durable(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
-        """Run `write` until it succeeds; shielded, retried while the database is down."""
+        """Run `write` until it lands; shielded, retried while the database cannot take it."""
         with self.shielded():
             async for attempt in stamina.retry_context(
-                on=DatabaseUnavailable,
+                on=RETRYABLE,
                 attempts=None,
                 timeout=None,
                 wait_initial=0.1,
@@ -68,7 +71,7 @@ class Guard:
                 with attempt:
                     try:
                         return await write()
-                    except DatabaseUnavailable as exc:
+                    except RETRYABLE as exc:
                         log.warning("%s: %s; retrying", what, exc.message)
                         raise
-        raise WriteAbandoned(f"{what}: abandoned at shutdown, the database stayed unavailable")
+        raise WriteAbandoned(f"{what}: abandoned at shutdown, the database could not take it")

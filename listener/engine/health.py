@@ -14,8 +14,8 @@ import math
 
 import trio
 
+from listener.engine.doorbell import backoff_delay
 from listener.errors import ApiCredentials, ApiError
-from listener.primitives import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class ApiHealth:
         if self.credentials_ok.is_set():
             self.credentials_ok = trio.Event()
             self._changed.set()
+
+    def may_generate(self) -> bool:
+        return self.credentials_ok.is_set() and trio.current_time() >= self.busy_until
 
     # -- waiting ---------------------------------------------------------------------------
 

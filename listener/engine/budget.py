@@ -1,0 +1,141 @@
+"""One concurrency budget for the whole engine, in one place.
+
+A row held by this process is in exactly one state: `claimed` (held, its run call not yet
+made), `submitting` (run call in flight) or `following` (its generation is being
+followed). `rows` bounds them all (MAX_IN_FLIGHT); `calls` bounds run calls in flight
+and, separately, status calls in flight (API_CONCURRENCY each). A claim first reserves
+its room synchronously (`reserve`), so two claim passes can never take more than there is.
+
+Every time room frees, the budget calls its subscribers: the claims loops look at
+waiting work again (claims and adoptions alike), so nothing waits for the next sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Literal
+
+import trio
+
+State = Literal["claimed", "submitting", "following", "done"]
+
+
+class Ticket:
+    """One row's place in the budget, from claim to release."""
+
+    def __init__(self, budget: Budget, state: State) -> None:
+        self._budget = budget
+        self.state: State = state
+        self.finished = trio.Event()
+        self.submitted = trio.Event()  # the run call is over (or there was none)
+        if state == "following":
+            self.submitted.set()
+
+    def move(self, state: State) -> None:
+        self._budget._move(self, state)
+
+    def close(self) -> None:
+        self.move("done")
+
+
+class Budget:
+    def __init__(self, *, rows: int, calls: int) -> None:
+        self.rows = rows
+        self.calls = calls
+        self.counts: dict[str, int] = {"claimed": 0, "submitting": 0, "following": 0}
+        self.reserved = 0
+        self.checking = 0
+        self._status_calls = trio.Semaphore(calls)
+        self._subscribers: list[Callable[[], None]] = []
+        self._change = trio.Event()
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def free(self) -> int:
+        return max(0, self.rows - self.held - self.reserved)
+
+    def snapshot(self) -> dict[str, int]:
+        return {**self.counts, "checking": self.checking, "free": self.free}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.snapshot().items())
+
+    def room_for_runs(self) -> int:
+        """How many ReadyToGenerate rows a claim may take now: room, and run calls."""
+        waiting_runs = self.counts["claimed"] + self.counts["submitting"] + self.reserved
+        return max(0, min(self.free, self.calls - waiting_runs))
+
+    def room_for_follows(self, batch: int) -> int:
+        return min(self.free, batch)
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def reserve(self, n: int) -> int:
+        n = max(0, min(n, self.free))
+        self.reserved += n
+        return n
+
+    def take(self, reserved: int, got: int, state: State) -> list[Ticket]:
+        """Turn `got` of `reserved` places into tickets; give the rest back."""
+        self.reserved -= reserved
+        tickets = [self._new(state) for _ in range(got)]
+        if got < reserved:
+            self._changed()
+        return tickets
+
+    def _new(self, state: State) -> Ticket:
+        ticket = Ticket(self, state)
+        self.counts[state] += 1
+        return ticket
+
+    def _move(self, ticket: Ticket, state: State) -> None:
+        if ticket.state == state or ticket.state == "done":
+            return
+        self.counts[ticket.state] -= 1
+        if ticket.state in ("claimed", "submitting") and state not in ("claimed", "submitting"):
+            ticket.submitted.set()
+        ticket.state = state
+        if state == "done":
+            ticket.finished.set()
+        else:
+            self.counts[state] += 1
+        self._changed()
+
+    # -- status calls ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def status_call(self) -> AsyncIterator[None]:
+        async with self._status_calls:
+            self.checking += 1
+            try:
+                yield
+            finally:
+                self.checking -= 1
+
+    # -- waking ------------------------------------------------------------------------
+
+    def subscribe(self, on_change: Callable[[], None]) -> None:
+        """`on_change()` is called whenever a place frees or changes state."""
+        self._subscribers.append(on_change)
+
+    def _changed(self) -> None:
+        change, self._change = self._change, trio.Event()
+        change.set()
+        for call in self._subscribers:
+            call()
+
+    async def wait_idle(self) -> None:
+        """Until no row is held (used by --once and shutdown)."""
+        while self.held or self.reserved:
+            await self._change.wait()
+
+    async def wait_runs_done(self) -> None:
+        """Until no run call is in flight or about to be made (soft shutdown)."""
+        while self.counts["claimed"] or self.counts["submitting"] or self.reserved:
+            await self._change.wait()

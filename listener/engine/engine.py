@@ -1,0 +1,198 @@
+"""The engine: the components wired, with their lifetimes and the shutdown phases.
+
+    Leases ─ renews the rows owned by live row tasks; releases what they leave behind
+    Rows   ─ the row tasks' nursery: submit (Runs) then follow (Follow), one task a row
+    Claims ─ wake-ups -> claims, sized by the Budget; starts row tasks
+    Sweeps ─ the seed's 5/10-minute cadence: claim passes, the fallback (or, -cron, the
+             schedule)
+    ApiHealth ─ busy back-off and the credentials probe, shared by every call
+    a wake-up source (the LISTEN stream) rings the claims' doorbells through `on_event`
+
+Built from plain values: settings, a store, a provider, a validator; no CLI object.
+
+Stop (`stop()`), in two phases:
+1. soft: claiming stops at once (claims, sweeps and the wake-up source are cancelled);
+   run calls in flight and the writes of their outcome get SHUTDOWN_GRACE seconds;
+2. hard: the row tasks are cancelled (shielded API calls keep the rest of the grace
+   period); every row still held is released in one statement (a Generate row keeps its
+   uuid), so the next start or another listener resumes it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import trio
+
+from listener.config import Settings
+from listener.engine.budget import Budget
+from listener.engine.claims import Claims
+from listener.engine.follow import Follow, Validate
+from listener.engine.guard import Guard
+from listener.engine.health import ApiHealth
+from listener.engine.lease import Leases
+from listener.engine.ports import Provider, Store
+from listener.engine.rows import Rows
+from listener.engine.runs import Runs
+from listener.engine.sweeps import Sweeps
+
+log = logging.getLogger("listener.engine")
+
+Mode = Literal["event", "cron", "once"]
+
+
+class Wakeups(Protocol):
+    """A source of wake-ups (the LISTEN stream): calls `on_event` for each."""
+
+    on_event: Callable[[object], None]
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The wake-up source is (again) in place: what happened meanwhile was not heard."""
+
+    first: bool = True
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """Work may be waiting: 'ReadyToGenerate' or 'Generate'."""
+
+    status: str
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        provider: Provider,
+        validate: Validate,
+        generate: bool = True,
+        follow: bool = True,
+        mode: Mode = "event",
+        wakeups: Wakeups | None = None,
+    ) -> None:
+        s = settings
+        self.settings = settings
+        self.mode = mode
+        self.guard = Guard()
+        self.budget = Budget(rows=s.max_in_flight, calls=s.api_concurrency)
+        self.health = ApiHealth(backoff_base=s.retry_backoff_base, backoff_max=s.retry_backoff_max)
+        self.leases = Leases(store, lease=s.lease_timeout)
+        self.provider = provider
+        follower = (
+            Follow(s, store, provider, self.health, self.guard, self.budget, validate)
+            if follow
+            else None
+        )
+        runs = (
+            Runs(s, store, provider, self.health, self.guard, follow_here=follow)
+            if generate
+            else None
+        )
+        self.rows = Rows(
+            settings=s,
+            store=store,
+            budget=self.budget,
+            leases=self.leases,
+            guard=self.guard,
+            runs=runs,
+            follow=follower,
+        )
+        self.claims = Claims(
+            store=store,
+            budget=self.budget,
+            health=self.health,
+            rows=self.rows,
+            generate=generate,
+            adopt=follow,
+        )
+        if runs is not None:
+            runs.on_retry_scheduled = self.claims.ready.ring
+        self.sweeps = Sweeps(
+            self.claims,
+            generator_interval=s.generator_sweep_interval,
+            processor_interval=s.processor_sweep_interval,
+            wait_for_work=mode != "event",
+        )
+        self.wakeups = wakeups
+        if wakeups is not None:
+            wakeups.on_event = self.on_event
+        self.stop_reason: str | None = None
+        self._control: trio.CancelScope | None = None
+        self._hard: trio.CancelScope | None = None
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_event(self, event: object) -> None:
+        """A wake-up source's report: look at the table."""
+        if isinstance(event, Connected):
+            self.sweeps.request_catch_up()
+            return
+        status = getattr(event, "status", None) or getattr(event, "payload", None)
+        if status == "ReadyToGenerate":
+            self.claims.ready.ring()
+        elif status == "Generate":
+            self.claims.generating.ring()
+        elif status == "poll":
+            self.claims.look()
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as outer:
+            self._hard = outer.cancel_scope
+            await outer.start(self.leases.serve)
+            async with trio.open_nursery() as work:
+                await work.start(self.rows.serve)
+                async with trio.open_nursery() as control:
+                    self._control = control.cancel_scope
+                    if self.stop_reason is not None:
+                        control.cancel_scope.cancel()
+                    await control.start(self.health.serve_credentials_probe, self.provider.probe)
+                    if self.mode == "event":
+                        await control.start(self.claims.serve)
+                    if self.mode == "once":
+                        control.start_soon(self._one_pass)
+                    else:
+                        await control.start(self.sweeps.serve)
+                        if self.wakeups is None:
+                            self.sweeps.request_catch_up()
+                        else:
+                            await control.start(self.wakeups.serve)
+                    task_status.started()
+                # Phase 1: nothing new is claimed; run calls in flight get the grace period.
+                with trio.move_on_at(self.guard.deadline):
+                    await self.budget.wait_runs_done()
+                # Phase 2: the row tasks are cancelled (shielded calls keep the grace) ...
+                self.rows.cancel()
+            # ... and once they have all ended, Leases releases what they left behind.
+            outer.cancel_scope.cancel()
+
+    async def _one_pass(self) -> None:
+        await self.sweeps.catch_up()
+        await self.budget.wait_idle()
+        self.stop("one pass done")
+
+    def stop(self, reason: str, *, grace: float | None = None) -> None:
+        """Phase 1 now; phase 2 when the runs in flight are done or the grace is over."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.claims.stopping = True
+        self.guard.stop_by(trio.current_time() + grace)
+        if self._control is not None:
+            self._control.cancel()
+
+    def stop_now(self) -> None:
+        """A second signal: skip what is left of the grace period."""
+        self.stop(self.stop_reason or "stopped", grace=0)
+        if self._hard is not None:
+            self.rows.cancel()

@@ -1,0 +1,135 @@
+"""Where row tasks live: one task per row from claim to release, in a nursery of its own.
+
+The task is the row's only owner in this process (`Leases.own`). Whatever way it ends,
+the row is written to its next state or released, with the reason kept:
+
+* settled by the work itself (ReadyToPublish, Failed, Generate handed to a processor,
+  a retry scheduled): nothing more to do;
+* an unexpected exception: logged once with its traceback, counted as an attempt, the
+  row released with `internal error: ...` in last_error (a submission waits a backoff
+  before it is tried again); it never reaches the engine's nursery;
+* a database error the work could not get past, or a lease lost: released if still ours
+  (a lost row belongs to someone else: untouched);
+* cancelled (shutdown): left to `Leases`, which releases every such row in one statement.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from listener.config import Settings
+from listener.engine.budget import Budget, Ticket
+from listener.engine.doorbell import backoff_delay
+from listener.engine.follow import Follow
+from listener.engine.guard import Guard, WriteAbandoned
+from listener.engine.lease import Leases, Ownership
+from listener.engine.ports import Generation, ReadyRow, Store
+from listener.engine.runs import Runs
+from listener.errors import DatabaseError, LeaseLost
+from listener.sanitize import clean
+
+log = logging.getLogger("listener.engine")
+
+
+class Rows:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        budget: Budget,
+        leases: Leases,
+        guard: Guard,
+        runs: Runs | None,
+        follow: Follow | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.budget = budget
+        self.leases = leases
+        self.guard = guard
+        self.runs = runs
+        self.follow = follow
+        self._nursery: trio.Nursery | None = None
+        self.errors = 0  # unexpected exceptions contained so far
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def cancel(self) -> None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    # -- starting ----------------------------------------------------------------------
+
+    def start_run(self, row: ReadyRow, ticket: Ticket) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._row, row, ticket, name=f"image {row.id}: submit")
+
+    def start_follow(self, gen: Generation, ticket: Ticket) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._row, gen, ticket, name=f"image {gen.id}: follow")
+
+    # -- one row -----------------------------------------------------------------------
+
+    async def _row(self, item: ReadyRow | Generation, ticket: Ticket) -> None:
+        status = "ReadyToGenerate" if isinstance(item, ReadyRow) else "Generate"
+        try:
+            with self.leases.own(item.id, status) as own:
+                try:
+                    await self._work(item, ticket, own)
+                except LeaseLost as exc:
+                    own.lose()
+                    log.error("%s; leaving it to its new owner", exc.message)
+                except WriteAbandoned as exc:
+                    log.error("Image ID %d: %s", item.id, exc.message)
+                except DatabaseError as exc:
+                    await self._release(own, f"database error: {exc.message}", count=False)
+                except Exception as exc:
+                    self.errors += 1
+                    log.exception("Image ID %d: unexpected error in its task", item.id)
+                    reason = clean(f"internal error: {type(exc).__name__}: {exc}")
+                    await self._release(own, reason, count=True)
+        finally:
+            ticket.close()
+
+    async def _work(self, item: ReadyRow | Generation, ticket: Ticket, own: Ownership) -> None:
+        if isinstance(item, ReadyRow):
+            assert self.runs is not None
+            ticket.move("submitting")
+            gen = await self.runs.submit(item, own)
+            if gen is None or self.follow is None:
+                return
+            item = gen
+        assert self.follow is not None
+        ticket.move("following")
+        await self.follow.follow(item, own)
+
+    async def _release(self, own: Ownership, reason: str, *, count: bool) -> None:
+        """Give the row back, durably, with the reason: its task cannot go on."""
+        if own.settled or own.lost:
+            return
+        s = self.settings
+        delay = 0.0
+        if count:
+            delay = backoff_delay(2, s.retry_backoff_base, s.retry_backoff_max)
+        try:
+            await self.guard.durable(
+                f"Image ID {own.id}: releasing it",
+                lambda: self.store.release(
+                    own.id, status=own.status, delay=delay, error=reason, count=count
+                ),
+            )
+        except LeaseLost:
+            own.lose()
+            return
+        except (WriteAbandoned, DatabaseError) as exc:
+            log.error("Image ID %d: could not release it: %s", own.id, exc.message)
+            return  # left to Leases, which tries again at every tick
+        own.settle()
+        log.warning("Image ID %d released: %s; it is tried again", own.id, reason)

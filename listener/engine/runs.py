@@ -1,0 +1,192 @@
+"""Submitting one claimed row to the provider: the paid step.
+
+Outcomes of a run:
+* accepted      -> status Generate + the handle, durable before anything else; then this
+                   process follows it (or, generator-only, releases it to the processors);
+* busy          -> released uncounted, generation pauses (capped, jittered backoff);
+* credentials   -> released uncounted, generation paused until the key works again;
+* transient     -> attempt counted, reason kept, retried after a backoff; Failed with the
+                   last reason after RETRY_MAX_ATTEMPTS;
+* outcome unknown (timeout after sending, dropped connection, garbled 2xx): the provider
+                   may have generated it. Re-sent at most UNKNOWN_OUTCOME_RESENDS times
+                   over the row's whole life (counted in the row), then Failed with a
+                   reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
+                   runs, plus one per crash of the listener during its submission;
+* permanent     -> Failed with the provider's message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from listener.api.models import GenerationRequest
+from listener.config import Settings
+from listener.engine.doorbell import backoff_delay
+from listener.engine.guard import Guard
+from listener.engine.health import ApiHealth
+from listener.engine.lease import Ownership
+from listener.engine.ports import Generation, Provider, ReadyRow, Store
+from listener.errors import (
+    ApiBusy,
+    ApiCredentials,
+    ApiOutcomeUnknown,
+    ApiPermanent,
+    ApiTransient,
+)
+from listener.sanitize import clean
+
+log = logging.getLogger("listener.engine")
+
+PROMPT_IN_LOG = 80
+
+
+def short(prompt: str) -> str:
+    prompt = clean(" ".join(prompt.split()), limit=PROMPT_IN_LOG * 2)
+    return prompt if len(prompt) <= PROMPT_IN_LOG else prompt[: PROMPT_IN_LOG - 1] + "…"
+
+
+@dataclass
+class Runs:
+    settings: Settings
+    store: Store
+    provider: Provider
+    health: ApiHealth
+    guard: Guard
+    follow_here: bool  # this process follows what it submits (it has the processor role)
+    on_retry_scheduled: object = None  # callable: a row falls due later; look again then
+
+    def request_for(self, row: ReadyRow) -> GenerationRequest:
+        s = self.settings
+        return GenerationRequest(
+            prompt=row.prompt,
+            width=row.width or s.default_image_width,
+            height=row.height or s.default_image_height,
+            style=row.style or s.default_style,
+            negative_prompt=row.negative_prompt or s.default_negative_prompt,
+        )
+
+    async def fail(self, row_id: int, reason: str, own: Ownership) -> None:
+        await self.guard.durable(
+            f"Image ID {row_id}: recording failure",
+            lambda: self.store.fail(row_id, reason, from_status="ReadyToGenerate"),
+        )
+        own.settle()
+        log.info("Image ID %d failed: %s", row_id, reason)
+
+    async def submit(self, row: ReadyRow, own: Ownership) -> Generation | None:
+        """Submit `row`; return the generation to follow here, or None when the row has
+        been written to its next state and released."""
+        s = self.settings
+        if row.attempts > s.retry_max_attempts:
+            # Claimed more often than allowed: every earlier attempt ended in a crash or a
+            # transient error. Give up instead of looping on a row that kills listeners.
+            reason = f"gave up after {s.retry_max_attempts} attempts"
+            if row.last_error:
+                reason += f": {row.last_error}"
+            await self.fail(row.id, clean(reason), own)
+            return None
+        if row.unknown_outcomes > s.unknown_outcome_resends:
+            await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
+            return None
+
+        log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
+        request = self.request_for(row)
+        with self.guard.shielded() as scope:
+            try:
+                accepted = await self.provider.submit(request)
+            except ApiBusy as exc:
+                delay = self.health.busy(exc.state)
+                await self.store.release(
+                    row.id, status="ReadyToGenerate", delay=delay, uncount=True
+                )
+                own.settle()
+                self._look_again()
+                return None
+            except ApiCredentials:
+                self.health.credentials_refused()
+                await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
+                own.settle()
+                self._look_again()
+                return None
+            except ApiPermanent as exc:
+                await self.fail(row.id, clean(f"API refused the request: {exc.message}"), own)
+                return None
+            except ApiTransient as exc:
+                await self._transient(row, exc, own)
+                return None
+            self.health.accepted()
+            log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
+            with own.moving_to("Generate"):
+                await self.guard.durable(
+                    f"Image ID {row.id}: recording uuid {clean(accepted.handle)}",
+                    lambda: self.store.record_accepted(
+                        row.id, accepted.handle, keep=self.follow_here
+                    ),
+                )
+        if not self.follow_here:
+            own.settle()  # released to the processors by record_accepted
+            return None
+        if scope.cancelled_caught:
+            return None  # stopping: the row keeps its uuid and is resumed later
+        return Generation(
+            row.id,
+            accepted.handle,
+            row.prompt,
+            age=0.0,
+            check_after=accepted.check_after,
+            width=request.width,
+            height=request.height,
+            attempts=row.attempts,
+        )
+
+    def unknown_reason(self, n: int) -> str:
+        return (
+            f"gave up: {n} run(s) sent without a usable answer (the API may have generated "
+            "the image and charged for it); not sent again to avoid paying twice. "
+            "To send it once more: listener retry ID (or SELECT images_retry(ID))"
+        )
+
+    def _look_again(self) -> None:
+        if callable(self.on_retry_scheduled):
+            self.on_retry_scheduled()
+
+    async def _transient(self, row: ReadyRow, exc: ApiTransient, own: Ownership) -> None:
+        s = self.settings
+        message = clean(exc.message)
+        unknown = isinstance(exc, ApiOutcomeUnknown)
+        if unknown:
+            sent = row.unknown_outcomes + 1
+            log.warning(
+                "Image ID %d: %s; the run may have been accepted (%d of at most %d "
+                "re-send(s) used)",
+                row.id,
+                message,
+                min(sent, s.unknown_outcome_resends),
+                s.unknown_outcome_resends,
+            )
+            if sent > s.unknown_outcome_resends:
+                await self.fail(row.id, self.unknown_reason(sent) + f"; last: {message}", own)
+                return
+        if row.attempts >= s.retry_max_attempts:
+            await self.fail(row.id, f"gave up after {row.attempts} attempts: {message}", own)
+            return
+        delay = backoff_delay(row.attempts, s.retry_backoff_base, s.retry_backoff_max)
+        if exc.retry_after:
+            delay = max(delay, min(exc.retry_after, s.retry_backoff_max))
+        await self.guard.durable(
+            f"Image ID {row.id}: scheduling a retry",
+            lambda: self.store.retry_later(
+                row.id, delay=delay, error=message, unknown_outcome=unknown
+            ),
+        )
+        own.settle()
+        self._look_again()
+        log.warning(
+            "Image ID %d: API error (attempt %d/%d): %s; retrying in %.1fs",
+            row.id,
+            row.attempts,
+            s.retry_max_attempts,
+            message,
+            delay,
+        )

@@ -1,0 +1,1 @@
+"""Image APIs behind the engine's `Provider` seam (listener.engine.ports): one module each."""

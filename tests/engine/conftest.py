@@ -1,0 +1,30 @@
+"""The engine's own tests run on trio's fake clock with in-memory fakes at its seams."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from listener.engine import Engine
+from tests.engine.fakes import FakeProvider, FakeStore, accept_all, settings
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider()
+
+
+def make_engine(store, provider, *, validate=accept_all, **kw) -> Engine:
+    s = settings(**kw.pop("settings", {}))
+    return Engine(settings=s, store=store, provider=provider, validate=validate, **kw)
+
+
+async def run_until(predicate, *, seconds: float = 600, every: float = 0.05) -> None:
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(every)

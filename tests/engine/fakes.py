@@ -1,0 +1,278 @@
+"""Small in-memory fakes at the engine's seams: a Store and a Provider.
+
+They keep the contracts of the real ones (listener.store.PgStore on PostgreSQL, the
+Fusion Brain provider over HTTP) that the engine relies on: claims skip held and
+not-yet-due rows, every write is fenced on the lease, renewal reports lost rows; time is
+trio's clock, so the tests run on `autojump_clock` in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+
+from listener.config import Settings, load_settings
+from listener.engine.ports import (
+    Claimed,
+    Generation,
+    Outcome,
+    Pending,
+    ReadyRow,
+    Ready,
+    Submitted,
+)
+from listener.errors import DatabaseUnavailable, LeaseLost
+
+
+def settings(**overrides) -> Settings:
+    base = dict(
+        fusion_brain_api_key="k",
+        fusion_brain_secret_key="s",
+        database_url="postgresql://x@localhost/x",
+    )
+    return load_settings(env_file=None, **{**base, **overrides})
+
+
+@dataclass
+class Row:
+    id: int
+    prompt: str = "a fox"
+    status: str = "ReadyToGenerate"
+    attempts: int = 0
+    not_before: float = 0.0
+    locked_by: str | None = None
+    locked_until: float | None = None
+    uuid: str | None = None
+    image: str | None = None
+    last_error: str | None = None
+    unknown_outcomes: int = 0
+    censored: bool = False
+    started: float = 0.0
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class FakeStore:
+    worker: str = "me"
+    lease: float = 30.0
+    rows: dict[int, Row] = field(default_factory=dict)
+    down: bool = False  # every call raises DatabaseUnavailable
+    calls: Counter = field(default_factory=Counter)
+    released: list[int] = field(default_factory=list)
+
+    def add(self, n: int = 1, **kw) -> list[int]:
+        ids = []
+        for _ in range(n):
+            id_ = len(self.rows) + 1
+            self.rows[id_] = Row(id_, **kw)
+            ids.append(id_)
+        return ids
+
+    def _call(self, name: str) -> float:
+        self.calls[name] += 1
+        if self.down:
+            raise DatabaseUnavailable("database unavailable: down for the test")
+        return trio.current_time()
+
+    def _free(self, r: Row, now: float) -> bool:
+        return r.locked_until is None or r.locked_until < now
+
+    def _mine(self, id_: int, status: str) -> Row:
+        r = self.rows.get(id_)
+        if r is None or r.locked_by != self.worker or r.status != status:
+            raise LeaseLost(f"image ID {id_}: not ours")
+        return r
+
+    # -- claims ------------------------------------------------------------------------
+
+    async def claim_ready(self, limit: int) -> list[ReadyRow]:
+        now = self._call("claim_ready")
+        await trio.sleep(0)
+        due = sorted(
+            (
+                r
+                for r in self.rows.values()
+                if r.status == "ReadyToGenerate" and r.not_before <= now and self._free(r, now)
+            ),
+            key=lambda r: (r.not_before, r.id),
+        )[:limit]
+        out = []
+        for r in due:
+            r.locked_by, r.locked_until = self.worker, now + self.lease
+            r.attempts += 1
+            out.append(
+                ReadyRow(
+                    r.id,
+                    r.prompt,
+                    attempts=r.attempts,
+                    last_error=r.last_error,
+                    unknown_outcomes=r.unknown_outcomes,
+                    width=r.width,
+                    height=r.height,
+                )
+            )
+        return out
+
+    async def next_ready_in(self) -> float | None:
+        now = self._call("next_ready_in")
+        waits = [
+            max(0.0, r.not_before - now)
+            for r in self.rows.values()
+            if r.status == "ReadyToGenerate" and self._free(r, now)
+        ]
+        waits += [
+            r.locked_until - now
+            for r in self.rows.values()
+            if r.status == "ReadyToGenerate"
+            and r.locked_by not in (None, self.worker)
+            and not self._free(r, now)
+        ]
+        return min(waits) if waits else None
+
+    async def claim_generating(self, limit: int) -> Claimed:
+        now = self._call("claim_generating")
+        await trio.sleep(0)
+        free = [r for r in self.rows.values() if r.status == "Generate" and self._free(r, now)]
+        out = []
+        for r in sorted(free, key=lambda r: r.id)[:limit]:
+            r.locked_by, r.locked_until = self.worker, now + self.lease
+            out.append(
+                Generation(
+                    r.id,
+                    r.uuid or "",
+                    r.prompt,
+                    age=now - r.started,
+                    width=r.width,
+                    height=r.height,
+                    attempts=r.attempts,
+                )
+            )
+        later = [
+            r.locked_until - now
+            for r in self.rows.values()
+            if r.status == "Generate" and not self._free(r, now) and r.locked_by != self.worker
+        ]
+        return Claimed(out, min(later) if later else None)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def record_accepted(self, id_: int, handle: str, *, keep: bool) -> None:
+        now = self._call("record_accepted")
+        r = self._mine(id_, "ReadyToGenerate")
+        r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
+        if not keep:
+            r.locked_by = r.locked_until = None
+
+    async def retry_later(self, id_, *, delay, error, unknown_outcome=False) -> None:
+        now = self._call("retry_later")
+        r = self._mine(id_, "ReadyToGenerate")
+        r.locked_by = r.locked_until = None
+        r.last_error, r.not_before = error, now + delay
+        r.unknown_outcomes += 1 if unknown_outcome else 0
+
+    async def release(self, id_, *, status, delay=0.0, error=None, uncount=False, count=False):
+        now = self._call("release")
+        r = self._mine(id_, status)
+        r.locked_by, r.locked_until = None, None
+        if status == "Generate" and delay > 0:
+            r.locked_until = now + delay
+        if status == "ReadyToGenerate":
+            r.not_before = now + delay
+        r.attempts += (-1 if uncount else 0) + (1 if count and status == "Generate" else 0)
+        r.last_error = error if error is not None else r.last_error
+        self.released.append(id_)
+
+    async def fail(self, id_, error, *, from_status, censored=False) -> None:
+        self._call("fail")
+        r = self._mine(id_, from_status)
+        r.status, r.last_error, r.censored = "Failed", error, censored
+        r.locked_by = r.locked_until = None
+
+    async def finalise(self, id_, handle, image) -> None:
+        self._call("finalise")
+        r = self._mine(id_, "Generate")
+        r.status, r.image, r.last_error = "ReadyToPublish", image, None
+        r.locked_by = r.locked_until = None
+
+    async def renew(self, owned: dict[int, str]):
+        now = self._call("renew")
+        renewed, lost = set(), set()
+        for id_, status in owned.items():
+            r = self.rows.get(id_)
+            if r is None or r.locked_by != self.worker or r.status != status:
+                lost.add(id_)
+            else:
+                r.locked_until = now + self.lease
+                renewed.add(id_)
+        return renewed, lost
+
+    async def release_rows(self, ids: list[int]) -> int:
+        self._call("release_rows")
+        n = 0
+        for id_ in ids:
+            r = self.rows.get(id_)
+            if r and r.locked_by == self.worker and r.status in ("ReadyToGenerate", "Generate"):
+                r.locked_by = r.locked_until = None
+                self.released.append(id_)
+                n += 1
+        return n
+
+    # -- reading -----------------------------------------------------------------------
+
+    def statuses(self) -> Counter:
+        return Counter(r.status for r in self.rows.values())
+
+
+class FakeProvider:
+    """Accepts every run after `run_time` seconds; each generation is ready after
+    `generation_time` seconds. `on_submit` / `on_outcome` may raise or return instead."""
+
+    name = "fake"
+    honours_size = True
+
+    def __init__(self, *, run_time: float = 0.1, generation_time: float = 1.0) -> None:
+        self.run_time = run_time
+        self.generation_time = generation_time
+        self.submitted: list[str] = []
+        self.checks: Counter = Counter()
+        self.started: dict[str, float] = {}
+        self.on_submit = None  # callable(request) -> Submitted | raise
+        self.on_outcome = None  # callable(handle) -> Outcome | raise
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def submit(self, request) -> Submitted:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.run_time)
+            self.submitted.append(request.prompt)
+            if self.on_submit is not None:
+                return self.on_submit(request)
+            handle = f"uuid-{len(self.submitted)}"
+            self.started[handle] = trio.current_time()
+            return Submitted(handle, check_after=0.0)
+        finally:
+            self.in_flight -= 1
+
+    async def outcome(self, handle: str) -> Outcome:
+        self.checks[handle] += 1
+        await trio.sleep(0.01)
+        if self.on_outcome is not None:
+            return self.on_outcome(handle)
+        if trio.current_time() - self.started.get(handle, 0) >= self.generation_time:
+            return Ready(PNG_B64)
+        return Pending()
+
+    async def probe(self) -> None:
+        return None
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def accept_all(image: str, expected) -> None:
+    """The engine's validate seam, accepting everything."""

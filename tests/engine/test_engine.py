@@ -1,0 +1,65 @@
+"""The wired engine, on the fake clock: the data path and the shutdown phases."""
+
+from __future__ import annotations
+
+import trio
+
+from listener.engine import Wakeup
+from tests.engine.conftest import make_engine, run_until
+
+
+async def test_rows_inserted_while_running_are_generated(store, provider, autojump_clock):
+    engine = make_engine(store, provider)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        store.add(20)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 20)
+        engine.stop("test")
+    assert sorted(provider.submitted) == ["a fox"] * 20
+    assert engine.budget.held == 0
+    assert all(r.locked_by is None for r in store.rows.values())
+
+
+async def test_soft_stop_lets_runs_in_flight_finish_then_releases_the_rest(
+    store, provider, autojump_clock
+):
+    provider.run_time = 2.0
+    provider.generation_time = 1000.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    store.add(3)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 3)
+        engine.stop("SIGTERM")
+    # The runs in flight finished within the grace period: uuids are durable ...
+    assert store.statuses() == {"Generate": 3}
+    assert all(r.uuid for r in store.rows.values())
+    # ... and the followers were cancelled and their rows released for the next start.
+    assert all(r.locked_by is None for r in store.rows.values())
+
+
+async def test_past_the_grace_period_a_run_is_abandoned_and_its_row_released(
+    store, provider, autojump_clock
+):
+    provider.run_time = 100.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 1})
+    store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    assert trio.current_time() - start < 2
+    (row,) = store.rows.values()
+    assert row.status == "ReadyToGenerate" and row.locked_by is None
+
+
+async def test_once_mode_does_one_pass_and_waits_for_what_it_started(
+    store, provider, autojump_clock
+):
+    store.add(5)
+    engine = make_engine(store, provider, mode="once")
+    await engine.serve()
+    assert store.statuses() == {"ReadyToPublish": 5}
+    assert engine.stop_reason == "one pass done"
