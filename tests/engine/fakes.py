@@ -202,7 +202,13 @@ class FakeStore:
         renewed, lost = set(), set()
         for id_, status in owned.items():
             r = self.rows.get(id_)
-            if r is None or r.locked_by != self.worker or r.status != status:
+            same = r is not None and (
+                r.status == status or (status, r.status) == ("ReadyToGenerate", "Generate")
+            )
+            if r is None or r.locked_by != self.worker:
+                lost.add(id_)
+            elif not same:  # an operator moved it: our lease on it is dropped
+                r.locked_by = r.locked_until = None
                 lost.add(id_)
             else:
                 r.locked_until = now + self.lease

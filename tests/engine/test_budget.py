@@ -1,0 +1,39 @@
+"""The one concurrency budget: what a claim may take, and who is told when room frees."""
+
+from __future__ import annotations
+
+from listener.engine.budget import Budget
+
+
+async def test_claims_are_sized_by_room_and_by_free_run_calls():
+    budget = Budget(rows=10, calls=4)
+    assert budget.room_for_runs() == 4
+    tickets = budget.take(budget.reserve(4), 4, "claimed")
+    assert budget.room_for_runs() == 0  # every run call is spoken for
+    for t in tickets:
+        t.move("following")
+    assert budget.room_for_runs() == 4 and budget.free == 6
+    more = budget.take(budget.reserve(6), 6, "following")
+    assert budget.free == 0 and budget.room_for_runs() == 0
+    assert str(budget) == "claimed 0, submitting 0, following 10, checking 0, free 0"
+    for t in more:
+        t.close()
+    assert budget.snapshot()["free"] == 6
+
+
+async def test_a_reservation_is_given_back_when_fewer_rows_come():
+    budget = Budget(rows=5, calls=5)
+    reserved = budget.reserve(5)
+    assert budget.free == 0  # two passes at once can never take more than there is
+    budget.take(reserved, 2, "claimed")
+    assert budget.free == 3
+
+
+async def test_subscribers_hear_every_freed_place():
+    budget = Budget(rows=2, calls=2)
+    heard = []
+    budget.subscribe(lambda: heard.append(budget.free))
+    (ticket,) = budget.take(budget.reserve(1), 1, "claimed")
+    ticket.move("submitting")
+    ticket.close()
+    assert heard[-1] == 2 and ticket.finished.is_set() and ticket.submitted.is_set()

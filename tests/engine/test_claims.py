@@ -1,0 +1,76 @@
+"""Wake-ups become claims: how many rows, and a new look whenever room frees."""
+
+from __future__ import annotations
+
+import trio
+
+from listener.engine import Wakeup
+from tests.engine.conftest import make_engine, run_until
+
+
+async def test_a_wakeup_claims_no_more_rows_than_free_run_calls(store, provider, autojump_clock):
+    provider.run_time = 5.0
+    engine = make_engine(store, provider, settings={"api_concurrency": 3})
+    store.add(10)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 3)
+        held = [r for r in store.rows.values() if r.locked_by]
+        assert len(held) == 3  # the other 7 stay free for other listeners
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 10)
+        engine.stop("test")
+    assert provider.max_in_flight == 3
+
+
+async def test_busy_api_pauses_claims_without_counting_attempts(store, provider, autojump_clock):
+    from listener.errors import ApiBusy
+
+    busy = {"left": 2}
+
+    def on_submit(request):
+        if busy["left"]:
+            busy["left"] -= 1
+            raise ApiBusy("pipeline is DISABLED_BY_QUEUE", state="DISABLED_BY_QUEUE")
+        from listener.engine.ports import Submitted
+
+        provider.started[f"u{len(provider.submitted)}"] = trio.current_time()
+        return Submitted(f"u{len(provider.submitted)}")
+
+    provider.on_submit = on_submit
+    engine = make_engine(store, provider, settings={"api_concurrency": 1})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish")
+        engine.stop("test")
+    assert store.rows[id_].attempts == 1  # the two busy answers were not counted
+    assert engine.health.busy_streak == 0
+
+
+async def test_generations_left_behind_when_full_are_adopted_as_room_frees(
+    store, provider, autojump_clock
+):
+    """Regression: adoption found more generations than room; they waited for the next
+    sweep (10 minutes), past the API's 5-8 minute result lifetime."""
+    provider.generation_time = 2.0
+    engine = make_engine(store, provider, settings={"max_in_flight": 4})
+    for i in store.add(10, status="Generate"):
+        store.rows[i].uuid = f"old-{i}"
+        provider.started[f"old-{i}"] = 0.0
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("Generate"))
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 10, seconds=60)
+        engine.stop("test")
+    assert trio.current_time() < 60  # long before any sweep
+
+
+async def test_waiting_rows_are_claimed_as_room_frees(store, provider, autojump_clock):
+    engine = make_engine(store, provider, settings={"max_in_flight": 2, "api_concurrency": 2})
+    store.add(9)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))  # one wake-up for all nine rows
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 9, seconds=120)
+        engine.stop("test")
+    assert trio.current_time() < 120

@@ -1,0 +1,63 @@
+"""Following: the image is validated, then written; every other end is a reason."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from listener.engine.ports import Refused
+from listener.errors import ApiNotFound
+from tests.engine.conftest import make_engine, run_until
+
+
+async def _one(store, provider, **kw):
+    engine = make_engine(store, provider, **kw)
+    (id_,) = store.add(1, width=512, height=256)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status in ("ReadyToPublish", "Failed"))
+        engine.stop("test")
+    return store.rows[id_]
+
+
+async def test_an_image_that_does_not_validate_fails_the_row(store, provider, autojump_clock):
+    seen = []
+
+    def validate(image, expected):
+        seen.append(expected)
+        raise ValueError("PNG of 1x1, expected 512x256")
+
+    row = await _one(store, provider, validate=validate)
+    assert (row.status, row.last_error) == ("Failed", "invalid image: PNG of 1x1, expected 512x256")
+    assert seen == [(512, 256)] and row.image is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason", "censored"),
+    [
+        (Refused("censored", censored=True), "censored", True),
+        (Refused("generation FAIL: \x1b[31mred"), "generation FAIL: \\x1b[31mred", False),
+    ],
+)
+async def test_refusals_end_failed_with_a_clean_reason(
+    store, provider, autojump_clock, answer, reason, censored
+):
+    provider.on_outcome = lambda handle: answer
+    row = await _one(store, provider)
+    assert (row.status, row.last_error, row.censored) == ("Failed", reason, censored)
+
+
+async def test_an_unknown_generation_fails(store, provider, autojump_clock):
+    def gone(handle):
+        raise ApiNotFound("status: HTTP 404")
+
+    provider.on_outcome = gone
+    row = await _one(store, provider)
+    assert "no longer knows generation" in row.last_error
+
+
+async def test_no_result_in_time_fails_after_the_checks(store, provider, autojump_clock):
+    provider.generation_time = 10_000
+    row = await _one(store, provider, settings={"default_max_attempts": 5})
+    assert row.last_error == "timeout: no result after 5 status checks"
+    assert sum(provider.checks.values()) == 5

@@ -1,0 +1,84 @@
+"""Submitting: each outcome of a run, and the cap on paid runs whose outcome is unknown."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from listener.errors import ApiCredentials, ApiOutcomeUnknown, ApiPermanent, ApiTransient
+from tests.engine.conftest import make_engine, run_until
+
+
+@pytest.mark.parametrize("resends", [0, 1, 2])
+async def test_unknown_outcomes_cost_at_most_one_plus_the_resends(
+    store, provider, autojump_clock, resends
+):
+    def on_submit(request):
+        raise ApiOutcomeUnknown("run: no answer from the API: ReadTimeout")
+
+    provider.on_submit = on_submit
+    engine = make_engine(
+        store, provider, settings={"unknown_outcome_resends": resends, "retry_max_attempts": 9}
+    )
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
+        engine.stop("test")
+    assert len(provider.submitted) == 1 + resends
+    assert "the API may have generated the image" in store.rows[id_].last_error
+    assert "listener retry" in store.rows[id_].last_error
+
+
+async def test_transient_errors_are_retried_then_given_up(store, provider, autojump_clock):
+    def on_submit(request):
+        raise ApiTransient("run: HTTP 503: down", retry_after=1e15)
+
+    provider.on_submit = on_submit
+    engine = make_engine(store, provider, settings={"retry_max_attempts": 3})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
+        engine.stop("test")
+    assert store.rows[id_].last_error == "gave up after 3 attempts: run: HTTP 503: down"
+    assert trio.current_time() < 3 * 300 + 60  # Retry-After capped at RETRY_BACKOFF_MAX
+
+
+async def test_a_refused_request_fails_at_once(store, provider, autojump_clock):
+    def on_submit(request):
+        raise ApiPermanent("run: HTTP 400: bad style\n2030/01/01 forged line")
+
+    provider.on_submit = on_submit
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed")
+        engine.stop("test")
+    assert store.rows[id_].last_error == (
+        "API refused the request: run: HTTP 400: bad style\\n2030/01/01 forged line"
+    )
+
+
+async def test_refused_credentials_touch_no_row_and_pause_generation(
+    store, provider, autojump_clock
+):
+    def on_submit(request):
+        raise ApiCredentials("run: HTTP 401")
+
+    async def probe():
+        raise ApiCredentials("availability: HTTP 401")
+
+    provider.on_submit = on_submit
+    provider.probe = probe
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: not engine.health.credentials_ok.is_set())
+        await trio.sleep(60)
+        row = store.rows[id_]
+        assert (row.status, row.attempts, row.locked_by) == ("ReadyToGenerate", 0, None)
+        assert len(provider.submitted) == 1
+        engine.stop("test")
