@@ -68,9 +68,6 @@ def translate(exc: BaseException) -> DatabaseError:
     which never contains the password."""
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.PoolClosed):
         return DatabaseUnavailable(f"database unavailable: {exc}")
-    if isinstance(exc, psycopg.OperationalError):
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return DatabaseUnavailable(f"database unavailable: {text}")
     if isinstance(
         exc,
         psycopg.errors.QueryCanceled
@@ -79,6 +76,9 @@ def translate(exc: BaseException) -> DatabaseError:
         | psycopg.errors.SerializationFailure,
     ):
         return DatabaseBusy(f"database busy: {_primary(exc)}")
+    if isinstance(exc, psycopg.OperationalError):
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return DatabaseUnavailable(f"database unavailable: {text}")
     if isinstance(exc, psycopg.Error):
         diag = getattr(exc, "diag", None)
         text = (diag.message_primary if diag and diag.message_primary else str(exc)).strip()

@@ -36,9 +36,9 @@ async def test_two_workers_never_claim_the_same_row(db, conn):
     async def claim(store, key):
         while True:
             claimed = await store.claim_ready(3)
-            if not claimed.rows:
+            if not claimed:
                 return
-            got[key] += [r.id for r in claimed.rows]
+            got[key] += [r.id for r in claimed]
 
     async with trio.open_nursery() as n:
         n.start_soon(claim, a, "a")
@@ -50,13 +50,13 @@ async def test_two_workers_never_claim_the_same_row(db, conn):
 async def test_claim_counts_the_attempt_and_takes_the_lease(db, conn):
     (id_,) = insert(conn)
     claimed = await Store(db, "w", 30).claim_ready(10)
-    assert [r.id for r in claimed.rows] == [id_]
-    assert claimed.rows[0].attempts == 1
+    assert [r.id for r in claimed] == [id_]
+    assert claimed[0].attempts == 1
     assert row(conn, id_)[2:4] == (1, "w")
     # held: nobody else gets it, and the next due time is the lease's end
-    other = await Store(db, "x", 30).claim_ready(10)
-    assert other.rows == []
-    assert 25 < other.next_due_in <= 30
+    other = Store(db, "x", 30)
+    assert await other.claim_ready(10) == []
+    assert 25 < await other.next_ready_in() <= 30
 
 
 async def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_out(db, conn):
@@ -64,7 +64,7 @@ async def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_out(db, c
     old, new = Store(db, "old", 30), Store(db, "new", 30)
     await old.claim_ready(1)
     conn.execute("UPDATE images SET locked_until = now() - interval '1 second'")
-    assert [r.id for r in (await new.claim_ready(1)).rows] == [id_]
+    assert [r.id for r in await new.claim_ready(1)] == [id_]
     with pytest.raises(LeaseLost):
         await old.record_accepted(id_, "uuid-old", keep=True)
     await new.record_accepted(id_, "uuid-new", keep=True)
@@ -94,7 +94,7 @@ async def test_generator_only_worker_releases_the_generation(db, conn):
     await s.record_accepted(id_, "u1", keep=False)
     assert row(conn, id_)[:4] == ("Generate", "u1", 1, None)
     adopted = await Store(db, "p", 30).claim_generating(10)
-    assert [(g.id, g.uuid) for g in adopted.rows] == [(id_, "u1")]
+    assert [(g.id, g.handle) for g in adopted.rows] == [(id_, "u1")]
     assert adopted.rows[0].age >= 0
 
 
@@ -102,29 +102,54 @@ async def test_release_uncounted_and_retry_later(db, conn):
     a, b = insert(conn, 2)
     s = Store(db, "w", 30)
     await s.claim_ready(2)
-    await s.release_uncounted(a, delay=0)
-    await s.retry_later(b, delay=60, error="HTTP 503")
+    await s.release(a, status="ReadyToGenerate", uncount=True)
+    await s.retry_later(b, delay=60, error="HTTP 503\x00 and a NUL", unknown_outcome=True)
     assert row(conn, a)[2:5] == (0, None, None)
-    assert row(conn, b)[2:5] == (1, None, "HTTP 503")
+    assert row(conn, b)[2:5] == (1, None, "HTTP 503\\x00 and a NUL")
+    assert conn.execute("SELECT unknown_outcomes FROM images WHERE id = %s", (b,)).fetchone() == (
+        1,
+    )
     claimed = await s.claim_ready(5)
-    assert [r.id for r in claimed.rows] == [a]  # b waits for its backoff
-    assert 55 < claimed.next_due_in <= 60
+    assert [r.id for r in claimed] == [a]  # b waits for its backoff
+    assert 55 < await s.next_ready_in() <= 60
 
 
-async def test_heartbeat_extends_and_release_all_frees_every_held_row(db, conn):
+async def test_renewal_extends_live_rows_only_and_never_moves_updated_at(db, conn):
     ids = insert(conn, 3)
     s = Store(db, "w", 2)
     await s.claim_ready(3)
     await s.record_accepted(ids[0], "u0", keep=True)
     conn.execute("UPDATE images SET locked_until = now() + interval '1 second'")
-    assert await s.heartbeat() == 3
-    (until,) = conn.execute("SELECT min(locked_until) - now() FROM images").fetchone()
-    assert until.total_seconds() > 1.5
-    assert await s.release_all() == 3
+    before = dict(conn.execute("SELECT id, updated_at FROM images").fetchall())
+    # ids[0] is followed, ids[1] waits for its run; ids[2] has no live task any more
+    renewed, lost = await s.renew({ids[0]: "Generate", ids[1]: "ReadyToGenerate"})
+    assert (renewed, lost) == ({ids[0], ids[1]}, set())
+    left = dict(conn.execute("SELECT id, locked_until - now() FROM images").fetchall())
+    assert left[ids[0]].total_seconds() > 1.5 and left[ids[2]].total_seconds() <= 1
+    assert dict(conn.execute("SELECT id, updated_at FROM images").fetchall()) == before
+    assert await s.release_rows(ids) == 3
     assert conn.execute("SELECT count(*) FROM images WHERE locked_by IS NOT NULL").fetchone() == (
         0,
     )
     assert row(conn, ids[0])[:2] == ("Generate", "u0")  # keeps its uuid: resumed, not re-run
+
+
+async def test_renewal_gives_up_a_row_an_operator_moved_and_skips_a_locked_one(
+    db, conn, database_url
+):
+    import psycopg
+
+    a, b = insert(conn, 2)
+    s = Store(db, "w", 30)
+    await s.claim_ready(2)
+    await s.record_accepted(a, "ua", keep=True)
+    await s.record_accepted(b, "ub", keep=True)
+    conn.execute("UPDATE images SET status = 'ReadyToGenerate', uuid = NULL WHERE id = %s", (a,))
+    with psycopg.connect(database_url) as operator:
+        operator.execute("SELECT * FROM images WHERE id = %s FOR UPDATE", (b,))
+        renewed, lost = await s.renew({a: "Generate", b: "Generate"})
+    assert (renewed, lost) == (set(), {a})  # b: locked for now, neither renewed nor lost
+    assert row(conn, a)[3] is None  # our lease on the moved row is dropped: it is work again
 
 
 async def test_seed_rows_in_generate_are_adopted(db, conn):
@@ -132,4 +157,4 @@ async def test_seed_rows_in_generate_are_adopted(db, conn):
         "INSERT INTO images (prompt, uuid, status) VALUES ('old', 'seed-uuid', 'Generate')"
     )
     adopted = await Store(db, "p", 30).claim_generating(10)
-    assert [g.uuid for g in adopted.rows] == ["seed-uuid"]
+    assert [g.handle for g in adopted.rows] == ["seed-uuid"]

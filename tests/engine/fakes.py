@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
+import trio.lowlevel
 
 from listener.config import Settings, load_settings
 from listener.engine.ports import (
@@ -19,8 +20,8 @@ from listener.engine.ports import (
     Generation,
     Outcome,
     Pending,
-    ReadyRow,
     Ready,
+    ReadyRow,
     Submitted,
 )
 from listener.errors import DatabaseUnavailable, LeaseLost
@@ -90,7 +91,7 @@ class FakeStore:
 
     async def claim_ready(self, limit: int) -> list[ReadyRow]:
         now = self._call("claim_ready")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         due = sorted(
             (
                 r
@@ -134,7 +135,7 @@ class FakeStore:
 
     async def claim_generating(self, limit: int) -> Claimed:
         now = self._call("claim_generating")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         free = [r for r in self.rows.values() if r.status == "Generate" and self._free(r, now)]
         out = []
         for r in sorted(free, key=lambda r: r.id)[:limit]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import trio
 
 from listener.engine import Wakeup
-
 from tests.engine.conftest import make_engine, run_until
 
 
