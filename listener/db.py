@@ -23,6 +23,7 @@ psycopg errors are translated here, once: connection problems become
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 from collections.abc import Callable
@@ -206,7 +207,7 @@ class Database:
             except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
                 raise translate(exc) from exc
             except UnicodeError as exc:  # psycopg encodes parameters outside its errors
-                raise DatabaseError(f"database error: cannot encode a value: {exc.reason}") from exc
+                raise DatabaseError(f"database error: cannot encode a value: {exc}") from exc
 
         limiter = self.pickup_lane if pickup else self.critical if critical else self.routine
         return await trio.to_thread.run_sync(work, limiter=limiter)
@@ -258,10 +259,10 @@ async def open_database(conninfo: str, settings: Settings, *, application_name: 
     pools = (db.pool, db.pickup_pool)
     # open(wait=False) starts the pools' own connector threads and returns at once.
     for pool in pools:
-        await trio.to_thread.run_sync(lambda p=pool: p.open(wait=False))
+        await trio.to_thread.run_sync(functools.partial(pool.open, wait=False))
     try:
         yield db
     finally:
         with trio.CancelScope(shield=True):
             for pool in pools:
-                await trio.to_thread.run_sync(lambda p=pool: p.close(timeout=5))
+                await trio.to_thread.run_sync(functools.partial(pool.close, timeout=5))

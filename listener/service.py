@@ -262,7 +262,7 @@ class Service:
         """The one line a first-time user needs: insert a row, then export its image."""
         params = conninfo_to_dict(self.conninfo)
         params.pop("password", None)  # psql asks for it; a log line never shows it
-        target = make_conninfo(**{k: v for k, v in params.items() if v})
+        target = make_conninfo("", **{k: v for k, v in params.items() if v})
         insert = "INSERT INTO images (prompt) VALUES ('a red fox in the snow') RETURNING id"
         prog = sys.argv[0] if os.path.basename(sys.argv[0]) == "listener" else "python -m listener"
         return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Literal
 
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,9 @@ def options_from(args: argparse.Namespace):
     generate, follow = bool(args.generator), bool(args.processor)
     if not generate and not follow:
         generate = follow = True
-    mode = "once" if args.once else "cron" if args.cron else "event"
+    mode: Literal["event", "cron", "once"] = (
+        "once" if args.once else "cron" if args.cron else "event"
+    )
     return Options(
         generate=generate, follow=follow, mode=mode, with_emulator=bool(args.with_emulator)
     )
