@@ -25,6 +25,7 @@ def make_engine(store, provider, *, validate=accept_all, **kw) -> Engine:
 
 
 async def run_until(predicate, *, seconds: float = 600, every: float = 0.05) -> None:
+    """Poll `predicate` on the fake clock (polling is what the fakes make cheap)."""
     with trio.fail_after(seconds):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - a state of fakes, not an event
             await trio.sleep(every)
