@@ -1,17 +1,19 @@
 """`listener psql`: open psql on the configured database, or on the embedded one.
 
-The password, if any, travels in PGPASSWORD, not on the command line where `ps` would
-show it."""
+The system's psql when installed, else the one the embedded PostgreSQL ships (pgserver),
+so nothing but Python is needed. The password, if any, travels in PGPASSWORD, not on the
+command line where `ps` would show it."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+from pathlib import Path
 
 import psycopg.conninfo
 
 from listener.commands.common import prepare
+from listener.embedded import psql_executable
 from listener.errors import UsageError
 
 
@@ -25,8 +27,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def handle(args: argparse.Namespace) -> int:
     ctx = prepare(args, announce_db=False)
-    psql = shutil.which("psql")
-    if psql is None:
+    psql = psql_executable()
+    if not os.access(psql, os.X_OK) or not Path(psql).is_file():
         raise UsageError("psql is not installed (Debian/Ubuntu: apt install postgresql-client)")
     params = psycopg.conninfo.conninfo_to_dict(ctx.conninfo)
     env = dict(os.environ)
