@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "psql", parents=[common], help="open psql on the configured (or embedded) database"
     )
-    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+    p.add_argument(
+        "psql_args",
+        nargs=argparse.REMAINDER,
+        help="passed on to psql; put them after -- when the first starts with a dash "
+        "(listener psql -- -c 'SELECT 1')",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -35,5 +40,8 @@ def handle(args: argparse.Namespace) -> int:
     if password := params.pop("password", None):
         env["PGPASSWORD"] = str(password)
     conninfo = psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
-    os.execve(psql, [psql, conninfo, *args.psql_args], env)  # noqa: S606 - replaces this process
+    extra = list(args.psql_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]  # argparse keeps the separator; psql would stop reading options
+    os.execve(psql, [psql, conninfo, *extra], env)  # noqa: S606 - replaces this process
     return 0  # not reached
