@@ -225,13 +225,20 @@ def test_the_listener_never_claims_or_moves_rows_in_other_statuses(conn) -> None
     assert conn.execute("SELECT count(*) FROM images_blocked").fetchone() == (0,)
 
 
-def test_migrating_twice_and_an_up_to_date_database_report_nothing_new(
-    make_database, tmp_path
-) -> None:
+def test_migrate_talks_and_migrating_twice_reports_nothing_new(make_database, tmp_path) -> None:
     url = make_database(migrated=False)
     build_seed_database(url)
     env = clean_env(DATABASE_URL=url)
-    assert run_listener("migrate", env=env, cwd=tmp_path).returncode == 0
+    first = run_listener("migrate", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # every NOTICE and WARNING of every migration is shown, named by its migration
+    out = first.stderr
+    assert 'Migration 0001_seed_schema: NOTICE: relation "images" already exists' in out
+    assert "Migration 0002_row_state: NOTICE: existing rows break constraint" in out
+    assert "Migration 0013_seed_upgrade: WARNING: legacy rows: " in out
+    # ... and what each changed, rows included (0002 moves a Generate row without a uuid)
+    assert re.search(r"Applied migration 0002_row_state: added columns images\.attempts.*"
+                     r"rows of images: 2 updated", out)  # fmt: skip
     (reported,) = rows(url, "SELECT count(*) FROM images_upgrade_report")[0]
     again = run_listener("migrate", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "up to date" in again.stderr

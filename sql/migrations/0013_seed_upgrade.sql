@@ -120,6 +120,7 @@ $$;
 -- further down, scoped to the rows where they matter).
 ALTER TABLE images
     DROP CONSTRAINT IF EXISTS "status_is_ReadyToGenerate_Generate_ReadyToPublish_or_Failed",
+    DROP CONSTRAINT IF EXISTS status_must_be_listed_in_image_statuses,
     DROP CONSTRAINT IF EXISTS prompt_must_not_be_blank,
     DROP CONSTRAINT IF EXISTS negative_prompt_must_not_be_blank,
     DROP CONSTRAINT IF EXISTS width_must_be_between_64_and_1024,
@@ -306,9 +307,11 @@ FROM (
 ) AS b
 WHERE reason IS NOT NULL;
 
+-- An operator's function: no input, so it runs as the table's owner (an operator needs
+-- no UPDATE on images), for the roles granted below.
 CREATE OR REPLACE FUNCTION images_fail_blocked()
 RETURNS TABLE (id bigint, reason text)
-LANGUAGE sql VOLATILE
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, public
 AS $$
     UPDATE images AS i
@@ -319,12 +322,16 @@ AS $$
     RETURNING i.id::bigint, b.reason
 $$;
 
--- When the least-privilege roles exist (0012), operators may read what is here.
+REVOKE ALL ON FUNCTION images_fail_blocked() FROM PUBLIC;
+
+-- When the least-privilege roles exist (0012), operators may read what is here and fail
+-- blocked rows.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_operator') THEN
         GRANT SELECT ON image_statuses, images_upgrade_report, images_blocked
             TO images_operator;
+        GRANT EXECUTE ON FUNCTION images_fail_blocked() TO images_operator;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_listener') THEN
         GRANT SELECT ON image_statuses TO images_listener;
