@@ -10,7 +10,7 @@ import re
 import psycopg
 import pytest
 
-from listener.sqlfiles import queries
+from listener.sqlfiles import migrations, queries
 from tests.fixtures.listener import rows, wait_until
 from tests.helpers import clean_env, run_listener
 
@@ -351,3 +351,71 @@ async def test_a_row_broken_after_migration_blocks_nobody(
         (list(failed),),
     ) == [(len(failed),)]
     assert await listener.stop() == 0
+
+
+def test_rows_from_the_previous_release_that_break_the_new_rules(make_database, tmp_path):
+    """A database this listener served before 0013: rows its rules let in (a zero-width
+    prompt) or an operator forced in (constraints dropped, triggers off), each made
+    valid by the upgrade and reported."""
+    from listener.migrate import _CREATE_TABLE
+
+    url = make_database(migrated=False)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(_CREATE_TABLE)
+        for m in migrations():
+            if m.name < "0013":
+                c.execute(m.sql.encode())
+                c.execute("INSERT INTO listener_migrations (name, checksum) VALUES (%s, %s)",
+                          (m.name, m.checksum))  # fmt: skip
+        c.execute("ALTER TABLE images DROP CONSTRAINT width_must_be_between_64_and_1024, "
+                  "DROP CONSTRAINT attempts_must_not_be_negative")  # fmt: skip
+
+        def add(sql: str, *params) -> int:
+            return c.execute(sql + " RETURNING id", params).fetchone()[0]
+
+        ids = {
+            "zero_width": add("INSERT INTO images (prompt) VALUES (%s)", "\u200b\u200d"),
+            "negative": add(
+                "INSERT INTO images (prompt, negative_prompt) VALUES ('n', %s)", "\u200b"
+            ),
+            "width": add("INSERT INTO images (prompt, width) VALUES ('w', 5000)"),
+            "attempts": add("INSERT INTO images (prompt, attempts) VALUES ('a', -3)"),
+            "empty_image": add(
+                "INSERT INTO images (prompt, status, uuid, base64) "
+                "VALUES ('e', 'ReadyToPublish', 'u', '')"
+            ),
+        }
+        c.execute("SET session_replication_role = replica")  # the FK's trigger is off
+        ids["style"] = add("INSERT INTO images (prompt, style) VALUES ('s', 'GONE')")
+        c.execute("RESET session_replication_role")
+        blanks = [add("INSERT INTO images (prompt) VALUES (%s)", "\u2060" * (i + 1))
+                  for i in range(24)]  # fmt: skip
+    result = run_listener("migrate", env=clean_env(DATABASE_URL=url), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stderr
+    blank = sorted([ids["zero_width"], *blanks])
+    assert "25 row(s) in ReadyToGenerate with a blank prompt: " in out
+    assert f"(ids {', '.join(map(str, blank[:20]))}, ...)" in out  # the first 20
+    report = dict(rows(url, "SELECT kind, ids FROM images_upgrade_report"))
+    assert sorted(report["in ReadyToGenerate with a blank prompt"]) == blank  # all of them
+
+    def state(name: str) -> tuple:
+        return rows(url, "SELECT status, last_error, negative_prompt, attempts FROM images "
+                         "WHERE id = %s", (ids[name],))[0]  # fmt: skip
+
+    assert state("zero_width")[:2] == ("Failed", "blank prompt (found when upgrading)")
+    assert state("negative") == ("ReadyToGenerate", None, None, 0)
+    assert state("width")[:2] == (
+        "Failed",
+        "size 5000xdefault outside 64..1024 (found when upgrading)",
+    )
+    assert state("attempts") == ("ReadyToGenerate", None, None, 0)
+    assert state("empty_image")[:2] == (
+        "Failed", "ReadyToPublish without an image (found when upgrading)")  # fmt: skip
+    assert state("style")[:2] == (
+        "Failed", "style GONE is not listed in image_styles (found when upgrading)")  # fmt: skip
+    for kind in ("blank negative prompt", "negative attempts count", "outside 64..1024",
+                 "style not in image_styles", "ReadyToPublish without an image"):  # fmt: skip
+        assert kind in out, kind
+    assert rows(url, "SELECT count(*) FROM pg_constraint "
+                     "WHERE conrelid = 'images'::regclass AND NOT convalidated") == [(0,)]  # fmt: skip
