@@ -101,6 +101,7 @@ def embedded_state(data_dir: Path) -> EmbeddedState:
     pgdata = pgdata_of(data_dir)
     if not (pgdata / "PG_VERSION").exists():
         return EmbeddedState(pgdata, exists=False)
+    _pgserver()  # imported once with its start-up warning silenced
     from pgserver.utils import PostmasterInfo
 
     try:
