@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test migrate psql lint format emulator bench clean
+.PHONY: help install run stop test migrate psql lint format emulator bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its dev tools
 
-run: $(STAMP) ## migrate, then run the listener (embedded database and API emulator when nothing is configured)
+run: $(STAMP) ## migrate, then run the listener (embedded database and API emulator when nothing is configured); Ctrl-C stops it
 	$(BIN)/listener migrate
 	$(BIN)/listener --with-emulator $(ARGS)
+
+stop: $(STAMP) ## stop the embedded PostgreSQL that make run leaves running (listener embedded stop)
+	$(BIN)/listener embedded stop
 
 test: $(STAMP) ## run the test suite against a real PostgreSQL and the emulator
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -29,7 +32,7 @@ test: $(STAMP) ## run the test suite against a real PostgreSQL and the emulator
 migrate: $(STAMP) ## create or upgrade the schema
 	$(BIN)/listener migrate
 
-psql: $(STAMP) ## open psql on the configured (or embedded) database
+psql: $(STAMP) ## open psql on the configured (or embedded) database; no system psql needed
 	$(BIN)/listener psql
 
 lint: $(STAMP) ## ruff, including its ASYNC rules

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import psycopg.conninfo
 from pydantic import (
     Field,
     HttpUrl,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -39,6 +41,18 @@ MAX_SIDE = 1024
 SECRET_FIELDS = frozenset(
     {"fusion_brain_api_key", "fusion_brain_secret_key", "db_password", "database_url"}
 )
+
+# The values `.env.example` (and the seed's) ships with: "your-api-key-here",
+# "your-password-here", "your-database-name"... never a real key, password or name.
+PLACEHOLDER = re.compile(r"your-[a-z0-9-]+", re.IGNORECASE)
+PLACEHOLDER_HOSTS = frozenset({"localhost"})  # the example's DB_HOST
+
+
+def _is_placeholder(value: SecretStr | str | None) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value is not None and PLACEHOLDER.fullmatch(value.strip()) is not None
+
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -100,6 +114,11 @@ class Settings(BaseSettings):
     unknown_outcome_resends: int = Field(1, ge=0, le=10)
     db_statement_timeout: float = Field(30, gt=0)
     db_max_idle_time: float = Field(30, gt=0)
+
+    # -- .env.example placeholders (issue 13) -------------------------------------------
+    # Not a setting: the variables whose .env.example placeholder was treated as unset,
+    # so the log can say so (listener.commands.common.prepare).
+    _placeholders: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("default_num_images")
     @classmethod
@@ -164,7 +183,49 @@ class Settings(BaseSettings):
             object.__setattr__(self, "db_max_idle_conns", self.db_max_open_conns)
         return self
 
+    @model_validator(mode="after")
+    def _placeholders_are_unset(self) -> Settings:
+        """`.env.example` copied unchanged is "nothing configured": its placeholder key
+        is not sent to the real API, and its placeholder database is not dialled.
+
+        The API key or secret holding a placeholder counts as unset. DB_NAME and
+        DB_PASSWORD both holding theirs, with the example's DB_HOST, is the example's
+        database block left as it is: every DB_* is ignored (the embedded PostgreSQL).
+        A placeholder DB_NAME beside a real host or password is a half-edited file: a
+        configuration error naming it. A placeholder DB_PASSWORD alone counts as unset.
+        """
+        found: list[str] = []
+
+        def unset(field: str) -> None:
+            object.__setattr__(self, field, None)
+            found.append(field.upper())
+
+        for field in ("fusion_brain_api_key", "fusion_brain_secret_key"):
+            if _is_placeholder(getattr(self, field)):
+                unset(field)
+        name, password = _is_placeholder(self.db_name), _is_placeholder(self.db_password)
+        if name and password and (self.db_host or "localhost") in PLACEHOLDER_HOSTS:
+            unset("db_name")
+            unset("db_password")
+            if self.db_host is not None:
+                unset("db_host")
+        elif name:
+            raise ConfigError(
+                f"configuration error: DB_NAME: is the .env.example placeholder "
+                f"{self.db_name!r}: set it to your database's name (or remove the DB_* "
+                "lines to use the embedded PostgreSQL)"
+            )
+        elif password:
+            unset("db_password")
+        self._placeholders = tuple(found)
+        return self
+
     # -- derived ------------------------------------------------------------------------
+
+    @property
+    def placeholders_ignored(self) -> tuple[str, ...]:
+        """Variables that held a .env.example placeholder and were treated as unset."""
+        return self._placeholders
 
     @property
     def database_configured(self) -> bool:

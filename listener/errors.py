@@ -22,7 +22,8 @@ line (which could carry a connection string).
         │   └── ApiOutcomeUnknown  a run request may have reached the API (read timeout)
         ├── ApiBusy              2xx with DISABLED_BY_QUEUE / DISABLED_MANUALLY: back off
         ├── ApiPermanent         400, 404, 415...: retrying cannot help
-        │   └── ApiNotFound      the uuid is unknown (result fetched already or expired)
+        │   ├── ApiNotFound      the uuid is unknown (result fetched already or expired)
+        │   └── BlankPrompt      nothing but white space or invisible characters: not sent
         └── ApiCredentials       401 / 403: stop generating, say so loudly
 """
 
@@ -128,3 +129,7 @@ class ApiNotFound(ApiPermanent):
 
 class ApiCredentials(ApiError):
     """The Fusion Brain API rejected the API key or secret."""
+
+
+class BlankPrompt(ApiPermanent):
+    """The prompt is blank (only white space or invisible characters): not sent to the API."""

@@ -4,15 +4,24 @@ Each file runs in its own transaction and is recorded in `listener_migrations`. 
 session-level advisory lock serialises concurrent runs (many listeners starting at
 once): the second waits, then finds nothing pending. Forward-only: a file that was
 applied is never run again, even if edited (its checksum is kept to notice that).
+
+Migrations talk: every NOTICE and WARNING a file raises is logged as it arrives (a
+WARNING as a warning), and each applied file is followed by one line saying what it
+changed: the schema objects it added, changed or removed (read from the catalog before
+and after) and the rows it inserted, updated or deleted per table (the transaction's own
+statistics), so a change to existing rows is never silent.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import psycopg
+from psycopg.errors import Diagnostic
 
-from listener.errors import SchemaNotMigrated
+from listener.errors import ConfigError, DatabaseError, SchemaNotMigrated
+from listener.sanitize import clean
 from listener.sqlfiles import Migration, migrations
 
 log = logging.getLogger(__name__)
@@ -42,10 +51,164 @@ def pending(conn: psycopg.Connection) -> list[Migration]:
     return [m for m in migrations() if m.name not in done]
 
 
+# What a migration can change, one row per object: (kind, name, fingerprint). Objects of
+# the schema the migrations create into, and roles (a migration may create some).
+_CATALOG = """
+WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'view' WHEN 'i' THEN 'index'
+                      WHEN 'S' THEN 'sequence' ELSE 'table' END,
+       CASE WHEN c.relkind = 'i'
+            THEN (SELECT t.relname FROM pg_index AS x JOIN pg_class AS t ON t.oid = x.indrelid
+                  WHERE x.indexrelid = c.oid) || '.' ELSE '' END || c.relname,
+       md5(coalesce(CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid)
+                         WHEN c.relkind = 'i' THEN pg_get_indexdef(c.oid) END, '')
+           || coalesce(c.relacl::text, ''))
+FROM pg_class AS c JOIN ns ON c.relnamespace = ns.oid
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S') AND c.relname <> 'listener_migrations'
+UNION ALL
+SELECT 'column', c.relname || '.' || a.attname,
+       md5(format_type(a.atttypid, a.atttypmod) || a.attnotnull::text
+           || coalesce(pg_get_expr(d.adbin, d.adrelid), ''))
+FROM pg_attribute AS a
+JOIN pg_class AS c ON c.oid = a.attrelid JOIN ns ON c.relnamespace = ns.oid
+LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+  AND c.relname <> 'listener_migrations'
+UNION ALL
+SELECT 'constraint', c.relname || '.' || con.conname,
+       md5(pg_get_constraintdef(con.oid) || con.convalidated::text)
+FROM pg_constraint AS con
+JOIN pg_class AS c ON c.oid = con.conrelid JOIN ns ON c.relnamespace = ns.oid
+WHERE c.relname <> 'listener_migrations'
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text,
+       md5(p.prosrc || coalesce(array_to_string(p.proconfig, ','), '') || p.prosecdef::text
+           || coalesce(p.proacl::text, '') || p.provolatile::text)
+FROM pg_proc AS p JOIN ns ON p.pronamespace = ns.oid
+UNION ALL
+SELECT 'trigger', c.relname || '.' || t.tgname, md5(pg_get_triggerdef(t.oid))
+FROM pg_trigger AS t
+JOIN pg_class AS c ON c.oid = t.tgrelid JOIN ns ON c.relnamespace = ns.oid
+WHERE NOT t.tgisinternal
+UNION ALL
+SELECT 'role', r.rolname::text,
+       md5(concat_ws(',', r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb,
+                     r.rolcanlogin, r.rolbypassrls,
+                     (SELECT string_agg(m.roleid::regrole::text, ',' ORDER BY 1)
+                      FROM pg_auth_members AS m WHERE m.member = r.oid)))
+FROM pg_roles AS r WHERE r.rolname !~ '^pg_'
+"""
+
+# Rows inserted, updated and deleted per table by this session's transactions whose
+# statistics were not flushed yet (a flush never happens inside a transaction).
+_ROW_COUNTS = """
+SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_xact_user_tables
+WHERE schemaname = current_schema() AND relname <> 'listener_migrations'
+"""
+
+Counts = dict[str, tuple[int, int, int]]
+
+_PLURAL = {"index": "indexes"}
+
+# Connection failures that retrying cannot fix (the service refuses to start on these
+# too): a missing database or role, a wrong password, a pg_hba rule.
+FATAL_CONNECT = (
+    "password authentication failed",
+    "does not exist",
+    "no password supplied",
+    "no pg_hba.conf entry",
+)
+
+
+def refused_for_good(err: DatabaseError) -> ConfigError | None:
+    """A connection failure that is a configuration error (exit 2), worded as the
+    service words it; None when it may pass (the server is down or restarting)."""
+    reason = err.message.removeprefix("database unavailable: ")
+    if any(marker in reason for marker in FATAL_CONNECT):
+        return ConfigError(f"the database refused the connection: {reason}")
+    return None
+
+
+def _catalog(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
+    return {(kind, name): print_ for kind, name, print_ in conn.execute(_CATALOG)}
+
+
+def _row_counts(conn: psycopg.Connection) -> Counts:
+    return {table: (i, u, d) for table, i, u, d in conn.execute(_ROW_COUNTS)}
+
+
+def _rows_since(before: Counts, after: Counts) -> list[tuple[str, int, int, int]]:
+    rows = []
+    for table in sorted(after):
+        old = before.get(table, (0, 0, 0))
+        diff = tuple(a - b for a, b in zip(after[table], old, strict=True))
+        if any(diff):
+            rows.append((table, *diff))
+    return rows
+
+
+def describe_changes(
+    before: dict[tuple[str, str], str],
+    after: dict[tuple[str, str], str],
+    rows: list[tuple[str, int, int, int]],
+) -> str:
+    """One line: the objects added, changed and removed, and the rows touched. The
+    columns, constraints, indexes and triggers of a table added or removed go without
+    saying."""
+    tables = {name for kind, name in {*before, *after} if kind == "table"}
+    new = {name for kind, name in after if kind == "table" and (kind, name) not in before}
+    gone = {name for kind, name in before if kind == "table" and (kind, name) not in after}
+
+    def owner(key: tuple[str, str]) -> str:
+        table = key[1].split(".", 1)[0]
+        return table if key[0] != "table" and "." in key[1] and table in tables else ""
+
+    verbs = {
+        "added": sorted(k for k in after if k not in before and owner(k) not in new),
+        "changed": sorted(k for k in after if k in before and after[k] != before[k]),
+        "removed": sorted(k for k in before if k not in after and owner(k) not in gone),
+    }
+    parts = []
+    for verb, keys in verbs.items():
+        if not keys:
+            continue
+        by_kind: dict[str, list[str]] = {}
+        for kind, name in keys:
+            by_kind.setdefault(kind, []).append(name)
+        parts.append(
+            f"{verb} "
+            + "; ".join(
+                f"{_PLURAL.get(kind, kind + 's') if len(names) > 1 else kind} {', '.join(names)}"
+                for kind, names in by_kind.items()
+            )
+        )
+    for table, ins, upd, dele in rows:
+        counts = [f"{n} {what}" for n, what in ((ins, "inserted"), (upd, "updated"),
+                                                (dele, "deleted")) if n]  # fmt: skip
+        parts.append(f"rows of {table}: " + ", ".join(counts))
+    return "; ".join(parts) if parts else "no change"
+
+
+def _notice_logger(current: list[str]) -> Callable[[Diagnostic], None]:
+    def on_notice(diag: Diagnostic) -> None:
+        severity = diag.severity_nonlocalized or diag.severity or "NOTICE"
+        text = clean(diag.message_primary or "")
+        where = f"Migration {current[0]}" if current else "Migrations"
+        if severity in ("WARNING", "ERROR", "FATAL", "PANIC"):
+            log.warning("%s: %s: %s", where, severity, text)
+        else:
+            log.info("%s: %s: %s", where, severity, text)
+
+    return on_notice
+
+
 def migrate(conninfo: str) -> list[str]:
     """Apply what is pending; return the names applied (empty when up to date)."""
     applied: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        current: list[str] = []
+        conn.add_notice_handler(_notice_logger(current))
+        conn.execute("SET client_min_messages = notice")
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
             conn.execute(_CREATE_TABLE)
@@ -55,15 +218,24 @@ def migrate(conninfo: str) -> list[str]:
                     if done[m.name] != m.checksum:
                         log.warning("Migration %s changed after it was applied; not re-run", m.name)
                     continue
+                current[:] = [m.name]
                 with conn.transaction():
+                    # The transaction's row counts include earlier ones not yet flushed
+                    # to the statistics: what this file did is the difference.
+                    before, rows_before = _catalog(conn), _row_counts(conn)
                     conn.execute(m.sql.encode())  # several statements: simple query protocol
+                    changes = describe_changes(
+                        before, _catalog(conn), _rows_since(rows_before, _row_counts(conn))
+                    )
                     conn.execute(
                         "INSERT INTO listener_migrations (name, checksum) VALUES (%s, %s)",
                         (m.name, m.checksum),
                     )
-                log.info("Applied migration %s", m.name)
+                current.clear()
+                log.info("Applied migration %s: %s", m.name, changes)
                 applied.append(m.name)
         finally:
+            current.clear()
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied
 

@@ -21,16 +21,15 @@ from typing import Literal
 import psycopg
 import stamina
 import trio
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from listener import __version__
 from listener.api.client import FusionBrainClient
 from listener.config import Settings
 from listener.db import connect_kwargs, open_database, translate
-from listener.embedded import psql_command
+from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Wakeup
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
-from listener.migrate import check_migrated
+from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenStream, Notification
 from listener.providers.fusionbrain import FusionBrainProvider
@@ -41,14 +40,6 @@ log = logging.getLogger("listener")
 
 WAKEUP_CHANNEL = "images_wakeup"
 DONE_CHANNEL = "images_done"
-
-# Connection failures that retrying cannot fix: say so and stop.
-_FATAL_CONNECT = (
-    "password authentication failed",
-    "does not exist",
-    "no password supplied",
-    "no pg_hba.conf entry",
-)
 
 
 @dataclass(frozen=True)
@@ -165,6 +156,11 @@ class Service:
     def _stopped(self) -> int:
         reason = self.stop_reason
         log.info("Service stopped%s", f" ({reason})" if reason else "")
+        if self.embedded:
+            log.info(
+                "The embedded PostgreSQL keeps running for the next start; "
+                "stop it with: listener embedded stop (or make stop)"
+            )
         return 0
 
     async def _serve(self, store: PgStore, api: FusionBrainClient) -> None:
@@ -250,23 +246,19 @@ class Service:
                     err = translate(exc)
                     if not isinstance(err, DatabaseUnavailable):
                         raise err from None
+                    fatal = refused_for_good(err)
+                    if fatal is not None:
+                        raise fatal from None
                     reason = err.message.removeprefix("database unavailable: ")
-                    if any(marker in reason for marker in _FATAL_CONNECT):
-                        raise ConfigError(
-                            f"the database refused the connection: {reason}"
-                        ) from None
                     log.warning("Database unavailable: %s; retrying", reason)
                     raise err from None
 
     def _try_it(self) -> str:
         """The one line a first-time user needs: insert a row, then export its image."""
-        params = conninfo_to_dict(self.conninfo)
-        params.pop("password", None)  # psql asks for it; a log line never shows it
-        target = make_conninfo("", **{k: v for k, v in params.items() if v})
         insert = "INSERT INTO images (prompt) VALUES ('a red fox in the snow') RETURNING id"
         prog = sys.argv[0] if os.path.basename(sys.argv[0]) == "listener" else "python -m listener"
         return (
-            f'Try it: {psql_command(target)} -c "{insert}"'
+            f'Try it: {psql_target(self.conninfo)} -c "{insert}"'
             f" ; then: {prog} export ID -o fox.png (or: {prog} enqueue 'a red fox' --wait)"
         )
 

@@ -15,6 +15,13 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
+      -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
+      -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
+      AND prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]'
+      AND (negative_prompt IS NULL OR negative_prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]')
+      AND (width IS NULL OR width BETWEEN 64 AND 1024)
+      AND (height IS NULL OR height BETWEEN 64 AND 1024)
+      AND attempts BETWEEN 0 AND 2147483646
     ORDER BY not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -29,6 +36,13 @@ RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attem
 SELECT least(
     (SELECT not_before FROM images
       WHERE status = 'ReadyToGenerate' AND (locked_until IS NULL OR locked_until < now())
+        -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
+        -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
+        AND prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]'
+        AND (negative_prompt IS NULL OR negative_prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]')
+        AND (width IS NULL OR width BETWEEN 64 AND 1024)
+        AND (height IS NULL OR height BETWEEN 64 AND 1024)
+        AND attempts BETWEEN 0 AND 2147483646
       ORDER BY not_before LIMIT 1),
     (SELECT min(locked_until) FROM images
       WHERE locked_by IS NOT NULL AND locked_by <> %(worker)s
@@ -45,6 +59,8 @@ SET locked_by = %(worker)s,
 FROM (
     SELECT id FROM images
     WHERE status = 'Generate' AND (locked_until IS NULL OR locked_until < now())
+      -- a row that breaks a rule cannot move on: left out (view images_blocked)
+      AND uuid IS NOT NULL AND attempts >= 0
     ORDER BY locked_until NULLS FIRST, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -137,13 +153,15 @@ renewed AS (
     RETURNING i.id
 ),
 moved AS (
+    -- only in the listener's statuses: a row in any other is never touched
     UPDATE images AS i SET locked_by = NULL, locked_until = NULL
     FROM lockable WHERE i.id = lockable.id AND NOT lockable.same
+      AND i.status IN ('ReadyToGenerate', 'Generate')
     RETURNING i.id
 )
 SELECT mine.id, renewed.id IS NOT NULL AS renewed,
-       (moved.id IS NOT NULL OR i.id IS NULL OR i.locked_by IS DISTINCT FROM %(worker)s)
-           AS lost
+       (moved.id IS NOT NULL OR i.id IS NULL OR i.locked_by IS DISTINCT FROM %(worker)s
+        OR i.status NOT IN ('ReadyToGenerate', 'Generate')) AS lost
 FROM mine
 LEFT JOIN renewed ON renewed.id = mine.id
 LEFT JOIN moved ON moved.id = mine.id

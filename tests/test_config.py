@@ -49,10 +49,16 @@ def isolated(monkeypatch, tmp_path):
 
 
 def test_seed_env_block_loads_verbatim(isolated):
-    (isolated / ".env").write_text(SEED_ENV)
+    """The seed's block with real values in place of its placeholders."""
+    (isolated / ".env").write_text(
+        SEED_ENV.replace("your-api-key-here", "k-1")
+        .replace("your-secret-key-here", "s-2")
+        .replace("your-password-here", "pw-3")
+        .replace("your-database-name", "images")
+    )
     s = load_settings()
-    assert s.fusion_brain_api_key.get_secret_value() == "your-api-key-here"
-    assert s.fusion_brain_secret_key.get_secret_value() == "your-secret-key-here"
+    assert s.fusion_brain_api_key.get_secret_value() == "k-1"
+    assert s.fusion_brain_secret_key.get_secret_value() == "s-2"
     assert (s.default_image_width, s.default_image_height) == (1024, 1024)
     assert s.default_num_images == 1
     assert s.default_style == "ANIME"
@@ -60,17 +66,23 @@ def test_seed_env_block_loads_verbatim(isolated):
     assert s.default_generation_timeout == 300
     assert s.default_check_interval == 2
     assert s.default_max_attempts == 30
-    assert (s.db_host, s.db_port, s.db_user, s.db_name) == (
-        "localhost",
-        5432,
-        "postgres",
-        "your-database-name",
-    )
-    assert s.db_password.get_secret_value() == "your-password-here"
+    assert (s.db_host, s.db_port, s.db_user, s.db_name) == ("localhost", 5432, "postgres", "images")
+    assert s.db_password.get_secret_value() == "pw-3"
     assert s.db_ssl_mode == "disable"
     assert (s.db_max_open_conns, s.db_max_idle_conns) == (25, 25)
     assert s.db_conn_max_lifetime == 300  # the inline comment is not part of the value
     assert s.database_configured
+    assert s.placeholders_ignored == ()
+
+
+def test_seed_env_block_as_shipped_means_nothing_configured(isolated):
+    """Its placeholders are not a key, a password or a database name (issue 13)."""
+    (isolated / ".env").write_text(SEED_ENV)
+    s = load_settings()
+    assert s.fusion_brain_api_key is None and s.fusion_brain_secret_key is None
+    assert not s.api_configured and not s.database_configured
+    assert (s.db_host, s.db_name, s.db_password) == (None, None, None)
+    assert s.db_conn_max_lifetime == 300  # everything else still loads
 
 
 def test_defaults_are_the_seeds(isolated):

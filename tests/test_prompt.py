@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from listener.api.models import GenerationRequest
-from listener.api.prompt import MAX_PROMPT, cap_negative_prompt, truncate_prompt
+from listener.api.prompt import (
+    MAX_PROMPT,
+    cap_negative_prompt,
+    cut_graphemes,
+    is_blank,
+    strip_blank,
+    truncate_prompt,
+)
+from listener.errors import BlankPrompt
 
 CLUSTERS = st.sampled_from(
     [
@@ -35,7 +44,7 @@ def graphemes(text: str) -> list[str]:
 @given(st.lists(CLUSTERS, min_size=0, max_size=1200))
 def test_truncation_keeps_whole_graphemes(parts: list[str]) -> None:
     text = "".join(parts)
-    cut = truncate_prompt(text)
+    cut = cut_graphemes(text, MAX_PROMPT)
     assert len(cut) <= MAX_PROMPT
     assert text.startswith(cut)
     # Whole clusters only: the cut's clusters are the text's first clusters.
@@ -49,11 +58,15 @@ def test_truncation_keeps_whole_graphemes(parts: list[str]) -> None:
 
 
 @given(st.text(max_size=3000))
-def test_truncation_of_any_text_is_a_prefix_within_the_limit(text: str) -> None:
+def test_truncation_of_any_text_is_a_part_within_the_limit(text: str) -> None:
+    if is_blank(text):
+        with pytest.raises(BlankPrompt):
+            truncate_prompt(text)
+        return
     cut = truncate_prompt(text)
-    assert text.startswith(cut)
-    assert len(cut) <= MAX_PROMPT
-    assert cut or not text
+    assert strip_blank(text).startswith(cut)
+    assert 1 <= len(cut) <= MAX_PROMPT
+    assert not is_blank(cut) and cut == strip_blank(cut)
 
 
 def test_emoji_with_modifier_across_the_limit_is_dropped_whole() -> None:

@@ -31,17 +31,16 @@ def test_seed_inserts_work(conn):
     [
         ("prompt", ("",), "prompt_must_not_be_blank"),
         ("prompt", ("  \t\n ",), "prompt_must_not_be_blank"),
-        (
-            "prompt, status",
-            ("x", "Done"),
-            "status_is_ReadyToGenerate_Generate_ReadyToPublish_or_Failed",
-        ),
+        ("prompt, status", ("x", "Done"), "status_must_be_listed_in_image_statuses"),
+        ("prompt, status", ("x", "Done"), 'not present in table "image_statuses"'),
+        ("prompt", ("\u00a0\u200b\ufeff",), "prompt_must_not_be_blank"),
         ("prompt, width", ("x", 5000), "width_must_be_between_64_and_1024"),
         ("prompt, width", ("x", 0), "width_must_be_between_64_and_1024"),
         ("prompt, height", ("x", 2048), "height_must_be_between_64_and_1024"),
         ("prompt, style", ("x", "NO_SUCH_STYLE"), "style_must_be_listed_in_image_styles"),
         ("prompt, status", ("x", "Generate"), "Generate_needs_a_uuid"),
         ("prompt, status", ("x", "ReadyToPublish"), "ReadyToPublish_needs_base64"),
+        ("prompt, status, base64", ("x", "ReadyToPublish", ""), "ReadyToPublish_needs_base64"),
         ("prompt, negative_prompt", ("x", " "), "negative_prompt_must_not_be_blank"),
     ],
 )

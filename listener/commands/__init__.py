@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from listener.commands import (
     cancel,
+    embedded,
     emulator,
     enqueue,
     export,
@@ -17,4 +18,16 @@ from listener.commands import (
 )
 
 # run is first: it is also the default command and owns the seed's top-level flags.
-COMMANDS = (run, migrate, emulator, enqueue, status, export, retry, cancel, watch, psql)
+COMMANDS = (
+    run,
+    migrate,
+    emulator,
+    enqueue,
+    status,
+    export,
+    retry,
+    cancel,
+    watch,
+    psql,
+    embedded,
+)

@@ -1,4 +1,9 @@
-"""`listener migrate`: apply pending SQL migrations (idempotent, concurrency-safe)."""
+"""`listener migrate`: apply pending SQL migrations (idempotent, concurrency-safe).
+
+Every NOTICE and WARNING of a migration is logged, then one line per migration saying
+what it changed (listener.migrate). A database that refuses the connection for good (it
+does not exist, a wrong password) is a configuration error, exit 2, in the service's
+words; one that cannot be reached is exit 1."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import psycopg
 
 from listener.commands.common import prepare
 from listener.db import translate
-from listener.migrate import migrate
+from listener.migrate import migrate, refused_for_good
 
 log = logging.getLogger("listener")
 
@@ -19,14 +24,28 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=handle)
 
 
+def _legacy_findings(conninfo: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM images_upgrade_report WHERE migration = '0013_seed_upgrade'"
+        ).fetchone()
+    return row[0] if row else 0
+
+
 def handle(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     try:
         applied = migrate(ctx.conninfo)
     except psycopg.Error as exc:
-        raise translate(exc) from exc
+        err = translate(exc)
+        raise (refused_for_good(err) or err) from exc
     if applied:
         log.info("Database migrated: %d migration(s) applied", len(applied))
+        if "0013_seed_upgrade" in applied and _legacy_findings(ctx.conninfo):
+            log.warning(
+                "Legacy rows were found and handled (the lines above); the report stays in "
+                "the database: SELECT * FROM images_upgrade_report"
+            )
     else:
         log.info("Database schema is up to date")
     return 0

@@ -33,6 +33,7 @@ from listener.errors import (
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
+    BlankPrompt,
 )
 from listener.sanitize import clean
 
@@ -108,6 +109,9 @@ class Runs:
                 await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
                 own.settle()
                 self._look_again()
+                return None
+            except BlankPrompt:
+                await self.fail(row.id, "blank prompt (not sent)", own)
                 return None
             except ApiPermanent as exc:
                 await self.fail(row.id, clean(f"API refused the request: {exc.message}"), own)

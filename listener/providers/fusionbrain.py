@@ -7,6 +7,10 @@ from __future__ import annotations
 from listener.api.client import FusionBrainClient
 from listener.api.models import GenerationRequest
 from listener.engine.ports import Outcome, Pending, Ready, Refused, Submitted
+from listener.errors import ApiOutcomeUnknown
+from listener.sanitize import clean
+
+MAX_HANDLE = 128
 
 
 class FusionBrainProvider:
@@ -18,7 +22,11 @@ class FusionBrainProvider:
 
     async def submit(self, request: GenerationRequest) -> Submitted:
         accepted = await self.client.run(request)
-        return Submitted(handle=accepted.uuid, check_after=accepted.status_time)
+        handle = accepted.uuid
+        if not (0 < len(handle) <= MAX_HANDLE and handle.isprintable()):
+            # It may have been accepted, but this uuid cannot be followed or stored.
+            raise ApiOutcomeUnknown(f"run: answer with an unusable uuid: {clean(handle, limit=80)}")
+        return Submitted(handle=handle, check_after=accepted.status_time)
 
     async def outcome(self, handle: str) -> Outcome:
         status = await self.client.status(handle)
