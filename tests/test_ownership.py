@@ -106,3 +106,20 @@ async def test_ten_listeners_with_default_pool_settings_share_one_database(
     assert peak < 60, peak
     for listener in listeners:
         assert await listener.stop() == 0
+
+
+async def test_the_start_up_sweeps_count_what_they_did(start_listener, database_url, emulator):
+    emulator.configure(generation_time=0.2)
+    insert_many(database_url, 5, "waiting")
+    rows(
+        database_url,
+        "INSERT INTO images (prompt, status, uuid) VALUES ('left', 'Generate', 'old-uuid')",
+    )
+    listener = await start_listener()
+    await all_finished(database_url, 6)
+    log = listener.log
+    assert "Generator sweep finished: 5 row(s) submitted" in log
+    assert "Processor sweep finished: 1 generation(s) resumed" in log
+    started = log.index("Generator sweep started")
+    finished = log.index("Generator sweep finished")
+    assert log[started:finished].count("Processing image ID") == 5

@@ -87,7 +87,8 @@ class Claims:
             task_status.started()
 
     async def _ready_loop(self) -> None:
-        rung = False
+        # The first look at the table is the start-up sweep's, so its count is true.
+        rung = await self.ready.wait()
         while True:
             await self.health.ready_to_generate()
             found = await self.claim_ready()
@@ -97,6 +98,7 @@ class Claims:
                 await trio.sleep(random.uniform(0, CONTENDED_JITTER))
 
     async def _generating_loop(self) -> None:
+        await self.generating.wait()  # the start-up sweep looks first
         while True:
             await self.adopt()
             due = self.generating_due_in
