@@ -494,12 +494,9 @@ CORE_MODULES = [
     "listener.store",
     "listener.notify",
     "listener.api.client",
-    "listener.generator",
-    "listener.processor",
-    "listener.sweeps",
-    "listener.heartbeat",
-    "listener.health",
-    "listener.durable",
+    "listener.engine",
+    "listener.providers.fusionbrain",
+    "listener.service",
     "listener.migrate",
 ]
 
@@ -514,7 +511,7 @@ def run_imports(res: Results, emu: Emulator, args) -> None:
         ("+ psycopg, psycopg_pool", ["psycopg", "psycopg_pool"]),
         ("+ httpx", ["httpx"]),
         ("+ pydantic, pydantic_settings, stamina", ["pydantic", "pydantic_settings", "stamina"]),
-        ("+ the service's own modules (config, db, store, notify, generator, ...)", CORE_MODULES),
+        ("+ the service's own modules (config, db, store, notify, engine, ...)", CORE_MODULES),
         ("+ listener.cli, what `python -m listener` imports", ["listener.cli"]),
     ]
     for _rep in range(max(args.reps, 3)):

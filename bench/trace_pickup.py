@@ -39,19 +39,19 @@ def listener_main() -> int:
     steps: list[list] = []
     atexit.register(lambda: Path(os.environ["TRACE_FILE"]).write_text(json.dumps(steps)))
 
-    on_event = service.Service._on_event
+    on_event = service._StreamEvents._translate
 
     def traced_on_event(self, event):
         if isinstance(event, notify.Notification) and event.channel == "images_wakeup":
             steps.append(["notify", time.time()])
         return on_event(self, event)
 
-    claim_ready = store.Store.claim_ready
+    claim_ready = store.PgStore.claim_ready
 
-    async def traced_claim_ready(self, limit, **kw):
+    async def traced_claim_ready(self, limit):
         t0 = time.time()
-        claimed = await claim_ready(self, limit, **kw)
-        steps.append(["claim", t0, time.time(), [r.prompt for r in claimed.rows]])
+        claimed = await claim_ready(self, limit)
+        steps.append(["claim", t0, time.time(), [r.prompt for r in claimed]])
         return claimed
 
     run = Database.run
@@ -72,8 +72,8 @@ def listener_main() -> int:
         steps.append(["run", time.time(), request.prompt])
         return await api_run(self, request)
 
-    service.Service._on_event = traced_on_event
-    store.Store.claim_ready = traced_claim_ready
+    service._StreamEvents._translate = traced_on_event
+    store.PgStore.claim_ready = traced_claim_ready
     Database.run = traced_run
     client.FusionBrainClient.run = traced_api_run
     sys.argv[0] = "listener"
