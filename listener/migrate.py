@@ -1,9 +1,13 @@
 """Apply the SQL migrations, in order, exactly once, safely from many processes.
 
 Each file runs in its own transaction and is recorded in `listener_migrations`. A
-session-level advisory lock serialises concurrent runs (many listeners starting at
-once): the second waits, then finds nothing pending. Forward-only: a file that was
-applied is never run again, even if edited (its checksum is kept to notice that).
+transaction-scoped advisory lock, taken at the start of each of those transactions,
+serialises concurrent runs (many listeners starting at once): the second waits, then finds
+the file recorded and skips it. Transaction-scoped, so it is safe through a
+transaction-mode pooler (PgBouncer), where a session lock could stay behind on a server
+connection that another client gets next; and no statement is prepared server-side.
+Forward-only: a file that was applied is never run again, even if edited (its checksum is
+kept to notice that).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from listener.sqlfiles import Migration, migrations
 
 log = logging.getLogger(__name__)
 
-# pg_advisory_lock key: any constant unique to this application.
+# pg_advisory_xact_lock key: any constant unique to this application.
 MIGRATION_LOCK_KEY = 0x46424C4D  # "FBLM"
 
 _CREATE_TABLE = """
@@ -45,27 +49,38 @@ def pending(conn: psycopg.Connection) -> list[Migration]:
 def migrate(conninfo: str) -> list[str]:
     """Apply what is pending; return the names applied (empty when up to date)."""
     applied: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        with conn.transaction():
+            _lock(conn)
             conn.execute(_CREATE_TABLE)
-            done = _applied(conn)
-            for m in migrations():
-                if m.name in done:
-                    if done[m.name] != m.checksum:
-                        log.warning("Migration %s changed after it was applied; not re-run", m.name)
+        done = _applied(conn)
+        for m in migrations():
+            if m.name in done:
+                if done[m.name] != m.checksum:
+                    log.warning("Migration %s changed after it was applied; not re-run", m.name)
+                continue
+            with conn.transaction():
+                _lock(conn)
+                if _recorded(conn, m.name):  # another run applied it while we waited
                     continue
-                with conn.transaction():
-                    conn.execute(m.sql.encode())  # several statements: simple query protocol
-                    conn.execute(
-                        "INSERT INTO listener_migrations (name, checksum) VALUES (%s, %s)",
-                        (m.name, m.checksum),
-                    )
-                log.info("Applied migration %s", m.name)
-                applied.append(m.name)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                conn.execute(m.sql.encode())  # several statements: simple query protocol
+                conn.execute(
+                    "INSERT INTO listener_migrations (name, checksum) VALUES (%s, %s)",
+                    (m.name, m.checksum),
+                )
+            log.info("Applied migration %s", m.name)
+            applied.append(m.name)
     return applied
+
+
+def _lock(conn: psycopg.Connection) -> None:
+    """Held until this transaction ends, on whichever server connection runs it."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _recorded(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM listener_migrations WHERE name = %s", (name,)).fetchone()
+    return row is not None
 
 
 def check_migrated(conn: psycopg.Connection) -> None:
