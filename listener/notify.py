@@ -39,6 +39,7 @@ from psycopg import pq, sql
 
 from listener.db import connect_kwargs
 from listener.errors import DatabaseUnavailable
+from listener.sanitize import clean
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +177,21 @@ class ListenStream:
             try:
                 self.backend_pid = conn.pgconn.backend_pid
                 backoff.reset()
-                heard = await self._self_test(conn)
+                verdict = await self._self_test(conn)
+                heard = verdict == "heard"
                 if heard:
                     await self._listen(conn)
                 else:
-                    await self._deaf(conn)
-                where = ", ".join(self.channels) if heard else "nothing: polling"
+                    await self._deaf(conn, unsent=verdict == "unsent")
+                channels = ", ".join(self.channels)
+                what = (
+                    f"listening on {channels}" if heard else f"polling, not listening on {channels}"
+                )
                 if first:
-                    log.info("Listening on %s", where)
+                    log.info("%s", what[0].upper() + what[1:])
                 else:
                     self.reconnects += 1
-                    log.info("LISTEN connection restored; listening on %s", where)
+                    log.info("LISTEN connection restored; %s", what)
                 self.on_event(Connected(first=first))
                 if first:
                     task_status.started()
@@ -244,9 +249,10 @@ class ListenStream:
 
     # -- the self-test (issue 15) -------------------------------------------------------------
 
-    async def _self_test(self, conn: psycopg.Connection) -> bool:
+    async def _self_test(self, conn: psycopg.Connection) -> Literal["heard", "deaf", "unsent"]:
         """A unique token NOTIFYed through `notify_conninfo` must arrive on `conn` (which
-        LISTENs on this connection's own channel) within `self_test_timeout`."""
+        LISTENs on this connection's own channel) within `self_test_timeout`. "unsent":
+        the NOTIFY could not be sent, so nothing is known: poll, to be safe."""
         pgconn, fd = conn.pgconn, conn.pgconn.socket
         token = self._channel.removeprefix(SELF_TEST_PREFIX)
         try:
@@ -259,17 +265,20 @@ class ListenStream:
                 abandon_on_cancel=True,
             )
         except psycopg.Error as exc:
-            log.warning("LISTEN self-test: could not send its notification: %s", _describe(exc))
-            return False
+            log.warning(
+                "LISTEN self-test: could not send its notification (%s): polling to be safe",
+                clean(_describe(exc)),
+            )
+            return "unsent"
         with trio.move_on_after(self.self_test_timeout):
             while True:
                 pgconn.consume_input()
                 self._check(pgconn)
                 while (n := pgconn.notifies()) is not None:
                     if n.relname.decode(conn.info.encoding) == self._channel:
-                        return True
+                        return "heard"
                 await trio.lowlevel.wait_readable(fd)
-        return False
+        return "deaf"
 
     async def _listen(self, conn: psycopg.Connection) -> None:
         for channel in self.channels:
@@ -281,9 +290,11 @@ class ListenStream:
             log.info("LISTEN works again: waiting for notifications, no more polling")
             self.on_event(ListenMode("listen"))
 
-    async def _deaf(self, conn: psycopg.Connection) -> None:
+    async def _deaf(self, conn: psycopg.Connection, *, unsent: bool) -> None:
         await self._name(conn.pgconn, mode_application_name(self.application_name, "poll"))
-        if not self.warned_deaf:
+        if unsent:
+            pass  # said already, with the reason
+        elif not self.warned_deaf:
             self.warned_deaf = True
             log.warning(DEAF_ADVICE, self.self_test_timeout)
         else:

@@ -178,23 +178,33 @@ def test_detects_a_transaction_pooler_and_nothing_else(
 
 
 async def _repeat_queries(url: str, prepared: bool, times: int = 30) -> list[str]:
-    """Three tasks, each running one query over and over through the pool."""
+    """One query over and over through the pool (two connections, taking turns) while,
+    before every third run, another client of the pooler takes the server connection
+    released last (the one the pooler would lend next): the pool's connections keep
+    landing on server connections other than the one they prepared on."""
     settings = load_settings(
-        env_file=None, database_url=url, db_max_open_conns=6, db_max_idle_conns=3
+        env_file=None, database_url=url, db_max_open_conns=2, db_max_idle_conns=2
     )
     errors: list[str] = []
-    async with open_database(url, settings, application_name="fbl-test", prepared=prepared) as db:
-
-        async def loop() -> None:
+    other = await trio.to_thread.run_sync(
+        lambda: psycopg.connect(url, autocommit=True, prepare_threshold=None)
+    )
+    try:
+        async with open_database(
+            url, settings, application_name="fbl-test", prepared=prepared
+        ) as db:
             for i in range(times):
+                if i % 3 == 0:
+                    await trio.to_thread.run_sync(other.execute, "BEGIN")
+                    await trio.to_thread.run_sync(other.execute, "SELECT 1")
                 try:
                     await db.sql("SELECT count(*) FROM images WHERE id > %s", (i,))
                 except Exception as exc:
                     errors.append(str(exc))
-
-        async with trio.open_nursery() as n:
-            for _ in range(3):
-                n.start_soon(loop)
+                if i % 3 == 0:
+                    await trio.to_thread.run_sync(other.execute, "COMMIT")
+    finally:
+        other.close()
     return errors
 
 
