@@ -36,7 +36,10 @@ CODE = WORK / "code"
 PYTHON = sys.executable
 SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE = "bench_template"
-CONFIG_PREFIXES = ("FUSION_BRAIN_", "DEFAULT_", "DB_", "DATABASE_URL", "PG", "API_", "MAX_")
+CONFIG_PREFIXES = (
+    *("FUSION_BRAIN_", "DEFAULT_", "DB_", "DATABASE_URL", "PG", "API_", "MAX_"),
+    *("LISTEN_DATABASE_URL", "POLL_INTERVAL"),
+)
 
 
 def db_url(name: str) -> str:

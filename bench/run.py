@@ -9,7 +9,7 @@ bench/RESULTS.md (between the markers; the hand-written analysis below them is k
     python bench/run.py --no-write      # print the table only
     (RESULTS.md is rewritten by a full run only, unless --write is given)
 
-Names for --only: pickup, throughput, baseline, imports, scale, notify, profile.
+Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h
 from harness import DoneListener, Emulator, Process
 
-ALL = ("pickup", "throughput", "baseline", "imports", "scale", "notify", "profile")
+ALL = ("pickup", "throughput", "baseline", "imports", "scale", "notify", "profile", "pooler")
 RESULTS_MD = h.REPO / "bench" / "RESULTS.md"
 RESULTS_JSON = h.WORK / "results.json"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
@@ -680,6 +680,102 @@ def run_notify(res: Results, emu: Emulator, args) -> None:
     h.drop_db("bench_notify")
 
 
+POOLER_SETUPS = (
+    # key, label, where the listener's DATABASE_URL goes, settings ({direct}: the
+    # database's own URL, straight to PostgreSQL)
+    ("direct", "direct to PostgreSQL (DB_PREPARED_STATEMENTS=auto)", "direct", {}),
+    (
+        "direct_noprep",
+        "direct, DB_PREPARED_STATEMENTS=off",
+        "direct",
+        {"DB_PREPARED_STATEMENTS": "off"},
+    ),
+    (
+        "listen_url",
+        "PgBouncer + LISTEN_DATABASE_URL (direct)",
+        "pooler",
+        {"LISTEN_DATABASE_URL": "{direct}"},
+    ),
+    ("poll", "PgBouncer only: polling, POLL_INTERVAL=1", "pooler", {}),
+)
+
+
+def _pgbouncer_module():
+    """tests/fixtures/pgbouncer.py, loaded by path (the tests package needs pytest)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_pgbouncer", h.REPO / "tests" / "fixtures" / "pgbouncer.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_pooler(res: Results, emu: Emulator, args) -> None:
+    """Issue 15: pickup latency behind PgBouncer 1.18 in transaction mode, in the three
+    setups of the README, next to the direct path (with and without server-side prepared
+    statements). The client inserts straight into PostgreSQL in every setup; only the
+    listener's connections change."""
+    pgb = _pgbouncer_module()
+    if pgb.find_pgbouncer() is None:
+        res.notes.append("pooler: section skipped, " + pgb.SKIP_REASON)
+        print("  " + pgb.SKIP_REASON, flush=True)
+        return
+    n = 30 if args.quick else 100
+    gap = 0.05
+    bouncer = pgb.PgBouncer(h.SERVER, pool_size=8)
+    try:
+        for rep in range(args.reps):
+            for key, label, route, settings in POOLER_SETUPS:
+                name = f"bench_pooler_{key}"
+                url = h.fresh_db(name)
+                knobs = {k: v.replace("{direct}", url) for k, v in settings.items()}
+                target = bouncer.url_for(url) if route == "pooler" else url
+                proc = ready_listener(f"listener-pooler-{key}-{rep}", target, emu, **knobs)
+                time.sleep(0.5)
+                try:
+                    out = pickup(url, emu, n, gap, "ours", f"{key}{rep}")
+                finally:
+                    proc.stop()
+                deaf = "LISTEN self-test failed" in proc.log
+                prepared_errors = proc.log.count('prepared statement "')
+                h.drop_db(name)
+                for p in (50, 95):
+                    res.add(
+                        f"pooler_{key}_p{p}",
+                        "7. pooler",
+                        f"{label}: commit -> emulator received run, p{p} "
+                        f"({n} rows, {gap * 1000:.0f} ms apart)",
+                        "ms",
+                        h.percentile(out["to_run"], p),
+                    )
+                res.add(
+                    f"pooler_{key}_max",
+                    "7. pooler",
+                    f"{label}: commit -> emulator received run, max",
+                    "ms",
+                    max(out["to_run"], default=None),
+                )
+                res.checks.append(
+                    f"pooler {key} rep {rep}: {n} rows, {out['finished']} finished, "
+                    f"{out['missing_runs']} without a run; LISTEN self-test "
+                    f"{'failed (polling)' if deaf else 'passed'}; "
+                    f"{prepared_errors} prepared-statement error(s) in the log"
+                )
+                print(
+                    f"  pooler {key} rep {rep}: p50 {h.percentile(out['to_run'], 50):.2f} ms "
+                    f"p95 {h.percentile(out['to_run'], 95):.2f} ms, "
+                    f"{'polling' if deaf else 'listening'}, {prepared_errors} prepared errors "
+                    f"(load {h.loadavg()})",
+                    flush=True,
+                )
+    finally:
+        bouncer.close()
+
+
 def run_profile(res: Results, emu: Emulator, args) -> None:
     """py-spy on one listener while it works through a bulk insert (small images).
 
@@ -811,6 +907,7 @@ SECTIONS = [
     "4. scale",
     "5. memory",
     "6. NOTIFY cost",
+    "7. pooler",
 ]
 
 
@@ -1018,6 +1115,7 @@ def main() -> int:
         "scale": lambda: run_scale(res, emu, args),
         "notify": lambda: run_notify(res, emu, args),
         "profile": lambda: run_profile(res, emu, args),
+        "pooler": lambda: run_pooler(res, emu, args),
     }
     try:
         for name in ALL:

@@ -40,7 +40,7 @@ MAX_SIDE = 1024
 
 SECRET_FIELDS = frozenset(
     {"fusion_brain_api_key", "fusion_brain_secret_key", "db_password", "database_url"}
-)
+) | {"listen_database_url"}
 
 # The values `.env.example` (and the seed's) ships with: "your-api-key-here",
 # "your-password-here", "your-database-name"... never a real key, password or name.
@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     # so the log can say so (listener.commands.common.prepare).
     _placeholders: tuple[str, ...] = PrivateAttr(default=())
 
+    # -- behind a connection pooler (issue 15) --
+    # The LISTEN connection's own address, straight to PostgreSQL, when DATABASE_URL goes
+    # through a transaction-mode pooler (which cannot deliver notifications).
+    listen_database_url: SecretStr | None = None
+    # Seconds between looks for due rows when LISTEN is found deaf (its self-test failed).
+    poll_interval: float = Field(1, gt=0, le=300)
+    # Server-side prepared statements: auto = off when a transaction pooler is detected.
+    db_prepared_statements: Literal["auto", "on", "off"] = "auto"
+
     @field_validator("default_num_images")
     @classmethod
     def _one_image(cls, value: int) -> int:
@@ -170,6 +179,21 @@ class Settings(BaseSettings):
                 "(expected postgresql://user:password@host:port/dbname)"
             ) from None
         return value
+
+    @field_validator("listen_database_url")
+    @classmethod
+    def _listen_libpq_uri(cls, value: SecretStr | None) -> SecretStr | None:
+        return cls._libpq_uri(value)
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_finite(cls, value: float) -> float:
+        return cls._finite(value)
+
+    @field_validator("db_prepared_statements", mode="before")
+    @classmethod
+    def _prepared_word(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -264,7 +288,20 @@ class Settings(BaseSettings):
             )
             if password:
                 found.append(str(password))
+        found += self._listen_secrets()
         return [s for s in found if s]
+
+    def _listen_secrets(self) -> list[str]:
+        if self.listen_database_url is None:
+            return []
+        url = self.listen_database_url.get_secret_value()
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+        return [str(password)] if password else []
+
+    def listen_conninfo(self) -> str | None:
+        """LISTEN_DATABASE_URL (holds the password: never log it), or None: the LISTEN
+        connection then uses `conninfo()` like everything else."""
+        return self.listen_database_url.get_secret_value() if self.listen_database_url else None
 
 
 def describe_conninfo(conninfo: str) -> str:

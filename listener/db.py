@@ -150,8 +150,10 @@ class Database:
         max_idle_time: float = 30.0,
         statement_timeout: float = STATEMENT_TIMEOUT_MS / 1000,
         application_name: str,
+        prepared: bool = True,
     ) -> None:
         max_size = max_open or UNLIMITED_OPEN
+        self.prepared = prepared
         self.reserve = max(1, min(4, max_size // 5))
         timeout_ms = max(1, int(statement_timeout * 1000))
 
@@ -173,7 +175,7 @@ class Database:
                 max_size=size[1],
                 max_lifetime=max_lifetime if max_lifetime > 0 else 10 * 365 * 86400,
                 max_idle=max_idle_time,
-                kwargs=connect_kwargs(application_name),
+                kwargs=connect_kwargs(application_name) | _prepared_kwargs(prepared),
                 configure=setup,
                 check=_check_if_spoken_to,
                 timeout=CONNECT_TIMEOUT_S,
@@ -245,8 +247,11 @@ class Database:
 
 
 @asynccontextmanager
-async def open_database(conninfo: str, settings: Settings, *, application_name: str):
-    """Open a pool sized by the DB_* settings; close it on exit, even when cancelled."""
+async def open_database(
+    conninfo: str, settings: Settings, *, application_name: str, prepared: bool = True
+):
+    """Open a pool sized by the DB_* settings; close it on exit, even when cancelled.
+    ``prepared=False``: no server-side prepared statements (see `use_prepared_statements`)."""
     db = Database(
         conninfo,
         max_open=settings.db_max_open_conns,
@@ -255,6 +260,7 @@ async def open_database(conninfo: str, settings: Settings, *, application_name: 
         max_idle_time=settings.db_max_idle_time,
         statement_timeout=settings.db_statement_timeout,
         application_name=application_name,
+        prepared=prepared,
     )
     pools = (db.pool, db.pickup_pool)
     # open(wait=False) starts the pools' own connector threads and returns at once.
@@ -266,3 +272,63 @@ async def open_database(conninfo: str, settings: Settings, *, application_name: 
         with trio.CancelScope(shield=True):
             for pool in pools:
                 await trio.to_thread.run_sync(functools.partial(pool.close, timeout=5))
+
+
+# -- prepared statements behind a transaction pooler (issue 15) -------------------------------
+
+
+def _prepared_kwargs(prepared: bool) -> dict[str, Any]:
+    """psycopg prepares a statement server-side after its 5th run on a connection; a
+    transaction pooler hands the next transaction another server connection, where that
+    statement does not exist (`prepared statement "_pg3_0" does not exist`)."""
+    return {} if prepared else {"prepare_threshold": None}
+
+
+def detect_transaction_pooler(conninfo: str, rounds: int = 3) -> bool:
+    """True when `conninfo` leads to a pooler that shares server connections between
+    clients transaction by transaction (PgBouncer or a managed pooler in transaction or
+    statement mode). Blocking: run it in a thread.
+
+    Two client connections, A and B, both open throughout, so PostgreSQL gives them two
+    different backends for good when nothing is in between. Evidence of a pooler: B, in a
+    transaction, runs on the backend A used a moment before (poolers reuse the server
+    connection released last), or A's backend changes between two of its transactions
+    while B holds one open. Direct (or a session pooler) shows neither, ever; so there is
+    no false positive, and a busy pool that hides it in one round rarely does in three.
+    """
+    kwargs = {**connect_kwargs("fusionbrain-listener pooler probe"), "prepare_threshold": None}
+
+    def pid(conn: psycopg.Connection) -> int:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with (
+        psycopg.connect(conninfo, autocommit=True, **kwargs) as a,
+        psycopg.connect(conninfo, autocommit=True, **kwargs) as b,
+    ):
+        for _ in range(rounds):
+            first = pid(a)
+            try:
+                with b.transaction():
+                    if pid(b) == first or pid(a) != first:
+                        return True
+            except psycopg.errors.FeatureNotSupported:
+                return True  # statement pooling: transaction blocks are refused
+            if pid(a) != first:
+                return True
+    return False
+
+
+def use_prepared_statements(setting: str, conninfo: str) -> bool:
+    """DB_PREPARED_STATEMENTS: on, off, or auto (off behind a transaction pooler).
+    Blocking (auto opens two short connections): run it in a thread."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    if detect_transaction_pooler(conninfo):
+        log.info(
+            "DATABASE_URL leads to a transaction-mode connection pooler: server-side "
+            "prepared statements are off (DB_PREPARED_STATEMENTS=auto)"
+        )
+        return False
+    return True

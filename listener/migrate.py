@@ -1,9 +1,13 @@
 """Apply the SQL migrations, in order, exactly once, safely from many processes.
 
 Each file runs in its own transaction and is recorded in `listener_migrations`. A
-session-level advisory lock serialises concurrent runs (many listeners starting at
-once): the second waits, then finds nothing pending. Forward-only: a file that was
-applied is never run again, even if edited (its checksum is kept to notice that).
+transaction-scoped advisory lock, taken at the start of each of those transactions,
+serialises concurrent runs (many listeners starting at once): the second waits, then finds
+the file recorded and skips it. Transaction-scoped, so it is safe through a
+transaction-mode pooler (PgBouncer), where a session lock could stay behind on a server
+connection that another client gets next; and no statement is prepared server-side.
+Forward-only: a file that was applied is never run again, even if edited (its checksum is
+kept to notice that).
 
 Migrations talk: every NOTICE and WARNING a file raises is logged as it arrives (a
 WARNING as a warning), and each applied file is followed by one line saying what it
@@ -26,7 +30,7 @@ from listener.sqlfiles import Migration, migrations
 
 log = logging.getLogger(__name__)
 
-# pg_advisory_lock key: any constant unique to this application.
+# pg_advisory_xact_lock key: any constant unique to this application.
 MIGRATION_LOCK_KEY = 0x46424C4D  # "FBLM"
 
 _CREATE_TABLE = """
@@ -205,21 +209,25 @@ def _notice_logger(current: list[str]) -> Callable[[Diagnostic], None]:
 def migrate(conninfo: str) -> list[str]:
     """Apply what is pending; return the names applied (empty when up to date)."""
     applied: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
         current: list[str] = []
         conn.add_notice_handler(_notice_logger(current))
         conn.execute("SET client_min_messages = notice")
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
+        with conn.transaction():
+            _lock(conn)
             conn.execute(_CREATE_TABLE)
-            done = _applied(conn)
-            for m in migrations():
-                if m.name in done:
-                    if done[m.name] != m.checksum:
-                        log.warning("Migration %s changed after it was applied; not re-run", m.name)
-                    continue
-                current[:] = [m.name]
+        done = _applied(conn)
+        for m in migrations():
+            if m.name in done:
+                if done[m.name] != m.checksum:
+                    log.warning("Migration %s changed after it was applied; not re-run", m.name)
+                continue
+            current[:] = [m.name]
+            try:
                 with conn.transaction():
+                    _lock(conn)
+                    if _recorded(conn, m.name):  # another run applied it while we waited
+                        continue
                     # The transaction's row counts include earlier ones not yet flushed
                     # to the statistics: what this file did is the difference.
                     before, rows_before = _catalog(conn), _row_counts(conn)
@@ -231,13 +239,21 @@ def migrate(conninfo: str) -> list[str]:
                         "INSERT INTO listener_migrations (name, checksum) VALUES (%s, %s)",
                         (m.name, m.checksum),
                     )
+            finally:
                 current.clear()
-                log.info("Applied migration %s: %s", m.name, changes)
-                applied.append(m.name)
-        finally:
-            current.clear()
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            log.info("Applied migration %s: %s", m.name, changes)
+            applied.append(m.name)
     return applied
+
+
+def _lock(conn: psycopg.Connection) -> None:
+    """Held until this transaction ends, on whichever server connection runs it."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _recorded(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM listener_migrations WHERE name = %s", (name,)).fetchone()
+    return row is not None
 
 
 def check_migrated(conn: psycopg.Connection) -> None:

@@ -12,15 +12,26 @@ cancellation is immediate. Pitfalls designed against (DESIGN.md):
   without blocking and bounded in time) after `keepalive` seconds of silence.
 * A lost connection is reopened with capped, jittered exponential backoff, one log line
   per attempt.
+* A connection that cannot hear (issue 15): a transaction-mode pooler (PgBouncer, a
+  managed pooler) runs LISTEN on whichever server connection it lends for that statement,
+  and the notifications never reach us. So after every (re)connect a self-test: a unique
+  token is NOTIFYed through an ordinary, short-lived connection (`notify_conninfo`, the
+  main DATABASE_URL, through the pooler when there is one) and must arrive here within
+  `self_test_timeout`. If it does not, the consumer is told `ListenMode("poll")` (and a
+  warning says why and what to do, once): it then looks for work on a timer. The stream
+  keeps its connection (keep-alives notice a pooler restart; the next connection is
+  tested again), and a token that turns up late proves it can hear after all.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import psycopg
 import trio
@@ -28,6 +39,7 @@ from psycopg import pq, sql
 
 from listener.db import connect_kwargs
 from listener.errors import DatabaseUnavailable
+from listener.sanitize import clean
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +57,27 @@ class Connected:
     first: bool
 
 
-Event = Notification | Connected
+@dataclass(frozen=True)
+class ListenMode:
+    """The self-test's verdict changed. "poll": notifications do not arrive on this
+    connection, look for work every POLL_INTERVAL; "listen": they do (again). Sent only on
+    a change, before the `Connected` of the same connection: a stream starts in "listen"."""
+
+    mode: Literal["listen", "poll"]
+
+
+Event = Notification | Connected | ListenMode
+
+# A channel of each connection's own for its self-test: nobody else hears the token.
+SELF_TEST_PREFIX = "fbl_selftest_"
+DEAF_ADVICE = (
+    "LISTEN self-test failed: a notification sent through DATABASE_URL did not arrive on the "
+    "LISTEN connection within %gs. Likely cause: a connection pooler in transaction mode "
+    "(PgBouncer, a managed pooler) between the listener and PostgreSQL, which cannot deliver "
+    "notifications. Polling for due rows instead (POLL_INTERVAL). Remedy: set "
+    "LISTEN_DATABASE_URL to a direct connection to PostgreSQL (README: 'Behind PgBouncer or "
+    "a managed pooler')"
+)
 
 
 class Backoff:
@@ -75,6 +107,19 @@ def _connect(conninfo: str, channels: Sequence[str], application_name: str) -> p
     return conn
 
 
+def _send_token(conninfo: str, channel: str, token: str, application_name: str) -> None:
+    kwargs = {**connect_kwargs(application_name), "prepare_threshold": None}
+    with psycopg.Connection.connect(conninfo, autocommit=True, **kwargs) as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, token))
+
+
+def mode_application_name(application_name: str, mode: str) -> str:
+    """'... listen' becomes '... poll' in poll mode, so `images_listeners` shows it."""
+    if mode == "poll" and application_name.endswith(" listen"):
+        return application_name.removesuffix(" listen") + " poll"
+    return application_name
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -91,24 +136,34 @@ class ListenStream:
         *,
         keepalive: float = 30.0,
         application_name: str = "fusionbrain-listener listen",
+        notify_conninfo: str | None = None,
+        self_test_timeout: float = 2.0,
     ) -> None:
         self.conninfo = conninfo
         self.channels = list(channels)
         self.on_event = on_event
         self.keepalive = keepalive
         self.application_name = application_name
+        # Where the self-test's NOTIFY goes: where the rest of the service writes.
+        self.notify_conninfo = notify_conninfo or conninfo
+        self.self_test_timeout = self_test_timeout
         self.backend_pid: int | None = None
         self.reconnects = 0
+        self.mode: Literal["listen", "poll"] = "listen"
+        self.warned_deaf = False
+        self._channel = ""  # this connection's self-test channel
+        self._late_token = False
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         backoff = Backoff()
         first = True
         while True:
+            self._channel = SELF_TEST_PREFIX + secrets.token_hex(8)
             try:
                 conn = await trio.to_thread.run_sync(
                     _connect,
                     self.conninfo,
-                    self.channels,
+                    [self._channel],
                     self.application_name,
                     abandon_on_cancel=True,
                 )
@@ -122,13 +177,21 @@ class ListenStream:
             try:
                 self.backend_pid = conn.pgconn.backend_pid
                 backoff.reset()
+                verdict = await self._self_test(conn)
+                heard = verdict == "heard"
+                if heard:
+                    await self._listen(conn)
+                else:
+                    await self._deaf(conn, unsent=verdict == "unsent")
+                channels = ", ".join(self.channels)
+                what = (
+                    f"listening on {channels}" if heard else f"polling, not listening on {channels}"
+                )
                 if first:
-                    log.info("Listening on %s", ", ".join(self.channels))
+                    log.info("%s", what[0].upper() + what[1:])
                 else:
                     self.reconnects += 1
-                    log.info(
-                        "LISTEN connection restored; listening on %s", ", ".join(self.channels)
-                    )
+                    log.info("LISTEN connection restored; %s", what)
                 self.on_event(Connected(first=first))
                 if first:
                     task_status.started()
@@ -166,13 +229,84 @@ class ListenStream:
                 pgconn.consume_input()
             self._check(pgconn)
             self._deliver(pgconn, enc)
+            if self._late_token:
+                self._late_token = False
+                if self.mode == "poll":
+                    log.info("LISTEN self-test: the token arrived late; listening after all")
+                    await self._listen(conn)
+                    self.on_event(Connected(first=False))  # a catch-up, as after a reconnect
 
     def _deliver(self, pgconn: pq.abc.PGconn, enc: str) -> None:
         batch: deque[Notification] = deque()
         while (n := pgconn.notifies()) is not None:
-            batch.append(Notification(n.relname.decode(enc), n.extra.decode(enc)))
+            channel = n.relname.decode(enc)
+            if channel == self._channel:
+                self._late_token = True
+            elif not channel.startswith(SELF_TEST_PREFIX):
+                batch.append(Notification(channel, n.extra.decode(enc)))
         for item in batch:
             self.on_event(item)
+
+    # -- the self-test (issue 15) -------------------------------------------------------------
+
+    async def _self_test(self, conn: psycopg.Connection) -> Literal["heard", "deaf", "unsent"]:
+        """A unique token NOTIFYed through `notify_conninfo` must arrive on `conn` (which
+        LISTENs on this connection's own channel) within `self_test_timeout`. "unsent":
+        the NOTIFY could not be sent, so nothing is known: poll, to be safe."""
+        pgconn, fd = conn.pgconn, conn.pgconn.socket
+        token = self._channel.removeprefix(SELF_TEST_PREFIX)
+        try:
+            await trio.to_thread.run_sync(
+                _send_token,
+                self.notify_conninfo,
+                self._channel,
+                token,
+                f"{self.application_name} self-test",
+                abandon_on_cancel=True,
+            )
+        except psycopg.Error as exc:
+            log.warning(
+                "LISTEN self-test: could not send its notification (%s): polling to be safe",
+                clean(_describe(exc)),
+            )
+            return "unsent"
+        with trio.move_on_after(self.self_test_timeout):
+            while True:
+                pgconn.consume_input()
+                self._check(pgconn)
+                while (n := pgconn.notifies()) is not None:
+                    if n.relname.decode(conn.info.encoding) == self._channel:
+                        return "heard"
+                await trio.lowlevel.wait_readable(fd)
+        return "deaf"
+
+    async def _listen(self, conn: psycopg.Connection) -> None:
+        for channel in self.channels:
+            query = sql.SQL("LISTEN {}").format(sql.Identifier(channel)).as_bytes(conn)
+            await self._command(conn.pgconn, query)
+        if self.mode != "listen":
+            await self._name(conn.pgconn, self.application_name)
+            self.mode = "listen"
+            log.info("LISTEN works again: waiting for notifications, no more polling")
+            self.on_event(ListenMode("listen"))
+
+    async def _deaf(self, conn: psycopg.Connection, *, unsent: bool) -> None:
+        await self._name(conn.pgconn, mode_application_name(self.application_name, "poll"))
+        if unsent:
+            pass  # said already, with the reason
+        elif not self.warned_deaf:
+            self.warned_deaf = True
+            log.warning(DEAF_ADVICE, self.self_test_timeout)
+        else:
+            log.info("LISTEN self-test failed again: still polling")
+        if self.mode != "poll":
+            self.mode = "poll"
+            self.on_event(ListenMode("poll"))
+
+    async def _name(self, pgconn: pq.abc.PGconn, name: str) -> None:
+        await self._command(
+            pgconn, b"SELECT set_config('application_name', $1, false)", [name[:63].encode()]
+        )
 
     @staticmethod
     def _check(pgconn: pq.abc.PGconn) -> None:
@@ -181,8 +315,24 @@ class ListenStream:
 
     async def _ping(self, pgconn: pq.abc.PGconn, fd: int) -> None:
         """SELECT 1 without blocking the event loop; a silent peer is a dead peer."""
-        with trio.fail_after(min(10.0, self.keepalive)):
-            pgconn.send_query(b"SELECT 1")
+        await self._command(pgconn, b"SELECT 1", seconds=min(10.0, self.keepalive))
+
+    async def _command(
+        self,
+        pgconn: pq.abc.PGconn,
+        query: bytes,
+        params: Sequence[bytes] | None = None,
+        *,
+        seconds: float = 10.0,
+    ) -> None:
+        """One statement without blocking the event loop, bounded in time; notifications
+        that arrive meanwhile stay queued in libpq for `_deliver`."""
+        fd = pgconn.socket
+        with trio.fail_after(seconds):
+            if params is None:
+                pgconn.send_query(query)
+            else:
+                pgconn.send_query_params(query, params)
             while pgconn.flush():
                 await trio.lowlevel.wait_writable(fd)
             while True:
@@ -193,5 +343,5 @@ class ListenStream:
                 await trio.lowlevel.wait_readable(fd)
             while (res := pgconn.get_result()) is not None:
                 if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-                    message = (res.error_message or b"keep-alive failed").decode(errors="replace")
+                    message = (res.error_message or b"query failed").decode(errors="replace")
                     raise DatabaseUnavailable(message.strip())

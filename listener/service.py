@@ -25,13 +25,13 @@ import trio
 from listener import __version__
 from listener.api.client import FusionBrainClient
 from listener.config import Settings
-from listener.db import connect_kwargs, open_database, translate
+from listener.db import connect_kwargs, open_database, translate, use_prepared_statements
 from listener.embedded import psql_target
-from listener.engine import Connected, Engine, Wakeup
+from listener.engine import Connected, Engine, Polling, Wakeup
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
 from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
-from listener.notify import ListenStream, Notification
+from listener.notify import ListenMode, ListenStream, Notification
 from listener.providers.fusionbrain import FusionBrainProvider
 from listener.store import PgStore
 from listener.validate import validate_image
@@ -96,7 +96,9 @@ class _StreamEvents:
         stream.on_event = self._translate
 
     def _translate(self, event: object) -> None:
-        if isinstance(event, ListenConnected):
+        if isinstance(event, ListenMode):
+            self.on_event(Polling(on=event.mode == "poll"))
+        elif isinstance(event, ListenConnected):
             self.on_event(Connected(first=event.first))
         elif isinstance(event, Notification):
             self.on_event(Wakeup(event.payload))
@@ -137,9 +139,13 @@ class Service:
                 top.cancel_scope.cancel()
                 return self._stopped()
             log.info("Database connection established")
+            prepared = await self._prepared_statements()
             async with (
                 open_database(
-                    self.conninfo, s, application_name=f"fusionbrain-listener {self.worker}"
+                    self.conninfo,
+                    s,
+                    application_name=f"fusionbrain-listener {self.worker}",
+                    prepared=prepared,
                 ) as db,
                 FusionBrainClient(
                     base_url,
@@ -168,11 +174,12 @@ class Service:
         wakeups = None
         if o.mode == "event":
             stream = ListenStream(
-                self.conninfo,
+                s.listen_conninfo() or self.conninfo,
                 [WAKEUP_CHANNEL],
                 lambda event: None,
                 keepalive=s.listen_keepalive,
                 application_name=f"fusionbrain-listener {self.worker} listen",
+                notify_conninfo=self.conninfo,
             )
             wakeups = _StreamEvents(stream)
         self.engine = Engine(
@@ -222,6 +229,23 @@ class Service:
             url,
         )
         return url, "emulator", "emulator"
+
+    async def _prepared_statements(self) -> bool:
+        """DB_PREPARED_STATEMENTS; auto looks for a transaction pooler (off if unsure)."""
+        try:
+            return await trio.to_thread.run_sync(
+                use_prepared_statements,
+                self.settings.db_prepared_statements,
+                self.conninfo,
+                abandon_on_cancel=True,
+            )
+        except psycopg.Error as exc:
+            log.warning(
+                "Could not tell whether a connection pooler is in between (%s): "
+                "server-side prepared statements are off",
+                translate(exc).message,
+            )
+            return False
 
     async def _wait_for_database(self) -> None:
         """Reachable, migrated, and knows DEFAULT_STYLE. A database that is down is waited

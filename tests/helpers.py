@@ -10,7 +10,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # Variables a developer's shell might carry that would change what a test sees.
-CONFIG_PREFIXES = ("FUSION_BRAIN_", "DEFAULT_", "DB_", "DATABASE_URL", "PG")
+CONFIG_PREFIXES = (
+    "FUSION_BRAIN_", "DEFAULT_", "DB_", "DATABASE_URL", "PG", "LISTEN_DATABASE_URL",
+    "POLL_INTERVAL", "UNKNOWN_OUTCOME_RESENDS", "EMULATOR_",
+)  # fmt: skip
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -7,6 +7,6 @@ budget (`budget`); the sweeps (`sweeps`) are the fallback schedule. The seams ar
 `listener.providers`).
 """
 
-from listener.engine.engine import Connected, Engine, Wakeup
+from listener.engine.engine import Connected, Engine, Polling, Wakeup
 
-__all__ = ["Connected", "Engine", "Wakeup"]
+__all__ = ["Connected", "Engine", "Polling", "Wakeup"]

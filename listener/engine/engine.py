@@ -60,6 +60,14 @@ class Connected:
 
 
 @dataclass(frozen=True)
+class Polling:
+    """The wake-up source cannot hear notifications (a transaction-mode pooler): look
+    for due rows every POLL_INTERVAL seconds while `on`."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
 class Wakeup:
     """Work may be waiting: 'ReadyToGenerate' or 'Generate'."""
 
@@ -125,6 +133,7 @@ class Engine:
         self.wakeups = wakeups
         if wakeups is not None:
             wakeups.on_event = self.on_event
+        self.polling = False
         self.stop_reason: str | None = None
         self._control: trio.CancelScope | None = None
         self._hard: trio.CancelScope | None = None
@@ -135,6 +144,13 @@ class Engine:
         """A wake-up source's report: look at the table."""
         if isinstance(event, Connected):
             self.sweeps.request_catch_up()
+            return
+        if isinstance(event, Polling):
+            if event.on and not self.polling:
+                log.info(
+                    "Looking for due rows every %gs (POLL_INTERVAL)", self.settings.poll_interval
+                )
+            self.polling = event.on
             return
         status = getattr(event, "status", None) or getattr(event, "payload", None)
         if status == "ReadyToGenerate":
@@ -159,6 +175,7 @@ class Engine:
                     await control.start(self.health.serve_credentials_probe, self.provider.probe)
                     if self.mode == "event":
                         await control.start(self.claims.serve)
+                        control.start_soon(self._poll)
                     if self.mode == "once":
                         control.start_soon(self._one_pass)
                     else:
@@ -175,6 +192,13 @@ class Engine:
                 self.rows.cancel()
             # ... and once they have all ended, Leases releases what they left behind.
             outer.cancel_scope.cancel()
+
+    async def _poll(self) -> None:
+        """While the wake-up source is deaf: look at the table every POLL_INTERVAL."""
+        while True:
+            await trio.sleep(self.settings.poll_interval)
+            if self.polling:
+                self.claims.look()
 
     async def _one_pass(self) -> None:
         await self.sweeps.catch_up()
