@@ -35,9 +35,10 @@ migrate: $(STAMP) ## create or upgrade the schema
 psql: $(STAMP) ## open psql on the configured (or embedded) database; no system psql needed
 	$(BIN)/listener psql
 
-lint: $(STAMP) ## ruff, including its ASYNC rules
+lint: $(STAMP) ## ruff (with its ASYNC rules) and mypy
 	$(BIN)/ruff check listener tests
 	$(BIN)/ruff format --check listener tests
+	$(BIN)/mypy
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix listener tests

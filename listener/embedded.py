@@ -69,7 +69,7 @@ def psql_target(conninfo: str) -> str:
     uses this, so they all show the same string."""
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     params.pop("password", None)
-    target = psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
+    target = psycopg.conninfo.make_conninfo("", **{k: v for k, v in params.items() if v})
     psql = psql_executable()
     command = "psql" if psql == shutil.which("psql") else shlex.quote(psql)
     return f"{command} {shlex.quote(target)}"

@@ -142,12 +142,11 @@ def _row_counts(conn: psycopg.Connection) -> Counts:
 
 
 def _rows_since(before: Counts, after: Counts) -> list[tuple[str, int, int, int]]:
-    rows = []
+    rows: list[tuple[str, int, int, int]] = []
     for table in sorted(after):
-        old = before.get(table, (0, 0, 0))
-        diff = tuple(a - b for a, b in zip(after[table], old, strict=True))
-        if any(diff):
-            rows.append((table, *diff))
+        (i0, u0, d0), (i1, u1, d1) = before.get(table, (0, 0, 0)), after[table]
+        if (i1 - i0, u1 - u0, d1 - d0) != (0, 0, 0):
+            rows.append((table, i1 - i0, u1 - u0, d1 - d0))
     return rows
 
 

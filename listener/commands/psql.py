@@ -39,7 +39,7 @@ def handle(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if password := params.pop("password", None):
         env["PGPASSWORD"] = str(password)
-    conninfo = psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v})
+    conninfo = psycopg.conninfo.make_conninfo("", **{k: v for k, v in params.items() if v})
     extra = list(args.psql_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]  # argparse keeps the separator; psql would stop reading options
