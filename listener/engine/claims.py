@@ -18,6 +18,7 @@ The sweeps call the same passes; they never wait for the work the passes start.
 from __future__ import annotations
 
 import logging
+import math
 import random
 
 import trio
@@ -63,6 +64,9 @@ class Claims:
         # Set when a pass stopped for lack of room: freed room rings the doorbell.
         self._ready_starved = False
         self._generating_starved = False
+        # The loops' waits: a pass (a sweep's too) that learns of an earlier due time
+        # brings the wait's end forward.
+        self._sleeping: dict[str, trio.CancelScope] = {}
         budget.subscribe(self._room_changed)
 
     def _room_changed(self) -> None:
@@ -86,23 +90,42 @@ class Claims:
                 nursery.start_soon(self._generating_loop)
             task_status.started()
 
+    async def _wait(self, kind: str, bell: Doorbell, due: float | None) -> bool:
+        """Until the doorbell rings (True) or the due time passes (False)."""
+        deadline = math.inf if due is None else trio.current_time() + due
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._sleeping[kind] = scope
+            try:
+                return await bell.wait()
+            finally:
+                del self._sleeping[kind]
+        return False
+
+    def _due(self, kind: str, seconds: float | None) -> None:
+        setattr(self, f"{kind}_due_in", seconds)
+        scope = self._sleeping.get(kind)
+        if scope is not None and seconds is not None:
+            scope.deadline = min(scope.deadline, trio.current_time() + seconds)
+
     async def _ready_loop(self) -> None:
         # The first look at the table is the start-up sweep's, so its count is true.
-        rung = await self.ready.wait()
+        rung = await self._wait("ready", self.ready, None)
         while True:
             await self.health.ready_to_generate()
             found = await self.claim_ready()
             contended = rung and found == 0
-            rung = await self.ready.wait(self.ready_due_in)
+            rung = await self._wait("ready", self.ready, self.ready_due_in)
             if rung and contended:
                 await trio.sleep(random.uniform(0, CONTENDED_JITTER))
 
     async def _generating_loop(self) -> None:
-        await self.generating.wait()  # the start-up sweep looks first
+        await self._wait("generating", self.generating, None)  # the start-up sweep first
         while True:
             await self.adopt()
             due = self.generating_due_in
-            await self.generating.wait(None if due is None else jittered(due + 0.05))
+            await self._wait(
+                "generating", self.generating, None if due is None else jittered(due + 0.05)
+            )
 
     # -- the passes --------------------------------------------------------------------
 
@@ -113,14 +136,14 @@ class Claims:
             want = self.budget.reserve(self.budget.room_for_runs())
             self._ready_starved = want == 0
             if not want:
-                self.ready_due_in = None  # freed room rings the doorbell
+                self._due("ready", None)  # freed room rings the doorbell
                 break
             try:
                 claimed = await self.store.claim_ready(want)
             except DatabaseError as exc:
                 self.budget.take(want, 0, "claimed")
                 log.warning("Generator: cannot claim rows: %s", exc.message)
-                self.ready_due_in = RETRY_AFTER_DB_ERROR
+                self._due("ready", RETRY_AFTER_DB_ERROR)
                 return total
             started = self.budget.take(want, len(claimed), "claimed")
             for row, ticket in zip(claimed, started, strict=True):
@@ -131,11 +154,11 @@ class Claims:
             if len(claimed) < want:
                 # Asked only now, while the runs just started are already on their way.
                 try:
-                    self.ready_due_in = await self.store.next_ready_in()
+                    self._due("ready", await self.store.next_ready_in())
                 except DatabaseError:
-                    self.ready_due_in = RETRY_AFTER_DB_ERROR
+                    self._due("ready", RETRY_AFTER_DB_ERROR)
                 break
-            self.ready_due_in = 0.0
+            self._due("ready", 0.0)
         return total
 
     async def adopt(self, tickets: list[Ticket] | None = None) -> int:
@@ -145,16 +168,16 @@ class Claims:
             want = self.budget.reserve(self.budget.room_for_follows(ADOPT_BATCH))
             self._generating_starved = want == 0
             if not want:
-                self.generating_due_in = None  # freed room rings the doorbell
+                self._due("generating", None)  # freed room rings the doorbell
                 break
             try:
                 claimed = await self.store.claim_generating(want)
             except DatabaseError as exc:
                 self.budget.take(want, 0, "following")
                 log.warning("Processor: cannot claim generations: %s", exc.message)
-                self.generating_due_in = RETRY_AFTER_DB_ERROR
+                self._due("generating", RETRY_AFTER_DB_ERROR)
                 return total
-            self.generating_due_in = claimed.next_due_in
+            self._due("generating", claimed.next_due_in)
             started = self.budget.take(want, len(claimed.rows), "following")
             for gen, ticket in zip(claimed.rows, started, strict=True):
                 log.info("Resuming generation of image ID %d (uuid %s)", gen.id, gen.handle)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from listener.engine import Wakeup
+from listener.engine import Connected, Wakeup
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -74,3 +74,21 @@ async def test_waiting_rows_are_claimed_as_room_frees(store, provider, autojump_
         await run_until(lambda: store.statuses()["ReadyToPublish"] == 9, seconds=120)
         engine.stop("test")
     assert trio.current_time() < 120
+
+
+async def test_generations_of_a_dead_listener_are_adopted_when_its_lease_runs_out(
+    store, provider, autojump_clock
+):
+    """Regression: the start-up sweep learned when the dead listener's leases end, but the
+    adoption loop, waiting for its first ring, did not look again until the next sweep."""
+    provider.generation_time = 0.0
+    engine = make_engine(store, provider, settings={"processor_sweep_interval": 600})
+    for i in store.add(3, status="Generate"):
+        row = store.rows[i]
+        row.uuid, row.locked_by, row.locked_until = f"dead-{i}", "dead", 10.0
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())  # the start-up sweep
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 3, seconds=60)
+        engine.stop("test")
+    assert 10 <= trio.current_time() < 20
