@@ -11,10 +11,11 @@ from listener.commands import (
     migrate,
     psql,
     retry,
+    roles,
     run,
     status,
     watch,
 )
 
 # run is first: it is also the default command and owns the seed's top-level flags.
-COMMANDS = (run, migrate, emulator, enqueue, status, export, retry, cancel, watch, psql)
+COMMANDS = (run, migrate, emulator, enqueue, status, export, retry, cancel, watch, psql, roles)

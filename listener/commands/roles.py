@@ -1,0 +1,70 @@
+"""`listener roles [--sql]`: create or update the three NOLOGIN roles and their grants.
+
+A DBA runs it once per database after `listener migrate` (and again after every upgrade,
+which may add objects), as a role with CREATEROLE that owns the listener's objects. It
+applies sql/roles.sql in one transaction; `--sql` prints that file instead, for a DBA
+who prefers to read it and run it in psql. Logins are the DBA's: the command never
+creates one and never grants a role to anyone (README, "Running in production").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import psycopg
+
+from listener.commands.common import prepare
+from listener.db import connect_kwargs
+from listener.migrate import check_migrated
+from listener.operator import EXIT_OK, translate_error
+from listener.sqlfiles import sql_dir
+
+log = logging.getLogger("listener")
+
+ROLES = ("images_writer", "images_operator", "images_listener")
+
+
+def roles_sql() -> str:
+    return (sql_dir() / "roles.sql").read_text(encoding="utf-8")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "roles",
+        parents=[common],
+        help="create or update the roles images_writer, images_operator, images_listener",
+        description="Create (or correct) the NOLOGIN roles images_writer, images_operator "
+        "and images_listener, and grant each exactly what its job needs in this database. "
+        "Run after `listener migrate`, as a role with CREATEROLE that owns the schema's "
+        "objects; then GRANT the roles to login roles. Re-runnable.",
+    )
+    p.add_argument(
+        "--sql", action="store_true", help="print the SQL instead of running it (for psql)"
+    )
+    p.set_defaults(handler=handle)
+
+
+def apply_roles(conninfo: str) -> None:
+    """Run sql/roles.sql in one transaction on a migrated database."""
+    try:
+        with psycopg.connect(conninfo, **connect_kwargs("listener roles")) as conn:
+            check_migrated(conn)
+            conn.execute(roles_sql().encode())  # several statements: simple query protocol
+            conn.commit()
+    except psycopg.Error as exc:
+        raise translate_error(exc) from exc
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.sql:
+        print(roles_sql(), end="")
+        return EXIT_OK
+    ctx = prepare(args)
+    apply_roles(ctx.conninfo)
+    log.info(
+        "Roles ready: %s. Grant them to login roles, e.g. GRANT images_listener TO "
+        "listener_login; (README, Running in production)",
+        ", ".join(ROLES),
+    )
+    return EXIT_OK
