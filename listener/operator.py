@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 
 from listener.db import connect_kwargs, translate
 from listener.errors import (
+    DatabaseError,
     ListenerError,
     NotFound,
     SchemaNotMigrated,
@@ -104,6 +105,18 @@ def fetch_one(conn: psycopg.Connection, name: str, params: Any = None) -> dict[s
 
 def fetch_all(conn: psycopg.Connection, name: str, params: Any = None) -> list[dict[str, Any]]:
     return conn.execute(query(name), params).fetchall()
+
+
+def confirmed(row: dict[str, Any] | None, column: str, expected: Any, function: str) -> Any:
+    """An operator function's answer, checked: a missing or different answer (an old or
+    tampered function) is an error, never a success message."""
+    value = row.get(column) if row else None
+    if value is None or (expected is not None and value != expected):
+        raise DatabaseError(
+            f"database error: {function} answered {value!r} instead of {expected!r}: "
+            "nothing is known to have changed; check with `listener status`"
+        )
+    return value
 
 
 # -- values on a terminal --------------------------------------------------------------
