@@ -12,6 +12,7 @@
 -- are created when missing and their attributes corrected; every privilege below is
 -- revoked first and granted again, so the result is exactly this file whatever it was
 -- before. Roles are cluster-wide; grants are per database: run it once per database.
+-- From psql, in one transaction: `listener roles --sql | psql -1 -f -`.
 --
 -- A new object is one line in the REVOKE list and one GRANT line per role that needs it.
 
