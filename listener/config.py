@@ -311,7 +311,7 @@ _LIBPQ_CHOICES: dict[str, tuple[str, ...]] = {
 _LIBPQ_INTEGERS: dict[str, tuple[int, int]] = {
     "port": (1, 65535),
     "connect_timeout": (0, 2**31 - 1),
-    "keepalives": (0, 1),
+    "keepalives": (0, 2**31 - 1),
     "keepalives_idle": (0, 2**31 - 1),
     "keepalives_interval": (0, 2**31 - 1),
     "keepalives_count": (0, 2**31 - 1),
@@ -349,6 +349,12 @@ def conninfo_problem(params: dict[str, Any]) -> str | None:
                 continue
             if not item.isdigit() or not low <= int(item) <= high:
                 return f"{key} {item[:40]!r} is not a whole number from {low} to {high}"
+    for item in str(params.get("hostaddr") or "").split(","):
+        try:
+            if item.strip():
+                ipaddress.ip_address(item.strip())
+        except ValueError:
+            return f"hostaddr {item.strip()[:40]!r} is not an IP address"
     return None
 
 

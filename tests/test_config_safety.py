@@ -50,6 +50,7 @@ def assert_config_error(result, *expected: str, secret: str = "hunter2") -> None
             "target_session_attrs",
         ),
         ({"DATABASE_URL": "postgresql://u:hunter2@h1:5432,h2:x/db"}, "port 'x'"),
+        ({"DATABASE_URL": "host=h hostaddr=10.0.0.300 password=hunter2"}, "hostaddr"),
         ({"DATABASE_URL": "postgresql://u:hunter2@h/db", "PGSSLMODE": "bogus"}, "PGSSLMODE"),
         ({"DATABASE_URL": "postgresql://u:hunter2@h/db", "PGPORT": "-1"}, "PGPORT"),
         ({"DB_HOST": "localhost:5432", "DB_PASSWORD": "hunter2"}, "DB_HOST"),
