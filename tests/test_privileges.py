@@ -105,6 +105,15 @@ def test_a_planted_overload_does_not_change_what_images_retry_calls(
         $$ INSERT INTO public.planted_calls VALUES (current_user) RETURNING 0::bigint $$;
         CREATE FUNCTION public.count(bigint) RETURNS bigint LANGUAGE sql AS
         $$ INSERT INTO public.planted_calls VALUES (current_user) RETURNING 0::bigint $$;
+        -- better matches than VARIADIC "any" for what the triggers build and send
+        CREATE FUNCTION public.json_build_object(text, integer, text, text) RETURNS json
+        LANGUAGE sql AS
+        $$ INSERT INTO public.planted_calls VALUES (current_user) RETURNING '{}'::json $$;
+        CREATE FUNCTION public.json_build_object(text, bigint, text, text) RETURNS json
+        LANGUAGE sql AS
+        $$ INSERT INTO public.planted_calls VALUES (current_user) RETURNING '{}'::json $$;
+        CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE sql AS
+        $$ INSERT INTO public.planted_calls VALUES (current_user) $$;
         """,
     )
     image_id = failed_row(admin)
@@ -114,6 +123,9 @@ def test_a_planted_overload_does_not_change_what_images_retry_calls(
     assert status(admin, image_id) == "ReadyToGenerate"
     rows(admin, "UPDATE images SET status = 'Failed' WHERE id = %s", (image_id,))
     assert one(url, "SELECT images_retry_failed()") == 1
+    # the notification triggers fire as whoever changes a row
+    assert one(url, "SELECT images_cancel(%s)", (image_id,)) == image_id
+    rows(admin, "INSERT INTO images (prompt) VALUES ('y')")
     assert rows(admin, "SELECT caller FROM public.planted_calls") == []
 
 
@@ -333,6 +345,9 @@ async def test_the_listener_runs_its_data_path_as_images_listener(
     emulator.fault("run", "400", 1)
     refused = one(app, "SELECT images_enqueue('refused')")
     await wait_until(lambda: status(admin, refused) == "Failed", what="the refused row")
+    # an operator sees the listener (application_name is readable by every role)
+    seen = rows(login_as("images_operator"), "SELECT connected, listening FROM images_listeners")
+    assert (True, True) in seen, seen
     assert await listener.stop() == 0
     assert "permission denied" not in listener.log, listener.log
     assert one(admin, "SELECT count(*) FROM images WHERE locked_by IS NOT NULL") == 0

@@ -180,3 +180,38 @@ def test_a_writer_cannot_retry_from_the_command_line(roles_applied, login_as, tm
     assert result.returncode == 1
     assert "permission denied for function images_retry" in result.stderr
     assert one(roles_applied, "SELECT status FROM images WHERE id = %s", (failed,)) == "Failed"
+
+
+def test_the_commands_call_our_functions_whatever_is_planted(roles_applied, login_as, tmp_path):
+    """The CLI's arguments are cast to the declared types: a Python int travels as int2
+    and a str untyped, for which an overload planted in public would be the better match."""
+    admin = roles_applied
+    attacker = login_as()
+    rows(admin, "GRANT CREATE ON SCHEMA public TO " + one(attacker, "SELECT current_user"))
+    plant = "INSERT INTO public.planted_calls VALUES (current_user) RETURNING 0::bigint"
+    rows(
+        attacker,
+        f"""
+        CREATE TABLE public.planted_calls (caller text);
+        GRANT INSERT ON public.planted_calls TO PUBLIC;
+        CREATE FUNCTION public.images_enqueue(text, text, smallint, smallint, text)
+        RETURNS bigint LANGUAGE sql AS $$ {plant} $$;
+        CREATE FUNCTION public.images_enqueue(varchar, varchar, smallint, smallint, varchar)
+        RETURNS bigint LANGUAGE sql AS $$ {plant} $$;
+        CREATE FUNCTION public.images_retry(smallint) RETURNS bigint LANGUAGE sql AS $$ {plant} $$;
+        CREATE FUNCTION public.images_cancel(smallint) RETURNS bigint LANGUAGE sql AS $$ {plant} $$;
+        """,
+    )
+    env = clean_env(DATABASE_URL=login_as("images_operator"))
+
+    def ok(*args: str) -> str:
+        result = run_listener(*args, env=env, cwd=tmp_path)
+        assert result.returncode == 0, (args, result.stderr)
+        return result.stdout.strip()
+
+    image_id = int(ok("enqueue", "a fox", "--width", "512", "--height", "256"))
+    assert ok("cancel", str(image_id)) == f"image {image_id}: cancelled"
+    assert ok("retry", str(image_id)) == f"image {image_id}: back to ReadyToGenerate"
+    assert rows(admin, "SELECT caller FROM public.planted_calls") == []
+    assert rows(admin, "SELECT prompt, width, height, status FROM images WHERE id = %s",
+                (image_id,)) == [("a fox", 512, 256, "ReadyToGenerate")]  # fmt: skip

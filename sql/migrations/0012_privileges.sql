@@ -7,8 +7,11 @@
 --    the end applies it to every images_* function of the schema, trigger functions and
 --    those of earlier migrations included; a later migration that creates a function
 --    sets its own (tests/test_privileges.py checks that none is left without one).
--- 2. Every call between our functions has typed arguments (images_retry passed an
---    untyped '-infinity', which resolves to whichever overload is most specific).
+-- 2. Every call has typed arguments or names pg_catalog: a fixed search_path still
+--    holds the schema of `images`, and where a call is not an exact match (an untyped
+--    literal, as images_retry passed '-infinity' to its helper; a VARIADIC "any" such as
+--    json_build_object) an overload planted there by a role with CREATE would be the
+--    better match and run with the privileges of whoever fired the function.
 -- 3. The operator functions (images_retry, images_retry_failed, images_cancel) run as
 --    SECURITY DEFINER and check their inputs, so an operator role needs EXECUTE on them,
 --    never UPDATE on the table. EXECUTE on every images_* function is revoked from
@@ -32,7 +35,7 @@ LANGUAGE sql VOLATILE AS $$
         locked_by = NULL,
         locked_until = NULL,
         censored = false,
-        not_before = now(),
+        not_before = pg_catalog.now(),
         generated_by = NULL,
         generation_started_at = NULL,
         generation_finished_at = NULL
@@ -63,8 +66,8 @@ BEGIN
             images_retry.id, current_status
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    SELECT count(*)::integer INTO reset
-    FROM images_reset_failed('-infinity'::timestamptz, images_retry.id);
+    SELECT pg_catalog.count(*)::integer INTO reset
+    FROM images_reset_failed('-infinity'::timestamptz, images_retry.id::bigint);
     IF reset <> 1 THEN
         RAISE EXCEPTION 'image % was not reset (% rows changed)', images_retry.id, reset
             USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -82,7 +85,7 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     RETURN (
-        SELECT count(*)::integer
+        SELECT pg_catalog.count(*)::integer
         FROM images_reset_failed(images_retry_failed.since, NULL::bigint)
     );
 END
@@ -108,7 +111,7 @@ BEGIN
             images_cancel.id, r.status
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF r.locked_by IS NOT NULL AND r.locked_until >= now() THEN
+    IF r.locked_by IS NOT NULL AND r.locked_until >= pg_catalog.now() THEN
         RAISE EXCEPTION 'image % is claimed by listener % (lease until %): it may already be '
             'at the API; wait for its outcome', images_cancel.id, r.locked_by, r.locked_until
             USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -131,7 +134,7 @@ $$;
 CREATE OR REPLACE FUNCTION images_insert_only_queued() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF has_column_privilege(TG_RELID, 'uuid'::text, 'INSERT'::text) THEN
+    IF pg_catalog.has_column_privilege(TG_RELID, 'uuid'::text, 'INSERT'::text) THEN
         RETURN NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM inserted_rows WHERE status <> 'ReadyToGenerate') THEN
@@ -148,6 +151,42 @@ CREATE TRIGGER images_insert_only_queued
     AFTER INSERT ON images
     REFERENCING NEW TABLE AS inserted_rows
     FOR EACH STATEMENT EXECUTE FUNCTION images_insert_only_queued();
+
+-- The notification triggers of 0003, their calls qualified (json_build_object takes
+-- VARIADIC "any": any overload in the schema of `images` would be a better match).
+CREATE OR REPLACE FUNCTION images_wakeup_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    s text;
+BEGIN
+    FOR s IN
+        SELECT DISTINCT status FROM inserted_rows
+        WHERE status IN ('ReadyToGenerate', 'Generate')
+    LOOP
+        PERFORM pg_catalog.pg_notify('images_wakeup'::text, s);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION images_wakeup_after_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('images_wakeup'::text, NEW.status);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION images_announce_done() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify(
+        'images_done'::text,
+        pg_catalog.json_build_object('id'::text, NEW.id, 'status'::text, NEW.status)::text
+    );
+    RETURN NULL;
+END
+$$;
 
 -- The fixed search_path and EXECUTE for nobody but the owner, on every images_*
 -- function of this schema (sql/roles.sql grants EXECUTE to the roles).
