@@ -39,6 +39,16 @@ def test_roles_command_creates_nologin_roles_and_is_rerunnable(database_url, tmp
     assert got == [(name, False, False, False, False, False) for name in sorted(ROLES)]
 
 
+def test_roles_warn_when_every_role_may_create_in_the_schema(database_url, tmp_path):
+    env = clean_env(DATABASE_URL=database_url)
+    result = run_listener("roles", env=env, cwd=tmp_path)
+    assert result.returncode == 0 and "REVOKE CREATE" not in result.stderr, result.stderr
+    rows(database_url, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+    result = run_listener("roles", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in result.stderr
+
+
 def test_roles_sql_is_printed_for_a_dba(tmp_path):
     result = run_listener("roles", "--sql", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -45,15 +45,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=handle)
 
 
-def apply_roles(conninfo: str) -> None:
-    """Run sql/roles.sql in one transaction on a migrated database."""
+def apply_roles(conninfo: str) -> str | None:
+    """Run sql/roles.sql in one transaction on a migrated database. Returns the schema's
+    name when every role may CREATE in it (PostgreSQL 14 and older made `public` so):
+    the DBA should know, since a planted function there is where hijacks start."""
     try:
         with psycopg.connect(conninfo, **connect_kwargs("listener roles")) as conn:
             check_migrated(conn)
             conn.execute(roles_sql().encode())  # several statements: simple query protocol
+            row = conn.execute(
+                "SELECT pg_catalog.current_schema(), pg_catalog.has_schema_privilege("
+                "'public', pg_catalog.current_schema(), 'CREATE')"
+            ).fetchone()
             conn.commit()
     except psycopg.Error as exc:
         raise translate_error(exc) from exc
+    return row[0] if row and row[1] else None
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -61,7 +68,14 @@ def handle(args: argparse.Namespace) -> int:
         print(roles_sql(), end="")
         return EXIT_OK
     ctx = prepare(args)
-    apply_roles(ctx.conninfo)
+    open_schema = apply_roles(ctx.conninfo)
+    if open_schema:
+        log.warning(
+            "Every role may CREATE in schema %s, where the listener's objects live: run "
+            "REVOKE CREATE ON SCHEMA %s FROM PUBLIC; unless an application needs it",
+            open_schema,
+            open_schema,
+        )
     log.info(
         "Roles ready: %s. Grant them to login roles, e.g. GRANT images_listener TO "
         "listener_login; (README, Running in production)",
