@@ -161,3 +161,11 @@ def test_describe_conninfo_shows_the_user_as_configured(isolated, monkeypatch):
     info = describe_conninfo(load_settings(env_file=None).conninfo())
     assert info == "alice@db.internal:5432/alice"
     assert "s3cret" not in info
+
+
+def test_the_database_line_of_a_real_start_shows_the_user_when_it_is_the_password(tmp_path):
+    env = clean_env(DATABASE_URL="postgresql://alice:alice@127.0.0.1:1/img?connect_timeout=2")
+    result = run_listener("migrate", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Database: alice@127.0.0.1:1/img" in result.stderr
+    assert "***" not in result.stderr
