@@ -69,6 +69,12 @@ def translate_error(exc: psycopg.Error) -> ListenerError:
         return WrongState(_primary(exc))
     if isinstance(exc, pgerrors.IntegrityError | pgerrors.DataError):
         return UsageError(_primary(exc))
+    if isinstance(exc, pgerrors.InsufficientPrivilege):
+        return DatabaseError(
+            f"database error: {_primary(exc)}: this login lacks the role for it "
+            "(images_operator: status, retry, cancel, watch, export; images_writer: "
+            "enqueue; README, Running in production)"
+        )
     if isinstance(exc, pgerrors.UndefinedTable | pgerrors.UndefinedFunction):
         return SchemaNotMigrated(
             f"{_primary(exc)}: the database is not migrated; run `listener migrate` first"

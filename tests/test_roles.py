@@ -49,6 +49,13 @@ def test_roles_warn_when_every_role_may_create_in_the_schema(database_url, tmp_p
     assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in result.stderr
 
 
+def test_roles_as_a_role_that_may_not_grant_says_who_should(roles_applied, login_as, tmp_path):
+    env = clean_env(DATABASE_URL=login_as("images_operator"))
+    result = run_listener("roles", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "as the owner of the listener's objects, with CREATEROLE" in result.stderr
+
+
 def test_roles_sql_is_printed_for_a_dba(tmp_path):
     result = run_listener("roles", "--sql", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -189,6 +196,8 @@ def test_a_writer_cannot_retry_from_the_command_line(roles_applied, login_as, tm
     result = run_listener("retry", str(failed), env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert "permission denied for function images_retry" in result.stderr
+    assert "lacks the role for it (images_operator" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert one(roles_applied, "SELECT status FROM images WHERE id = %s", (failed,)) == "Failed"
 
 

@@ -16,6 +16,7 @@ import psycopg
 
 from listener.commands.common import prepare
 from listener.db import connect_kwargs
+from listener.errors import DatabaseError
 from listener.migrate import check_migrated
 from listener.operator import EXIT_OK, translate_error
 from listener.sqlfiles import sql_dir
@@ -58,6 +59,11 @@ def apply_roles(conninfo: str) -> str | None:
                 "'public', pg_catalog.current_schema(), 'CREATE')"
             ).fetchone()
             conn.commit()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"database error: {(exc.diag.message_primary or str(exc)).strip()}: run "
+            "`listener roles` as the owner of the listener's objects, with CREATEROLE"
+        ) from exc
     except psycopg.Error as exc:
         raise translate_error(exc) from exc
     return row[0] if row and row[1] else None
