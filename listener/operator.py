@@ -41,6 +41,7 @@ from listener.errors import (
     UsageError,
     WrongState,
 )
+from listener.sanitize import clean
 from listener.sqlfiles import named
 
 EXIT_OK = 0
@@ -142,6 +143,8 @@ def format_duration(value: timedelta) -> str:
 
 
 def format_value(value: Any) -> str:
+    """One cell: text from the table (a prompt, a reason: anyone with INSERT wrote it) is
+    made one safe line, so no newline or terminal escape reaches the operator's screen."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -154,7 +157,7 @@ def format_value(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, list | tuple):
         return ", ".join(format_value(v) for v in value)
-    return str(value)
+    return clean(str(value))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -91,3 +91,23 @@ def test_the_documented_payload_still_passes(database_url, conn):
         conn.execute("SELECT images_cancel(%s)", (image_id,))
         (note,) = list(listening.notifies(timeout=5, stop_after=1))
     assert parse_payload(note.payload) == (image_id, "Failed")
+
+
+def test_status_shows_text_written_by_others_on_one_safe_line(database_url, conn, tmp_path):
+    """A prompt or a reason is whatever an INSERT said: no newline or escape reaches the
+    operator's terminal."""
+    image_id = one(
+        conn,
+        "INSERT INTO images (prompt, status, last_error) VALUES (%s, 'Failed', %s) RETURNING id",
+        ("a fox\n2024/03/21 15:04:05 forged\x1b[2J", "boom\x1b]0;title\x07"),
+    )
+    env = clean_env(DATABASE_URL=database_url)
+    for args in (["status", str(image_id)], ["status"]):
+        result = subprocess.run(listener_cmd(*args), env=env, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=30, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert not any(line.startswith("2024/03/21") for line in result.stdout.splitlines())
+    assert "a fox\\n2024/03/21 15:04:05 forged\\x1b[2J" in subprocess.run(
+        listener_cmd("status", str(image_id)), env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=30, check=False).stdout  # fmt: skip
