@@ -49,10 +49,12 @@ def status(admin: str, image_id: int) -> str:
 
 
 def test_every_function_has_a_fixed_search_path_and_no_public_execute(conn):
-    """Every function in the migrations' schema, whatever migration made it."""
+    """Every function in the migrations' schema, whatever migration made it: pg_catalog
+    first, then the schema; a SECURITY DEFINER one also names pg_temp, last (otherwise
+    the caller's temporary tables come first)."""
     found = conn.execute(
         """
-        SELECT p.oid::regprocedure::text, p.proconfig, p.proacl::text
+        SELECT p.oid::regprocedure::text, p.proconfig, p.proacl::text, p.prosecdef
         FROM pg_proc AS p
         WHERE p.pronamespace = current_schema()::regnamespace
           AND NOT EXISTS (SELECT 1 FROM pg_depend AS d
@@ -60,15 +62,15 @@ def test_every_function_has_a_fixed_search_path_and_no_public_execute(conn):
         """
     ).fetchall()
     assert len(found) >= 9
-    schema = one_conn(conn, "SELECT current_schema()")
-    for name, config, acl in found:
-        assert f"search_path=pg_catalog, {schema}, pg_temp" in (config or []), name
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    fixed = f"search_path=pg_catalog, {schema}"
+    for name, config, acl, definer in found:
+        paths = [c for c in config or [] if c.startswith("search_path=")]
+        assert paths in ([fixed], [f"{fixed}, pg_temp"]), (name, config)
+        if definer:
+            assert paths == [f"{fixed}, pg_temp"], (name, config)
         # NULL acl means the default, EXECUTE for PUBLIC; '=X/' is a grant to PUBLIC
         assert acl is not None and "{=X/" not in acl and ",=X/" not in acl, (name, acl)
-
-
-def one_conn(conn, query):
-    return conn.execute(query).fetchone()[0]
 
 
 def test_operator_functions_run_as_their_owner(conn):
