@@ -350,6 +350,21 @@ async def test_the_listener_runs_its_data_path_as_images_listener(
     # an operator sees the listener (application_name is readable by every role)
     seen = rows(login_as("images_operator"), "SELECT connected, listening FROM images_listeners")
     assert (True, True) in seen, seen
+    # a generation in flight at SIGTERM: its lease is renewed, then released on shutdown
+    emulator.configure(generation_time=2)
+    held = one(app, "SELECT images_enqueue('slow fox')")
+    await wait_until(lambda: status(admin, held) == "Generate", what="the slow row at the API")
     assert await listener.stop() == 0
-    assert "permission denied" not in listener.log, listener.log
+    assert one(admin, "SELECT locked_by FROM images WHERE id = %s", (held,)) is None
+    # ... and resumed by the next start, still under the role
+    emulator.configure(generation_time=0)
+    again = await start_listener(DATABASE_URL=url, DEFAULT_MAX_ATTEMPTS="400")
+    await wait_until(
+        lambda: status(admin, held) in ("ReadyToPublish", "Failed"), what="the resumed row"
+    )
+    assert status(admin, held) == "ReadyToPublish", again.log
+    assert await again.stop() == 0
+    for log in (listener.log, again.log):
+        assert "permission denied" not in log, log
     assert one(admin, "SELECT count(*) FROM images WHERE locked_by IS NOT NULL") == 0
+    assert set(emulator.stats()["runs_by_prompt"].values()) == {1}, "never a second run"
