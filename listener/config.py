@@ -8,6 +8,7 @@ are documented in `.env.example` with the reason for their default. Secrets are
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
     # Server-side prepared statements: auto = off when a transaction pooler is detected.
     db_prepared_statements: Literal["auto", "on", "off"] = "auto"
 
+    # -- least privilege (issue 14) -------------------------------------------------------
+    # http:// to a host other than this machine sends the API key in clear: refused
+    # unless this says the network in between is trusted.
+    allow_insecure_api_url: bool = False
+
     @field_validator("default_num_images")
     @classmethod
     def _one_image(cls, value: int) -> int:
@@ -244,6 +250,71 @@ class Settings(BaseSettings):
         self._placeholders = tuple(found)
         return self
 
+    @field_validator("fusion_brain_api_key", "fusion_brain_secret_key")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        """The key travels in an HTTP header: visible ASCII only, or httpx fails later
+        with a traceback. The message never quotes the value."""
+        if value is not None and not _VISIBLE_ASCII.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "must be the key as the API issued it: visible ASCII characters only "
+                "(no spaces, accents, quotes from a word processor or control characters)"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _libpq_values(cls, value: SecretStr | None) -> SecretStr | None:
+        """libpq parses any value and refuses it only when connecting, which start-up
+        would retry for ever: a bad sslmode or port is a configuration error now."""
+        if value is not None:
+            params = psycopg.conninfo.conninfo_to_dict(value.get_secret_value())
+            problem = conninfo_problem(params)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("db_host")
+    @classmethod
+    def _plain_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip() or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must be a host name, an IP address or a socket directory")
+        if re.fullmatch(r"[^:/]+:\d+", value):
+            raise ValueError("must not include a port: set DB_PORT")
+        return value
+
+    @model_validator(mode="after")
+    def _safe_connections(self) -> Settings:
+        """No credentials in the API's URL (they would be logged and sent to the API),
+        no API key in clear to another machine, no malformed libpq variable."""
+        url = self.fusion_brain_url
+        if url.username or url.password:
+            raise ValueError(
+                "FUSION_BRAIN_URL: must not contain user:password (the API is authenticated "
+                "by FUSION_BRAIN_API_KEY and FUSION_BRAIN_SECRET_KEY)"
+            )
+        insecure = url.scheme != "https" and not _loopback(url.host or "")
+        if insecure and not self.allow_insecure_api_url:
+            raise ValueError(
+                f"FUSION_BRAIN_URL: {url.scheme}:// to {url.host} would send the API key "
+                "in clear: use https://, or set ALLOW_INSECURE_API_URL=true if the "
+                "network in between is trusted"
+            )
+        if self.database_configured:
+            given = (
+                psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())
+                if self.database_url is not None
+                else {"host": self.db_host, "port": self.db_port, "sslmode": self.db_ssl_mode}
+            )
+            for variable, key in _LIBPQ_ENVIRONMENT.items():
+                if key not in given and os.environ.get(variable):
+                    problem = conninfo_problem({key: os.environ[variable]})
+                    if problem:
+                        raise ValueError(f"{variable} (read by libpq): {problem}")
+        return self
+
     # -- derived ------------------------------------------------------------------------
 
     @property
@@ -289,7 +360,21 @@ class Settings(BaseSettings):
             if password:
                 found.append(str(password))
         found += self._listen_secrets()
-        return [s for s in found if s]
+        # A secret that is part of what the log shows anyway (the database user, say) is
+        # not masked: `***@host` would tell the reader the password is the user name.
+        shown = self.shown_identifiers()
+        return [s for s in found if s and not any(s in value for value in shown)]
+
+    def shown_identifiers(self) -> list[str]:
+        """What log lines show as it is: the database's user, name, host and port
+        (describe_conninfo) and the API's host."""
+        if self.database_url is not None:
+            params = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())
+            values = [params.get(k) for k in ("user", "dbname", "host", "port")]
+        else:
+            values = [self.db_user, self.db_name, self.db_host, str(self.db_port)]
+        values += [os.environ.get("PGUSER"), self.fusion_brain_url.host]
+        return [str(v) for v in values if v]
 
     def _listen_secrets(self) -> list[str]:
         if self.listen_database_url is None:
@@ -317,6 +402,81 @@ def describe_conninfo(conninfo: str) -> str:
     return f"{user}@{host}:{port}/{dbname}"
 
 
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_URL_CREDENTIALS = re.compile(r"//[^/@\s]*@")
+
+# libpq options whose values it checks only when connecting (libpq's connectOptions2).
+_LIBPQ_CHOICES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+    "ssl_min_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+    "ssl_max_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+}  # fmt: skip
+_LIBPQ_INTEGERS: dict[str, tuple[int, int]] = {
+    "port": (1, 65535),
+    "connect_timeout": (0, 2**31 - 1),
+    "keepalives": (0, 2**31 - 1),
+    "keepalives_idle": (0, 2**31 - 1),
+    "keepalives_interval": (0, 2**31 - 1),
+    "keepalives_count": (0, 2**31 - 1),
+    "tcp_user_timeout": (0, 2**31 - 1),
+}
+# The environment variables libpq reads for an option the connection string leaves out.
+_LIBPQ_ENVIRONMENT = {
+    "PGPORT": "port",
+    "PGSSLMODE": "sslmode",
+    "PGCONNECT_TIMEOUT": "connect_timeout",
+    "PGGSSENCMODE": "gssencmode",
+    "PGCHANNELBINDING": "channel_binding",
+    "PGTARGETSESSIONATTRS": "target_session_attrs",
+    "PGLOADBALANCEHOSTS": "load_balance_hosts",
+    "PGSSLMINPROTOCOLVERSION": "ssl_min_protocol_version",
+    "PGSSLMAXPROTOCOLVERSION": "ssl_max_protocol_version",
+}
+
+
+def conninfo_problem(params: dict[str, Any]) -> str | None:
+    """What libpq would refuse at connection time in these options, or None. Values are
+    quoted short: they are options, never the password."""
+    for key, allowed in _LIBPQ_CHOICES.items():
+        value = params.get(key)
+        if value is not None and str(value) not in allowed:
+            return f"{key} {str(value)[:40]!r} is not one of {', '.join(allowed)}"
+    for key, (low, high) in _LIBPQ_INTEGERS.items():
+        value = params.get(key)
+        if value is None:
+            continue
+        # a list of hosts has a list of ports; an empty entry means the default
+        for item in str(value).split(",") if key == "port" else [str(value)]:
+            item = item.strip()
+            if key == "port" and not item:
+                continue
+            if not item.isdigit() or not low <= int(item) <= high:
+                return f"{key} {item[:40]!r} is not a whole number from {low} to {high}"
+    for item in str(params.get("hostaddr") or "").split(","):
+        try:
+            if item.strip():
+                ipaddress.ip_address(item.strip())
+        except ValueError:
+            return f"hostaddr {item.strip()[:40]!r} is not an IP address"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _variable(loc: tuple[Any, ...]) -> str:
     return str(loc[0]).upper() if loc else "configuration"
 
@@ -327,7 +487,7 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         name = _variable(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        text = f"{name}: {msg}"
+        text = f"{name}: {msg}" if err["loc"] else msg
         value = err.get("input")
         if (
             err["loc"]
@@ -335,7 +495,7 @@ def format_validation_error(exc: ValidationError) -> str:
             and isinstance(value, str | int | float)
             and len(str(value)) <= 80
         ):
-            text += f" (got {value!r})"
+            text += f" (got {_URL_CREDENTIALS.sub('//***@', str(value))!r})"
         parts.append(text)
     return "configuration error: " + "; ".join(parts)
 

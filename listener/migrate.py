@@ -121,6 +121,10 @@ FATAL_CONNECT = (
     "does not exist",
     "no password supplied",
     "no pg_hba.conf entry",
+    "root certificate file",
+    "does not support SSL",
+    "invalid sslmode",
+    "invalid port",
 )
 
 

@@ -34,12 +34,14 @@ from psycopg.rows import dict_row
 
 from listener.db import connect_kwargs, translate
 from listener.errors import (
+    DatabaseError,
     ListenerError,
     NotFound,
     SchemaNotMigrated,
     UsageError,
     WrongState,
 )
+from listener.sanitize import clean
 from listener.sqlfiles import named
 
 EXIT_OK = 0
@@ -68,6 +70,12 @@ def translate_error(exc: psycopg.Error) -> ListenerError:
         return WrongState(_primary(exc))
     if isinstance(exc, pgerrors.IntegrityError | pgerrors.DataError):
         return UsageError(_primary(exc))
+    if isinstance(exc, pgerrors.InsufficientPrivilege):
+        return DatabaseError(
+            f"database error: {_primary(exc)}: this login lacks the role for it "
+            "(images_operator: status, retry, cancel, watch, export; images_writer: "
+            "enqueue; README, Running in production)"
+        )
     if isinstance(exc, pgerrors.UndefinedTable | pgerrors.UndefinedFunction):
         return SchemaNotMigrated(
             f"{_primary(exc)}: the database is not migrated; run `listener migrate` first"
@@ -106,6 +114,18 @@ def fetch_all(conn: psycopg.Connection, name: str, params: Any = None) -> list[d
     return conn.execute(query(name), params).fetchall()
 
 
+def confirmed(row: dict[str, Any] | None, column: str, expected: Any, function: str) -> Any:
+    """An operator function's answer, checked: a missing or different answer (an old or
+    tampered function) is an error, never a success message."""
+    value = row.get(column) if row else None
+    if value is None or (expected is not None and value != expected):
+        raise DatabaseError(
+            f"database error: {function} answered {value!r} instead of {expected!r}: "
+            "nothing is known to have changed; check with `listener status`"
+        )
+    return value
+
+
 # -- values on a terminal --------------------------------------------------------------
 
 
@@ -123,6 +143,8 @@ def format_duration(value: timedelta) -> str:
 
 
 def format_value(value: Any) -> str:
+    """One cell: text from the table (a prompt, a reason: anyone with INSERT wrote it) is
+    made one safe line, so no newline or terminal escape reaches the operator's screen."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -135,7 +157,7 @@ def format_value(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, list | tuple):
         return ", ".join(format_value(v) for v in value)
-    return str(value)
+    return clean(str(value))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,9 +1,15 @@
 -- Named queries of the operator commands (listener enqueue|status|export|retry|cancel|
 -- watch), loaded by listener.sqlfiles.named("operator.sql"). They call the views and
 -- functions of migrations/0010_operator.sql, so psql users and the CLI share one surface.
+-- Every argument of a function call is cast to the declared type: an exact match is
+-- ours, where an untyped or int2 parameter could prefer an overload planted by a role
+-- with CREATE on the schema.
 
 -- name: enqueue
-SELECT images_enqueue(%(prompt)s, %(style)s, %(width)s, %(height)s, %(negative_prompt)s) AS id
+SELECT images_enqueue(
+    %(prompt)s::text, %(style)s::text, %(width)s::integer, %(height)s::integer,
+    %(negative_prompt)s::text
+) AS id
 
 -- name: queue
 SELECT status, rows, held, due, delayed, oldest_age, last_change FROM images_queue
@@ -44,10 +50,10 @@ WHERE status = 'ReadyToPublish' AND base64 IS NOT NULL
 ORDER BY id
 
 -- name: retry
-SELECT images_retry(%(id)s) AS id
+SELECT images_retry(%(id)s::bigint) AS id
 
 -- name: retry_failed
-SELECT images_retry_failed(coalesce(%(since)s::timestamptz, '-infinity')) AS count
+SELECT images_retry_failed(coalesce(%(since)s::timestamptz, '-infinity'::timestamptz)) AS count
 
 -- name: cancel
-SELECT images_cancel(%(id)s) AS id
+SELECT images_cancel(%(id)s::bigint) AS id

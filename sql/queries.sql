@@ -8,7 +8,7 @@
 -- name: claim_ready
 UPDATE images AS i
 SET locked_by = %(worker)s,
-    locked_until = now() + make_interval(secs => %(lease)s),
+    locked_until = now() + make_interval(secs => %(lease)s::float8),
     attempts = i.attempts + 1
 FROM (
     SELECT id FROM images
@@ -55,7 +55,7 @@ SELECT least(
 -- name: claim_generating
 UPDATE images AS i
 SET locked_by = %(worker)s,
-    locked_until = now() + make_interval(secs => %(lease)s)
+    locked_until = now() + make_interval(secs => %(lease)s::float8)
 FROM (
     SELECT id FROM images
     WHERE status = 'Generate' AND (locked_until IS NULL OR locked_until < now())
@@ -82,7 +82,7 @@ SET status = 'Generate', uuid = %(uuid)s, last_error = NULL, generated_by = %(wo
     generation_started_at = now(), generation_finished_at = NULL,
     -- kept when this process follows the generation itself; released (which wakes the
     -- processors elsewhere) when it runs the generator role only
-    locked_until = CASE WHEN %(keep)s THEN now() + make_interval(secs => %(lease)s) END,
+    locked_until = CASE WHEN %(keep)s THEN now() + make_interval(secs => %(lease)s::float8) END,
     locked_by = CASE WHEN %(keep)s THEN %(worker)s END
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
 
@@ -93,12 +93,12 @@ WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
 -- name: release
 UPDATE images
 SET locked_by = NULL,
-    locked_until = CASE WHEN status = 'Generate' AND %(delay)s > 0
-                        THEN now() + make_interval(secs => %(delay)s) END,
+    locked_until = CASE WHEN status = 'Generate' AND %(delay)s::float8 > 0
+                        THEN now() + make_interval(secs => %(delay)s::float8) END,
     attempts = greatest(attempts - CASE WHEN %(uncount)s THEN 1 ELSE 0 END
                         + CASE WHEN %(count)s AND status = 'Generate' THEN 1 ELSE 0 END, 0),
     not_before = CASE WHEN status = 'ReadyToGenerate'
-                      THEN now() + make_interval(secs => %(delay)s) ELSE not_before END,
+                      THEN now() + make_interval(secs => %(delay)s::float8) ELSE not_before END,
     last_error = coalesce(%(error)s, last_error)
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(status)s
 
@@ -107,7 +107,7 @@ WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(status)s
 -- name: retry_later
 UPDATE images
 SET locked_by = NULL, locked_until = NULL, last_error = %(error)s,
-    not_before = now() + make_interval(secs => %(delay)s),
+    not_before = now() + make_interval(secs => %(delay)s::float8),
     unknown_outcomes = unknown_outcomes + CASE WHEN %(unknown)s THEN 1 ELSE 0 END
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
 
@@ -148,7 +148,7 @@ lockable AS (
     FOR UPDATE OF i SKIP LOCKED
 ),
 renewed AS (
-    UPDATE images AS i SET locked_until = now() + make_interval(secs => %(lease)s)
+    UPDATE images AS i SET locked_until = now() + make_interval(secs => %(lease)s::float8)
     FROM lockable WHERE i.id = lockable.id AND lockable.same
     RETURNING i.id
 ),

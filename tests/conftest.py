@@ -5,3 +5,4 @@ from tests.fixtures.cluster import *  # noqa: F403
 from tests.fixtures.database import *  # noqa: F403
 from tests.fixtures.emulator import *  # noqa: F403
 from tests.fixtures.listener import *  # noqa: F403
+from tests.fixtures.roles import *  # noqa: F403

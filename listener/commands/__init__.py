@@ -12,6 +12,7 @@ from listener.commands import (
     migrate,
     psql,
     retry,
+    roles,
     run,
     status,
     watch,
@@ -30,4 +31,5 @@ COMMANDS = (
     watch,
     psql,
     embedded,
+    roles,
 )

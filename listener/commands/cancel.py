@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from listener.commands.common import prepare
-from listener.operator import EXIT_OK, connect, fetch_one
+from listener.operator import EXIT_OK, confirmed, connect, fetch_one
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -27,6 +27,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def handle(args: argparse.Namespace) -> int:
     ctx = prepare(args, announce_db=False)
     with connect(ctx.conninfo, "cancel") as conn:
-        fetch_one(conn, "cancel", {"id": args.id})
+        confirmed(fetch_one(conn, "cancel", {"id": args.id}), "id", args.id, "images_cancel")
     print(f"image {args.id}: cancelled")
     return EXIT_OK

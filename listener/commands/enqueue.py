@@ -23,6 +23,7 @@ from listener.operator import (
     connect,
     fetch_one,
 )
+from listener.sanitize import clean
 
 log = logging.getLogger("listener")
 
@@ -71,7 +72,7 @@ def _describe(row: dict) -> str:
     text = f"image {row['id']}: {row['status']}"
     if row["status"] == "ReadyToGenerate" and row["attempts"]:
         text += f" (attempt {row['attempts']}"
-        text += f", last error: {row['last_error']})" if row["last_error"] else ")"
+        text += f", last error: {clean(row['last_error'])})" if row["last_error"] else ")"
     return text
 
 
@@ -115,7 +116,7 @@ def _wait(conn, image_id: int, timeout: float | None) -> int:
         if row["status"] == "ReadyToPublish":
             return EXIT_OK
         if row["status"] == "Failed":
-            reason = row["last_error"] or "no reason recorded"
+            reason = clean(row["last_error"] or "no reason recorded")
             print(f"listener: image {image_id} failed: {reason}", file=sys.stderr)
             return EXIT_IMAGE_FAILED
         wait = POLL_INTERVAL

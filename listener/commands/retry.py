@@ -9,7 +9,7 @@ import argparse
 
 from listener.commands.common import prepare
 from listener.errors import UsageError
-from listener.operator import EXIT_OK, connect, fetch_one, parse_since
+from listener.operator import EXIT_OK, confirmed, connect, fetch_one, parse_since
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,10 +42,12 @@ def handle(args: argparse.Namespace) -> int:
     ctx = prepare(args, announce_db=False)
     with connect(ctx.conninfo, "retry") as conn:
         if args.id is not None:
-            fetch_one(conn, "retry", {"id": args.id})
+            # images_retry raises unless it reset exactly this row; its answer is checked
+            # all the same, so success is never printed for a call that did nothing.
+            confirmed(fetch_one(conn, "retry", {"id": args.id}), "id", args.id, "images_retry")
             print(f"image {args.id}: back to ReadyToGenerate")
             return EXIT_OK
         row = fetch_one(conn, "retry_failed", {"since": since})
-    assert row is not None
-    print(f"{row['count']} failed image(s) back to ReadyToGenerate")
+    count = confirmed(row, "count", None, "images_retry_failed")
+    print(f"{count} failed image(s) back to ReadyToGenerate")
     return EXIT_OK

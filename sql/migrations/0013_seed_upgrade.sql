@@ -27,14 +27,12 @@ SET LOCAL client_min_messages = notice;
 
 CREATE OR REPLACE FUNCTION images_prompt_is_blank(prompt text) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, public
 AS $$
     SELECT prompt !~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]'
 $$;
 COMMENT ON FUNCTION images_prompt_is_blank(text) IS
     'true when the text shows nothing: only Unicode white space and invisible characters';
--- Called by whoever inserts (a view, an application role): a pure function, for all.
-GRANT EXECUTE ON FUNCTION images_prompt_is_blank(text) TO PUBLIC;
+-- EXECUTE: the owner, and the roles sql/roles.sql grants it to (images_blocked reads it).
 
 -- -- statuses ---------------------------------------------------------------------------
 
@@ -52,7 +50,6 @@ ON CONFLICT (name) DO NOTHING;
 -- The listener's four are not for removing or renaming: its queries name them.
 CREATE OR REPLACE FUNCTION image_statuses_keep_the_listeners() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public
 AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' OR OLD.name IN ('ReadyToGenerate', 'Generate', 'ReadyToPublish', 'Failed')
@@ -93,7 +90,6 @@ CREATE OR REPLACE FUNCTION images_upgrade_note(
     finding text, done text, row_ids bigint[], changed boolean
 ) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public
 AS $$
 DECLARE
     n bigint := coalesce(cardinality(row_ids), 0);
@@ -312,7 +308,6 @@ WHERE reason IS NOT NULL;
 CREATE OR REPLACE FUNCTION images_fail_blocked()
 RETURNS TABLE (id bigint, reason text)
 LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, public
 AS $$
     UPDATE images AS i
     SET status = 'Failed', last_error = b.reason || ' (found at claim time)',
@@ -332,6 +327,7 @@ BEGIN
         GRANT SELECT ON image_statuses, images_upgrade_report, images_blocked
             TO images_operator;
         GRANT EXECUTE ON FUNCTION images_fail_blocked() TO images_operator;
+        GRANT EXECUTE ON FUNCTION images_prompt_is_blank(text) TO images_operator;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_listener') THEN
         GRANT SELECT ON image_statuses TO images_listener;
@@ -339,5 +335,27 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_writer') THEN
         GRANT SELECT ON image_statuses TO images_writer;
     END IF;
+END
+$$;
+
+-- The fixed search_path and EXECUTE for nobody but the owner, on every function of this
+-- schema, as 0012 does for the images_* ones (sql/roles.sql grants EXECUTE to the roles).
+-- The functions above are called by this file itself first, under the migration's path.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+        FROM pg_proc AS p
+        WHERE p.pronamespace = current_schema()::regnamespace
+          AND p.prokind = 'f'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE format(
+            'ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema()
+        );
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
 END
 $$;
