@@ -151,8 +151,8 @@ async def test_busy_in_a_2xx_body_either_form(key: str, state: str) -> None:
         (httpx.Response(500, json={"error": "Internal Server Error"}), ApiTransient, "500"),
         (httpx.Response(503, text="<html>down</html>"), ApiTransient, "503"),
         (httpx.Response(201, text="<html>oops</html>"), ApiOutcomeUnknown, "not JSON"),
-        (httpx.Response(201, json={"status": "INITIAL"}), ApiOutcomeUnknown, "without a uuid"),
-        (httpx.Response(201, json=["unexpected"]), ApiOutcomeUnknown, "without a uuid"),
+        (httpx.Response(201, json={"status": "INITIAL"}), ApiOutcomeUnknown, "malformed answer"),
+        (httpx.Response(201, json=["unexpected"]), ApiOutcomeUnknown, "malformed answer"),
     ],
 )
 async def test_run_outcomes(response: httpx.Response, error: type, fragment: str) -> None:
