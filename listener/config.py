@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +97,13 @@ class Settings(BaseSettings):
     listen_keepalive: float = Field(30, gt=0)
     data_dir: Path = Path(".data")
 
+    # -- a misbehaving API (issue 12) ---------------------------------------------------
+    # A 2xx answer larger than this is abandoned as it streams (a 1024 x 1024 image is
+    # about 4 MB in base64).
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
+    # Whole-request deadline of a status read, which may carry a result handed out once.
+    api_result_timeout: float = Field(120, gt=0)
+
     @field_validator("default_num_images")
     @classmethod
     def _one_image(cls, value: int) -> int:
@@ -151,6 +159,29 @@ class Settings(BaseSettings):
             # Go's database/sql lowers MaxIdleConns to MaxOpenConns silently; so do we.
             object.__setattr__(self, "db_max_idle_conns", self.db_max_open_conns)
         return self
+
+    @field_validator("api_result_timeout")
+    @classmethod
+    def _finite_result_timeout(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        return value
+
+    @field_validator("fusion_brain_api_key", "fusion_brain_secret_key")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        """Surrounding whitespace (a key read from a file ends in a newline) is stripped;
+        what is left must be something an HTTP header can carry."""
+        if value is None:
+            return value
+        text = value.get_secret_value().strip()
+        if not text:
+            raise ValueError("is blank")
+        if not re.fullmatch(r"[\x21-\x7e]+", text):
+            raise ValueError(
+                "must be printable ASCII without spaces (it travels in an HTTP header)"
+            )
+        return SecretStr(text)
 
     # -- derived ------------------------------------------------------------------------
 
