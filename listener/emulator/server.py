@@ -59,13 +59,15 @@ async def serve_emulator(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    control_token: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the emulated API until cancelled; `task_status.started(url)` once listening,
-    with the real port in the URL (`http://127.0.0.1:PORT/`)."""
+    with the real port in the URL (`http://127.0.0.1:PORT/`). The control endpoint
+    answers requests carrying `control_token`; without one it is off."""
     state = EmulatorState(config)
     connections: dict[tuple[Any, ...], trio.socket.SocketType] = {}
-    app = EmulatorApp(state, connections)
+    app = EmulatorApp(state, connections, control_token=control_token)
     hconfig = HypercornConfig()
     hconfig.accesslog = None
     # Through our logging setup (format, secret redaction) rather than hypercorn's own.
