@@ -271,16 +271,19 @@ class FusionBrainClient:
         (default: `timeout`), the body read as it streams and cut at its cap."""
         total = self._timeout if deadline is None else deadline
         request = self._http.build_request(method, path, params=params, files=files)
+        response: httpx.Response | None = None
         with trio.move_on_after(total):
-            with trio.move_on_after(self._timeout) as head:
+            with trio.move_on_after(self._timeout):
                 response = await self._http.send(request, stream=True)
-            if head.cancelled_caught:
+            if response is None:
                 raise _Late(f"no answer within {self._timeout:g}s")
             try:
                 return await self._read_body(response)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await response.aclose()
+        if response is None:
+            raise _Late(f"no answer within {min(total, self._timeout):g}s")
         raise _Late(f"the answer was not complete within {total:g}s")
 
     async def _read_body(self, response: httpx.Response) -> _Reply:
@@ -296,14 +299,23 @@ class FusionBrainClient:
             if ok:
                 raise _TooLarge(f"a body of {int(declared)} bytes (the limit is {cap})")
         else:
-            # Identity encoding only (checked above): the bytes are the raw bytes.
-            async for chunk in response.aiter_bytes():
-                if len(body) + len(chunk) > cap:
-                    if ok:
-                        raise _TooLarge(f"a body over {cap} bytes, abandoned")
-                    body += chunk[: cap - len(body)]  # enough for the message
-                    break
-                body += chunk
+            over = False
+            # Past the cap the read is cancelled from inside the stream, at its next wait
+            # for the network: the stream's generators end by that exception instead of
+            # being dropped half-way, and httpcore closes the connection.
+            with trio.CancelScope() as abandon:
+                # Identity encoding only (checked above): these are the bytes as sent.
+                async for chunk in response.aiter_bytes():
+                    if over:
+                        continue
+                    if len(body) + len(chunk) > cap:
+                        over = True
+                        body += chunk[: cap - len(body)]  # an error body: enough for its message
+                        abandon.cancel()
+                        continue
+                    body += chunk
+            if over and ok:
+                raise _TooLarge(f"a body over {cap} bytes, abandoned")
         return _Reply(response.status_code, response.headers, bytes(body), response.reason_phrase)
 
     async def _read(

@@ -631,10 +631,8 @@ def _hostile_answer(
         seen = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         return spring_error(400, f"Bad request with headers {json.dumps(seen)}", path)
     if kind == "control_chars":
-        answer = spring_error(400, CONTROL_TEXT, path)
-        data = json.loads(answer.body)
-        answer.body = json.dumps(data, ensure_ascii=True).encode()  # the surrogate, escaped
-        return answer
+        data = {"status": 400, "error": "Bad Request", "message": CONTROL_TEXT, "path": path}
+        return Answer(400, json.dumps(data, ensure_ascii=True).encode())  # surrogate escaped
     if kind == "retry_after":
         answer = spring_error(429, "Too Many Requests", path)
         answer.headers.append((b"retry-after", (fault.text if fault else "").encode("latin-1")))
