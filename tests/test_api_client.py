@@ -310,7 +310,6 @@ def test_censored_as_a_string_is_read_as_what_it_spells() -> None:
         {"status": 3},
         {"status": "DONE\n2030/01/01 forged"},
         {"status": "DONE", "errorDescription": ["x"]},
-        {"status": "DONE", "uuid": 7},
     ],
 )
 def test_wrong_types_in_a_status_are_a_malformed_answer(body) -> None:
@@ -420,3 +419,23 @@ async def test_a_key_with_a_trailing_newline_is_sent_stripped_and_never_shown() 
             await api.run(REQUEST)
     assert rec.requests[0].headers["X-Key"] == f"Key {KEY}"
     assert KEY not in info.value.message and SECRET not in info.value.message
+
+
+def test_ids_that_go_back_into_a_url_must_be_url_safe() -> None:
+    assert choose_pipeline([{"id": "../../x", "type": "TEXT2IMAGE"},
+                            {"id": "ok-1", "type": "TEXT2IMAGE"}]) == "ok-1"  # fmt: skip
+    assert parse_status("asked", {"status": "DONE", "uuid": "../../x"}).uuid == "asked"
+
+
+@pytest.mark.parametrize("uuid", ["../pipelines", "a/b", "x\ny", "", "u" * 129, 7])
+async def test_a_run_uuid_that_is_not_url_safe_is_a_malformed_answer(uuid) -> None:
+    rec = Recorder(run=lambda r: httpx.Response(201, json={"uuid": uuid, "status_time": 1}))
+    async with client(rec) as api:
+        with pytest.raises(ApiOutcomeUnknown, match="malformed answer"):
+            await api.run(REQUEST)
+
+
+def test_an_error_description_is_sanitized_where_it_enters() -> None:
+    failed = parse_status("g", {"status": "FAIL", "errorDescription": "x\n2030/01/01 \x1b" * 500})
+    assert "\n" not in failed.error_description and "\x1b" not in failed.error_description
+    assert len(failed.error_description) <= 2000

@@ -108,7 +108,7 @@ class _TooLarge(Exception):
 class _Reply:
     status_code: int
     headers: httpx.Headers
-    body: bytes
+    body: bytearray
     reason: str
 
 
@@ -315,8 +315,11 @@ class FusionBrainClient:
                         continue
                     body += chunk
             if over and ok:
+                # Freed now, not when the collector gets to the traceback's frames.
+                body.clear()
                 raise _TooLarge(f"a body over {cap} bytes, abandoned")
-        return _Reply(response.status_code, response.headers, bytes(body), response.reason_phrase)
+        # The bytearray itself, not a copy: a result may be megabytes.
+        return _Reply(response.status_code, response.headers, body, response.reason_phrase)
 
     async def _read(
         self,
@@ -410,7 +413,7 @@ async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
 # -- parsing ---------------------------------------------------------------------------------
 
 
-def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+def json_depth_exceeds(body: bytes | bytearray, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when `body` nests arrays/objects deeper than `limit` (brackets inside strings
     are not counted). Cheap for real answers: with at most `limit` opening brackets in
     the whole body, no nesting can be deeper, and nothing is scanned."""
@@ -443,7 +446,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | bytearray) -> Any:
     """The JSON value of a body already bounded in size: depth checked before parsing,
     NaN and Infinity refused. Raises ValueError with a short reason and excerpt."""
     if json_depth_exceeds(body):
@@ -454,7 +457,7 @@ def parse_json(body: bytes) -> Any:
         raise ValueError(f"a body that is not JSON: {_excerpt(body)}") from exc
 
 
-async def _parse(body: bytes) -> Any:
+async def _parse(body: bytes | bytearray) -> Any:
     if len(body) > THREAD_PARSE_BYTES:
         return await trio.to_thread.run_sync(parse_json, body)
     return parse_json(body)
@@ -468,12 +471,13 @@ def _validate(
     except pydantic.ValidationError as exc:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())) or "the answer"
-        raise error(
-            clean(
-                f"{what}: malformed answer: {where}: {first.get('msg', 'unexpected shape')}: "
-                f"{_excerpt(body)}"
-            )
-        ) from None
+        message = clean(
+            f"{what}: malformed answer: {where}: {first.get('msg', 'unexpected shape')}: "
+            f"{_excerpt(body)}"
+        )
+    # Raised outside the handler: the validation error, which holds the whole answer
+    # (perhaps megabytes), is not kept alive as this exception's context.
+    raise error(message)
 
 
 def choose_pipeline(body: Any) -> str:

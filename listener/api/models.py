@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr
 
 from listener.api.prompt import cap_negative_prompt, truncate_prompt
+from listener.sanitize import clean
 
 FINAL_STATES = frozenset({"DONE", "FAIL", "CANCEL"})
 
@@ -94,6 +95,11 @@ State = Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[A-Za
 # Identifiers and short words the API sends back; bounded, so an answer cannot smuggle
 # a megabyte into a log line through them.
 Short = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+# An identifier that goes back into a URL path (`pipeline/status/{uuid}`): URL-safe
+# characters only, so an answer cannot steer a later request (`../..`) or forge a line.
+Ident = Annotated[
+    StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$")
+]
 
 
 class _Answer(BaseModel):
@@ -103,7 +109,7 @@ class _Answer(BaseModel):
 class RunAnswer(_Answer):
     """`POST pipeline/run`: 201 {uuid, status, status_time}, or a 2xx busy body."""
 
-    uuid: Short | None = None
+    uuid: Ident | None = None
     status: State | None = None
     # Seconds before polling makes sense; anything unreadable means "poll now".
     status_time: Informational = None
@@ -120,7 +126,9 @@ class StatusAnswer(_Answer):
     """`GET pipeline/status/{uuid}`; the pre-2025 API sent `images` and `censored` at the
     top level instead of in `result`."""
 
-    uuid: Short | None = None
+    # Ignored: the uuid asked for is the one that counts (a result is not thrown away
+    # over an informational field).
+    uuid: object = None
     status: State
     errorDescription: StrictStr | None = None
     result: StatusResult | None = None
@@ -135,9 +143,10 @@ class StatusAnswer(_Answer):
             files = self.images
         censored = (result.censored if result is not None else False) or self.censored
         return GenerationStatus(
-            uuid=self.uuid or uuid,
+            uuid=uuid,
             state=self.status.upper(),
-            error_description=self.errorDescription or None,
+            # API text, made safe where it enters (it becomes a row's reason).
+            error_description=clean(self.errorDescription) if self.errorDescription else None,
             files=tuple(files or ()),
             censored=censored,
             generation_time=self.generationTime,
@@ -147,8 +156,8 @@ class StatusAnswer(_Answer):
 class PipelineEntry(_Answer):
     """One entry of `GET pipelines`; the id comes as `id` (seen) or `uuid` (documented)."""
 
-    id: Short | int | None = None
-    uuid: Short | None = None
+    id: Ident | int | None = None
+    uuid: Ident | None = None
     name: StrictStr | None = None
     # 3.1 or "3.1"; compared part by part.
     version: float | StrictStr | None = None
