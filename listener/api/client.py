@@ -157,7 +157,9 @@ class FusionBrainClient:
                 # A compressed body could expand far past its cap in one chunk.
                 "Accept-Encoding": "identity",
             },
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            # Connecting and waiting for a pooled connection give up before the request's
+            # own deadline: their errors say for sure that nothing was sent.
+            timeout=httpx.Timeout(timeout, connect=min(0.8 * timeout, 10.0), pool=0.8 * timeout),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
