@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import select
 import shutil
 import signal
@@ -252,6 +253,7 @@ class Emulator:
         from listener.emulator import EmulatorControl
 
         WORK.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(18)  # the control endpoint's, chosen here
         self._err = open(WORK / "emulator.log", "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [
@@ -266,7 +268,7 @@ class Emulator:
                 "--status-time",
                 "0",
             ],
-            env=clean_env(),
+            env=clean_env(EMULATOR_CONTROL_TOKEN=token),
             cwd=WORK,
             stdout=subprocess.PIPE,
             stderr=self._err,
@@ -279,7 +281,7 @@ class Emulator:
             self.close()
             raise RuntimeError(f"emulator did not start: {line!r}")
         self.url = line.removeprefix(self.READY).decode().strip()
-        self.control = EmulatorControl(self.url, timeout=60)
+        self.control = EmulatorControl(self.url, token=token, timeout=60)
 
     def cpu_seconds(self) -> float | None:
         return cpu_seconds(self.pid)

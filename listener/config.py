@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     # unless this says the network in between is trusted.
     allow_insecure_api_url: bool = False
 
+    # -- a misbehaving API (issue 12) ---------------------------------------------------
+    # A 2xx answer larger than this is abandoned as it streams (a 1024 x 1024 image is
+    # about 4 MB in base64).
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
+    # Whole-request deadline of a status read, which may carry a result handed out once.
+    api_result_timeout: float = Field(120, gt=0)
+
     @field_validator("default_num_images")
     @classmethod
     def _one_image(cls, value: int) -> int:
@@ -250,17 +257,29 @@ class Settings(BaseSettings):
         self._placeholders = tuple(found)
         return self
 
+    @field_validator("api_result_timeout")
+    @classmethod
+    def _finite_result_timeout(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        return value
+
     @field_validator("fusion_brain_api_key", "fusion_brain_secret_key")
     @classmethod
     def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
-        """The key travels in an HTTP header: visible ASCII only, or httpx fails later
-        with a traceback. The message never quotes the value."""
-        if value is not None and not _VISIBLE_ASCII.fullmatch(value.get_secret_value()):
+        """Surrounding whitespace (a key read from a file ends in a newline) is stripped;
+        what is left must be something an HTTP header can carry."""
+        if value is None:
+            return value
+        text = value.get_secret_value().strip()
+        if not text:
+            raise ValueError("is blank")
+        if not _VISIBLE_ASCII.fullmatch(text):
             raise ValueError(
-                "must be the key as the API issued it: visible ASCII characters only "
-                "(no spaces, accents, quotes from a word processor or control characters)"
+                "must be the key as the API issued it: visible ASCII characters only, "
+                "no spaces, accents or control characters (it travels in an HTTP header)"
             )
-        return value
+        return SecretStr(text)
 
     @field_validator("database_url")
     @classmethod

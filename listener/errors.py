@@ -17,9 +17,11 @@ line (which could carry a connection string).
     │   ├── DatabaseBusy         statement timeout, lock or deadlock: retried with backoff
     │   ├── SchemaNotMigrated    the images schema is missing or older than this release
     │   └── LeaseLost            another worker now owns the row; our write was refused
+    ├── InvalidImage             an image that is not a PNG or JPEG of sane dimensions
     └── ApiError                 the Fusion Brain API did not give what we asked for
         ├── ApiTransient         network, timeout, 5xx, 429, unexpected body: try again
-        │   └── ApiOutcomeUnknown  a run request may have reached the API (read timeout)
+        │   ├── ApiOutcomeUnknown  a run request may have reached the API (read timeout)
+        │   └── ApiMalformed     an answer of the wrong shape, too large or too deep
         ├── ApiBusy              2xx with DISABLED_BY_QUEUE / DISABLED_MANUALLY: back off
         ├── ApiPermanent         400, 404, 415...: retrying cannot help
         │   ├── ApiNotFound      the uuid is unknown (result fetched already or expired)
@@ -133,3 +135,11 @@ class ApiCredentials(ApiError):
 
 class BlankPrompt(ApiPermanent):
     """The prompt is blank (only white space or invisible characters): not sent to the API."""
+
+
+class ApiMalformed(ApiTransient):
+    """The Fusion Brain API sent an answer of the wrong shape (malformed answer)."""
+
+
+class InvalidImage(ListenerError):
+    """The image is not a PNG or JPEG of sane dimensions."""

@@ -5,7 +5,9 @@ Verbose: ``2024/03/21 15:04:05 generator.py:123: Processing image ID 1 ...``
 
 Lines go to stderr, like Go's `log` package. The redaction filter is the last line of
 defence: code never formats a secret on purpose, but a driver or HTTP error message
-might quote one, so every configured secret is replaced by `***` before output.
+might quote one, so every configured secret (in each form `listener.sanitize.secret_forms`
+lists: as configured, stripped, JSON-escaped) and anything shaped like an `X-Key` /
+`X-Secret` header is replaced by `***` before output.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+
+from listener.sanitize import redact, secret_forms
 
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
 BASIC_FORMAT = "%(asctime)s %(message)s"
@@ -26,20 +30,15 @@ class RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Longest first, so a secret that contains another is removed whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets = secret_forms(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
             record.exc_text = None
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        record.msg, record.args = text, None
+        record.msg, record.args = redact(text, self.secrets), None
         return True
 
 

@@ -106,11 +106,14 @@ def connect(conninfo: str, command: str) -> Iterator[psycopg.Connection[dict[str
         yield conn
 
 
-def fetch_one(conn: psycopg.Connection, name: str, params: Any = None) -> dict[str, Any] | None:
+Row = dict[str, Any]
+
+
+def fetch_one(conn: psycopg.Connection[Row], name: str, params: Any = None) -> Row | None:
     return conn.execute(query(name), params).fetchone()
 
 
-def fetch_all(conn: psycopg.Connection, name: str, params: Any = None) -> list[dict[str, Any]]:
+def fetch_all(conn: psycopg.Connection[Row], name: str, params: Any = None) -> list[Row]:
     return conn.execute(query(name), params).fetchall()
 
 
@@ -134,7 +137,7 @@ def format_duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
     sign = "-" if seconds < 0 else ""
     seconds = abs(seconds)
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")

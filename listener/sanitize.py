@@ -10,6 +10,7 @@ the configured secrets are redacted.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 
@@ -18,22 +19,37 @@ MARKER = "…[cut]"
 
 _secrets: list[str] = []
 
-# C0 and C1 controls, DEL, and lone surrogates.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# Header-shaped credentials an error page may echo back (`X-Key: Key abc...`).
-_HEADER = re.compile(r"(?i)(x-(?:key|secret)\W{0,3}\s*(?:key|secret)?\s*)[^\s,;\"'}]+")
+# C0 and C1 controls, DEL, lone surrogates, and the invisible characters that move or
+# break a line on screen: zero-width and direction marks, bidi embeddings and isolates,
+# the Unicode line and paragraph separators.
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]"
+)
+# Header-shaped credentials an error page may echo back, whatever its format:
+# `X-Key: Key abc`, `"x-key": "Key abc"`, `'X-Secret': 'Secret abc'`, `x-key=abc`.
+_HEADER = re.compile(
+    r"(?i)(x-(?:key|secret)[\"']?\s*[:=]\s*[\"']?\s*(?:(?:key|secret)\s+)?)[^\s,;\"'}<&]+"
+)
+
+
+def secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Every form a configured secret may show up in, longest first: as configured, without
+    its surrounding whitespace (a key read from a file ends in a newline), and as JSON
+    escapes it (an error body that echoes it)."""
+    found: set[str] = set()
+    for secret in secrets:
+        for form in (secret, secret.strip()):
+            if form:
+                found.add(form)
+                found.add(json.dumps(form, ensure_ascii=False)[1:-1])
+                found.add(json.dumps(form)[1:-1])
+    # Longest first, so a secret that contains another is removed whole.
+    return sorted(found, key=len, reverse=True)
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
     """Remember every configured secret, in every form it was configured in."""
-    found: set[str] = set()
-    for secret in secrets:
-        if not secret:
-            continue
-        found.add(secret)
-        if secret.strip():
-            found.add(secret.strip())
-    _secrets[:] = sorted(found, key=len, reverse=True)
+    _secrets[:] = secret_forms(secrets)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -44,8 +60,10 @@ def _escape(match: re.Match[str]) -> str:
     )
 
 
-def redact(text: str) -> str:
-    for secret in _secrets:
+def redact(text: str, forms: Iterable[str] | None = None) -> str:
+    """`text` with every secret form (the registered ones unless `forms` is given) and
+    every header-shaped credential replaced by `***`."""
+    for secret in _secrets if forms is None else forms:
         text = text.replace(secret, "***")
     return _HEADER.sub(r"\1***", text)
 

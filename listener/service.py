@@ -29,12 +29,12 @@ from listener.db import connect_kwargs, open_database, translate, use_prepared_s
 from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Polling, Wakeup
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
+from listener.images import validate_image
 from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
 from listener.providers.fusionbrain import FusionBrainProvider
 from listener.store import PgStore
-from listener.validate import validate_image
 
 log = logging.getLogger("listener")
 
@@ -152,6 +152,9 @@ class Service:
                     key,
                     secret,
                     timeout=s.api_timeout,
+                    result_timeout=s.api_result_timeout,
+                    max_response_bytes=s.max_response_bytes,
+                    retry_after_max=s.retry_backoff_max,
                     max_connections=2 * s.api_concurrency,
                 ) as api,
             ):
@@ -186,7 +189,7 @@ class Service:
             settings=s,
             store=store,
             provider=FusionBrainProvider(api),
-            validate=validate_image,
+            validate=lambda image, expected: validate_image(image, expected_size=expected),
             generate=o.generate,
             follow=o.follow,
             mode=o.mode,

@@ -10,15 +10,24 @@ import httpx
 import pytest
 import stamina
 
-from listener.api.client import FusionBrainClient, choose_pipeline, parse_status
+from listener.api.client import (
+    FusionBrainClient,
+    choose_pipeline,
+    json_depth_exceeds,
+    parse_json,
+    parse_retry_after,
+    parse_status,
+)
 from listener.api.models import GenerationRequest
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
+    ApiMalformed,
     ApiNotFound,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
+    ConfigError,
 )
 
 KEY, SECRET = "the-key-123", "the-secret-456"
@@ -151,8 +160,8 @@ async def test_busy_in_a_2xx_body_either_form(key: str, state: str) -> None:
         (httpx.Response(500, json={"error": "Internal Server Error"}), ApiTransient, "500"),
         (httpx.Response(503, text="<html>down</html>"), ApiTransient, "503"),
         (httpx.Response(201, text="<html>oops</html>"), ApiOutcomeUnknown, "not JSON"),
-        (httpx.Response(201, json={"status": "INITIAL"}), ApiOutcomeUnknown, "without a uuid"),
-        (httpx.Response(201, json=["unexpected"]), ApiOutcomeUnknown, "without a uuid"),
+        (httpx.Response(201, json={"status": "INITIAL"}), ApiOutcomeUnknown, "malformed answer"),
+        (httpx.Response(201, json=["unexpected"]), ApiOutcomeUnknown, "malformed answer"),
     ],
 )
 async def test_run_outcomes(response: httpx.Response, error: type, fragment: str) -> None:
@@ -271,3 +280,162 @@ async def test_no_error_message_shows_the_credentials() -> None:
         with pytest.raises(ApiTransient) as info:
             await api.run(REQUEST)
     assert KEY not in str(info.value) and SECRET not in str(info.value)
+
+
+# -- strict shapes (issue 12) ----------------------------------------------------------------
+
+
+def test_censored_as_a_string_is_read_as_what_it_spells() -> None:
+    body = {"status": "DONE", "result": {"files": ["aGk="], "censored": "false"}}
+    assert parse_status("g", body).censored is False
+    body["result"]["censored"] = "TRUE"
+    assert parse_status("g", body).censored is True
+    assert parse_status("g", {"status": "DONE", "images": [], "censored": "true"}).censored
+    assert (
+        parse_status("g", {"status": "DONE", "result": {"files": [], "censored": None}}).censored
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "DONE", "result": {"files": 5}},
+        {"status": "DONE", "result": {"files": [5]}},
+        {"status": "DONE", "result": {"files": "aGk="}},
+        {"status": "DONE", "result": {"files": [], "censored": "maybe"}},
+        {"status": "DONE", "result": {"files": [], "censored": 1}},
+        {"status": "DONE", "result": "done"},
+        {"status": "DONE", "images": {"a": 1}},
+        {"status": 3},
+        {"status": "DONE\n2030/01/01 forged"},
+        {"status": "DONE", "errorDescription": ["x"]},
+    ],
+)
+def test_wrong_types_in_a_status_are_a_malformed_answer(body) -> None:
+    with pytest.raises(ApiMalformed) as info:
+        parse_status("g", body)
+    assert "malformed answer" in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_an_informational_generation_time_of_a_wrong_type_does_not_cost_the_image() -> None:
+    status = parse_status("g", {"status": "DONE", "result": {"files": ["aGk="]},
+                                "generationTime": "12"})  # fmt: skip
+    assert (status.files, status.generation_time) == (("aGk=",), None)
+
+
+def test_unreadable_pipeline_entries_are_skipped() -> None:
+    body = [{"id": ["x"], "status": "ACTIVE", "type": "TEXT2IMAGE"}, "junk",
+            {"id": "good", "status": "ACTIVE", "type": "TEXT2IMAGE", "version": "nan"}]  # fmt: skip
+    assert choose_pipeline(body) == "good"
+    with pytest.raises(ApiMalformed):
+        choose_pipeline([{"id": ["x"]}])
+    with pytest.raises(ApiMalformed):
+        choose_pipeline({"id": "a"})
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[" * 65 + b"]" * 65, "nested deeper than 64"),
+        (b'{"uuid": NaN}', "not JSON"),
+        (b'{"uuid": Infinity}', "not JSON"),
+        (b"\xff\xfe garbage", "not JSON"),
+    ],
+)
+def test_bodies_refused_before_or_while_parsing(body: bytes, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        parse_json(body)
+
+
+def test_depth_is_counted_outside_strings_only() -> None:
+    assert parse_json(json.dumps({"a": "[" * 1000}).encode()) == {"a": "[" * 1000}
+    assert parse_json(b"[" * 64 + b"]" * 64) is not None
+    assert json_depth_exceeds(json.dumps([{'\\"[': [[[]]]}]).encode(), 4)
+
+
+async def test_a_declared_length_over_the_cap_is_not_read() -> None:
+    class Huge(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            raise AssertionError("the body was read")
+            yield b""  # pragma: no cover
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/pipelines"):
+            return httpx.Response(200, json=PIPELINES)
+        return httpx.Response(200, headers={"Content-Length": str(10**9)}, stream=Huge())
+
+    async with FusionBrainClient(
+        "http://api.test", KEY, SECRET, transport=httpx.MockTransport(handler),
+        max_response_bytes=1024 * 1024,
+    ) as api:  # fmt: skip
+        with pytest.raises(ApiMalformed, match="1000000000 bytes"):
+            await api.status("g")
+        with pytest.raises(ApiOutcomeUnknown, match="1000000000 bytes"):
+            await api.run(REQUEST)
+
+
+async def test_a_compressed_answer_is_refused_and_identity_asked_for() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b")
+
+    async with client(handler) as api:
+        with pytest.raises(ApiMalformed, match="gzip-compressed"):
+            await api.pipeline_id()
+    assert seen[0].headers["Accept-Encoding"] == "identity"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None), ("0", 0), ("12", 12), ("1.5", 1.5), ("31536000", 300),
+        ("inf", None), ("-inf", None), ("nan", None), ("1e15", None), ("-1", None),
+        ("12abc", None), ("", None), ("   ", None), ("1" * 70, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0), ("Fri, 31 Dec 9999 23:59:59 GMT", 300),
+        ("Thu, 01 Jan 1970 00:00:00", 0), ("Mon, 99 Foo 2020 99:99:99 GMT", None),
+    ],
+)  # fmt: skip
+def test_retry_after_parsing(value, expected) -> None:
+    assert parse_retry_after(value, cap=300) == expected
+
+
+def test_a_key_that_no_header_can_carry_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        FusionBrainClient("http://api.test", "ключ", SECRET)
+    with pytest.raises(ConfigError):
+        FusionBrainClient("http://api.test", KEY, "two words")
+
+
+async def test_a_key_with_a_trailing_newline_is_sent_stripped_and_never_shown() -> None:
+    rec = Recorder(run=lambda r: httpx.Response(400, json={"message": f"bad {r.headers}"}))
+    async with FusionBrainClient(
+        "http://api.test", KEY + "\n", " " + SECRET + "\r\n", transport=httpx.MockTransport(rec)
+    ) as api:
+        with pytest.raises(ApiPermanent) as info:
+            await api.run(REQUEST)
+    assert rec.requests[0].headers["X-Key"] == f"Key {KEY}"
+    assert KEY not in info.value.message and SECRET not in info.value.message
+
+
+def test_ids_that_go_back_into_a_url_must_be_url_safe() -> None:
+    assert choose_pipeline([{"id": "../../x", "type": "TEXT2IMAGE"},
+                            {"id": "ok-1", "type": "TEXT2IMAGE"}]) == "ok-1"  # fmt: skip
+    assert parse_status("asked", {"status": "DONE", "uuid": "../../x"}).uuid == "asked"
+
+
+@pytest.mark.parametrize("uuid", ["../pipelines", "a/b", "x\ny", "", "u" * 129, 7])
+async def test_a_run_uuid_that_is_not_url_safe_is_a_malformed_answer(uuid) -> None:
+    rec = Recorder(run=lambda r: httpx.Response(201, json={"uuid": uuid, "status_time": 1}))
+    async with client(rec) as api:
+        with pytest.raises(ApiOutcomeUnknown, match="malformed answer"):
+            await api.run(REQUEST)
+
+
+def test_an_error_description_is_sanitized_where_it_enters() -> None:
+    failed = parse_status("g", {"status": "FAIL", "errorDescription": "x\n2030/01/01 \x1b" * 500})
+    assert "\n" not in failed.error_description and "\x1b" not in failed.error_description
+    assert len(failed.error_description) <= 2000

@@ -53,10 +53,17 @@ def api(emu: EmulatorProcess, shared_client: httpx.Client) -> httpx.Client:
     return shared_client
 
 
+@pytest.fixture(scope="module")
+def shared_control(shared: EmulatorProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shared.url, headers=shared.control_headers, timeout=5) as client:
+        yield client
+
+
 @pytest.fixture
-def control(emu: EmulatorProcess, shared_client: httpx.Client) -> httpx.Client:
-    """Plain HTTP to the control endpoint, for what EmulatorControl would refuse."""
-    return shared_client
+def control(emu: EmulatorProcess, shared_control: httpx.Client) -> httpx.Client:
+    """Plain HTTP to the control endpoint (with its token), for what EmulatorControl
+    would refuse."""
+    return shared_control
 
 
 def pipeline_id(api: httpx.Client) -> str:
@@ -164,12 +171,16 @@ def test_wrong_credentials_are_401_on_every_endpoint(emu, headers):
     assert emu.stats()["runs_total"] == 0
 
 
-def test_without_configured_keys_any_credentials_are_accepted(emu):
-    emu.configure(api_key=None, secret_key=None)
-    with httpx.Client(base_url=emu.url, timeout=5) as anyone:
-        assert anyone.get(API + "pipelines").status_code == 200
-        assert run(anyone).status_code == 201
-        assert anyone.get(API + "pipelines", headers={"X-Key": "Key nope"}).status_code == 200
+def test_without_configured_keys_any_credentials_are_accepted(tmp_path):
+    emu = EmulatorProcess(api_key=None, secret_key=None, cwd=tmp_path)
+    try:
+        assert emu.config()["credentials_checked"] is False
+        with httpx.Client(base_url=emu.url, timeout=5) as anyone:
+            assert anyone.get(API + "pipelines").status_code == 200
+            assert run(anyone).status_code == 201
+            assert anyone.get(API + "pipelines", headers={"X-Key": "Key no"}).status_code == 200
+    finally:
+        emu.close()
 
 
 def test_wrong_credentials_mode_refuses_even_the_right_ones(emu, api):
@@ -575,7 +586,7 @@ def test_control_config_reads_and_updates_at_once(emu, api, control):
 
 
 def test_emulator_control_client_strips_nothing_from_the_url(emu):
-    with EmulatorControl(emu.url.rstrip("/")) as control:
+    with EmulatorControl(emu.url.rstrip("/"), token=emu.token) as control:
         assert control.stats()["runs_total"] == 0
 
 

@@ -7,55 +7,119 @@ outcomes in listener.errors, so the workflows decide on types, never on HTTP det
     ApiBusy               a 2xx run/availability answer saying DISABLED_*: back off
     ApiPermanent          400, 415, other 4xx (with the server's message)
       ApiNotFound         404 on a status: the result was fetched or expired
-    ApiTransient          connection errors, timeouts, 5xx, 429, a body that is not
-                          the JSON expected: retried with backoff
-      ApiOutcomeUnknown   run only: the request may have reached the API (read
-                          timeout, connection lost, garbled 2xx answer)
+    ApiTransient          connection errors, timeouts, 5xx, 429: retried with backoff
+      ApiMalformed        a 2xx answer that is not the JSON shape expected, larger than
+                          MAX_RESPONSE_BYTES, or nested deeper than MAX_JSON_DEPTH
+      ApiOutcomeUnknown   run only: the request may have reached the API (no complete
+                          answer in time, connection lost, malformed 2xx answer)
 
-Idempotent reads are retried here (stamina, jittered backoff). A run is repeated only
-when it certainly never reached the server (no connection could be made): each accepted
-run costs the user quota, so an unknown outcome is reported to the caller.
+The API is not trusted. Bodies are read as they stream and abandoned past their cap (an
+error body far sooner than an answer); every request has a whole-request deadline, not
+only httpx's per-read timeout, so a body dripped one byte a second ends on time; a
+status read, which may carry a result the API hands out only once, has a longer deadline
+of its own. Answers are parsed into the strict models of listener.api.models. Every
+message built from API text goes through `listener.sanitize.clean` (and the client's own
+credentials are redacted from it), so it is one bounded, safe line wherever it lands.
+
+Idempotent reads are retried here (stamina, jittered backoff), except after a deadline
+or an oversized answer: a server that behaves so would make every attempt cost as much.
+A run is repeated only when it certainly never reached the server (no connection could
+be made): each accepted run costs the user quota, so an unknown outcome is reported to
+the caller.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
+import pydantic
 import stamina
 import trio
 
-from listener.api.models import Accepted, GenerationRequest, GenerationStatus
+from listener.api.models import (
+    Accepted,
+    AvailabilityAnswer,
+    GenerationRequest,
+    GenerationStatus,
+    PipelineEntry,
+    RunAnswer,
+    StatusAnswer,
+)
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
     ApiError,
+    ApiMalformed,
     ApiNotFound,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
+    ConfigError,
 )
+from listener.sanitize import clean, redact, secret_forms
 
 log = logging.getLogger("listener.api")
 
 T = TypeVar("T")
 
 PREFIX = "key/api/v1/"
-BUSY_KEYS = ("model_status", "pipeline_status")
 READ_ATTEMPTS = 3
 CONNECT_ATTEMPTS = 3
 RETRY_WAIT_INITIAL = 0.2
 RETRY_WAIT_MAX = 2.0
+# A 1024 x 1024 image is at most ~3 MB as PNG, ~4 MB in base64; 16 MiB leaves room.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# An error body is read only for its message.
+MAX_ERROR_BYTES = 64 * 1024
+# The deepest JSON nesting accepted; the documented answers are 3 levels deep.
+MAX_JSON_DEPTH = 64
+# Seconds a status read may take in all: a result is handed out once, so a slow but
+# honest transfer of it must be allowed to finish.
+RESULT_TIMEOUT = 120.0
+# Retry-After is obeyed up to this many seconds (RETRY_BACKOFF_MAX in the service).
+RETRY_AFTER_MAX = 300.0
+# Bodies above this many bytes are parsed in a worker thread, off the event loop.
+THREAD_PARSE_BYTES = 256 * 1024
+EXCERPT = 200
 # Errors raised before a single byte of the request can have been sent.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
+class _Late(Exception):
+    """No complete answer within the deadline."""
+
+
+class _TooLarge(Exception):
+    """A 2xx body past its cap."""
+
+
+@dataclass
+class _Reply:
+    status_code: int
+    headers: httpx.Headers
+    body: bytearray
+    reason: str
 
 
 class FusionBrainClient:
-    """`async with FusionBrainClient(url, key, secret, timeout=30) as api: ...`"""
+    """`async with FusionBrainClient(url, key, secret, timeout=30) as api: ...`
+
+    `timeout` bounds every request as a whole (API_TIMEOUT); a status read may take up to
+    `result_timeout` (API_RESULT_TIMEOUT) once its headers came within `timeout`. A 2xx
+    body over `max_response_bytes` (MAX_RESPONSE_BYTES) is abandoned; a Retry-After is
+    obeyed up to `retry_after_max` seconds (RETRY_BACKOFF_MAX). Surrounding whitespace of
+    the key and secret (a newline from a file) is stripped."""
 
     def __init__(
         self,
@@ -64,15 +128,38 @@ class FusionBrainClient:
         secret_key: str,
         *,
         timeout: float = 30.0,
+        result_timeout: float = RESULT_TIMEOUT,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        retry_after_max: float = RETRY_AFTER_MAX,
         max_connections: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
+        self._forms = secret_forms([api_key, secret_key])
+        api_key, secret_key = api_key.strip(), secret_key.strip()
+        for name, value in (("API key", api_key), ("secret key", secret_key)):
+            if not _PRINTABLE_ASCII.fullmatch(value):
+                # httpx would raise deep inside a request, its message quoting the value.
+                raise ConfigError(
+                    f"configuration error: the Fusion Brain {name} must be printable ASCII "
+                    "without spaces (an HTTP header cannot carry it otherwise)"
+                )
+        self._timeout = timeout
+        self._result_timeout = max(timeout, result_timeout)
+        self._max_bytes = max_response_bytes
+        self._retry_after_max = retry_after_max
         self._http = httpx.AsyncClient(
             base_url=base_url + PREFIX,
-            headers={"X-Key": f"Key {api_key}", "X-Secret": f"Secret {secret_key}"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers={
+                "X-Key": f"Key {api_key}",
+                "X-Secret": f"Secret {secret_key}",
+                # A compressed body could expand far past its cap in one chunk.
+                "Accept-Encoding": "identity",
+            },
+            # Connecting and waiting for a pooled connection give up before the request's
+            # own deadline: their errors say for sure that nothing was sent.
+            timeout=httpx.Timeout(timeout, connect=min(0.8 * timeout, 10.0), pool=0.8 * timeout),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
@@ -113,9 +200,12 @@ class FusionBrainClient:
         """`ACTIVE`, `DISABLED_BY_QUEUE` or `DISABLED_MANUALLY`."""
         pipeline = await self.pipeline_id()
         body = await self._read("GET", f"pipeline/{pipeline}/availability")
-        state = _field(body, "status", "pipeline_status", "model_status")
-        if not isinstance(state, str):
-            raise ApiTransient(f"availability answer without a status: {_excerpt(body)}")
+        answer = _validate(AvailabilityAnswer, body, "availability", ApiMalformed)
+        state = answer.state
+        if state is None:
+            raise ApiMalformed(
+                _say(f"availability: malformed answer: no status: {_excerpt(body)}", self)
+            )
         if state != "ACTIVE":
             self.forget_pipeline()
         return state
@@ -123,45 +213,115 @@ class FusionBrainClient:
     async def run(self, request: GenerationRequest) -> Accepted:
         """Submit one generation. Raises ApiOutcomeUnknown when it may have been accepted."""
         pipeline = await self.pipeline_id()
-        files = {
+        files: dict[str, tuple[str | None, str] | tuple[str | None, str, str]] = {
             "pipeline_id": (None, pipeline),
             "params": (None, json.dumps(request.params()), "application/json"),
         }
 
-        async def send() -> httpx.Response:
-            return await self._http.post("pipeline/run", files=files)
+        async def send() -> _Reply:
+            return await self._exchange("POST", "pipeline/run", files=files)
 
         try:
-            response = await _retry_not_sent(send)
+            reply = await _retry_not_sent(send)
         except NOT_SENT as exc:
-            raise ApiTransient(f"run: cannot reach the API: {_describe(exc)}") from exc
+            raise ApiTransient(_say(f"run: cannot reach the API: {_describe(exc)}", self)) from exc
         except httpx.HTTPError as exc:
-            raise ApiOutcomeUnknown(f"run: no answer from the API: {_describe(exc)}") from exc
-        _raise_for_status(response, "run")
+            raise ApiOutcomeUnknown(
+                _say(f"run: no answer from the API: {_describe(exc)}", self)
+            ) from exc
+        except _Late as exc:
+            raise ApiOutcomeUnknown(_say(f"run: {exc}", self)) from None
+        except _TooLarge as exc:
+            raise ApiOutcomeUnknown(_say(f"run: malformed answer: {exc}", self)) from None
+        self._raise_for_status(reply, "run")
         try:
-            body = response.json()
+            body = await _parse(reply.body)
         except ValueError as exc:
             raise ApiOutcomeUnknown(
-                f"run: HTTP {response.status_code} with a body that is not JSON: "
-                f"{_excerpt(response.text)}"
-            ) from exc
-        uuid = body.get("uuid") if isinstance(body, dict) else None
-        if isinstance(uuid, str) and uuid:
-            status_time = body.get("status_time")
-            if not isinstance(status_time, int | float) or status_time < 0:
-                status_time = 0
-            return Accepted(uuid=uuid, status_time=float(status_time))
-        state = _field(body, *BUSY_KEYS)
-        if isinstance(state, str):
+                _say(f"run: malformed answer: HTTP {reply.status_code}, {exc}", self)
+            ) from None
+        answer = _validate(RunAnswer, body, "run", ApiOutcomeUnknown)
+        if answer.uuid is not None:
+            return Accepted(uuid=answer.uuid, status_time=answer.status_time or 0.0)
+        state = answer.model_status or answer.pipeline_status
+        if state is not None:
             self.forget_pipeline()
-            raise ApiBusy(f"pipeline is {state}", state=state)
-        raise ApiOutcomeUnknown(f"run: answer without a uuid: {_excerpt(body)}")
+            raise ApiBusy(_say(f"pipeline is {state}", self), state=clean(state, limit=64))
+        raise ApiOutcomeUnknown(_say(f"run: malformed answer: no uuid: {_excerpt(body)}", self))
 
     async def status(self, uuid: str) -> GenerationStatus:
-        body = await self._read("GET", f"pipeline/status/{uuid}", not_found=ApiNotFound)
+        body = await self._read(
+            "GET",
+            f"pipeline/status/{uuid}",
+            not_found=ApiNotFound,
+            deadline=self._result_timeout,
+        )
         return parse_status(uuid, body)
 
     # -- plumbing --------------------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float | None = None,
+        params: dict[str, str] | None = None,
+        files: dict[str, Any] | None = None,
+    ) -> _Reply:
+        """One request: headers within `timeout`, the whole answer within `deadline`
+        (default: `timeout`), the body read as it streams and cut at its cap."""
+        total = self._timeout if deadline is None else deadline
+        request = self._http.build_request(method, path, params=params, files=files)
+        response: httpx.Response | None = None
+        with trio.move_on_after(total):
+            with trio.move_on_after(self._timeout):
+                response = await self._http.send(request, stream=True)
+            if response is None:
+                raise _Late(f"no answer within {self._timeout:g}s")
+            try:
+                return await self._read_body(response)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await response.aclose()
+        if response is None:
+            raise _Late(f"no answer within {min(total, self._timeout):g}s")
+        raise _Late(f"the answer was not complete within {total:g}s")
+
+    async def _read_body(self, response: httpx.Response) -> _Reply:
+        ok = response.is_success
+        cap = self._max_bytes if ok else MAX_ERROR_BYTES
+        body = bytearray()
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        declared = response.headers.get("content-length", "")
+        if encoding not in ("", "identity"):
+            if ok:
+                raise _TooLarge(f"a {clean(encoding, limit=40)}-compressed body was not asked for")
+        elif declared.isdigit() and int(declared) > cap:
+            if ok:
+                raise _TooLarge(f"a body of {int(declared)} bytes (the limit is {cap})")
+        else:
+            over = False
+            # Past the cap the read is cancelled from inside the stream, at its next wait
+            # for the network: the stream's generators end by that exception instead of
+            # being dropped half-way, and httpcore closes the connection.
+            with trio.CancelScope() as abandon:
+                # Identity encoding only (checked above): these are the bytes as sent.
+                async for chunk in response.aiter_bytes():
+                    if over:
+                        continue
+                    if len(body) + len(chunk) > cap:
+                        over = True
+                        body += chunk[: cap - len(body)]  # an error body: enough for its message
+                        abandon.cancel()
+                        continue
+                    body += chunk
+            if over and ok:
+                # Freed now, not when the collector gets to the traceback's frames.
+                body.clear()
+                raise _TooLarge(f"a body over {cap} bytes, abandoned")
+        # The bytearray itself, not a copy: a result may be megabytes.
+        return _Reply(response.status_code, response.headers, body, response.reason_phrase)
 
     async def _read(
         self,
@@ -170,25 +330,32 @@ class FusionBrainClient:
         *,
         params: dict[str, str] | None = None,
         not_found: type[ApiPermanent] = ApiPermanent,
+        deadline: float | None = None,
     ) -> Any:
         """An idempotent request, retried on transient failures; the parsed JSON body."""
+        what = "status" if path.startswith("pipeline/status/") else path
 
         async def attempt() -> Any:
             try:
-                response = await self._http.request(method, path, params=params)
+                reply = await self._exchange(method, path, params=params, deadline=deadline)
             except httpx.HTTPError as exc:
-                raise ApiTransient(f"{path}: {_describe(exc)}") from exc
-            _raise_for_status(response, path, not_found=not_found)
+                raise ApiTransient(_say(f"{what}: {_describe(exc)}", self)) from exc
+            except _Late as exc:
+                raise _no_retry(ApiTransient(_say(f"{what}: {exc}", self))) from None
+            except _TooLarge as exc:
+                raise _no_retry(
+                    ApiMalformed(_say(f"{what}: malformed answer: {exc}", self))
+                ) from None
+            self._raise_for_status(reply, what, not_found=not_found)
             try:
-                return response.json()
+                return await _parse(reply.body)
             except ValueError as exc:
-                raise ApiTransient(
-                    f"{path}: HTTP {response.status_code} with a body that is not JSON: "
-                    f"{_excerpt(response.text)}"
-                ) from exc
+                raise ApiMalformed(
+                    _say(f"{what}: malformed answer: HTTP {reply.status_code}, {exc}", self)
+                ) from None
 
         async for retry in stamina.retry_context(
-            on=ApiTransient,
+            on=_retry_here,
             attempts=READ_ATTEMPTS,
             wait_initial=RETRY_WAIT_INITIAL,
             wait_max=RETRY_WAIT_MAX,
@@ -197,6 +364,39 @@ class FusionBrainClient:
             with retry:
                 return await attempt()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_for_status(
+        self, reply: _Reply, what: str, *, not_found: type[ApiPermanent] = ApiPermanent
+    ) -> None:
+        code = reply.status_code
+        if code < 300:
+            return
+        message = _say(f"{what}: HTTP {code}: {_server_message(reply)}", self)
+        if code in (401, 403):
+            raise ApiCredentials(message)
+        if code == 404:
+            raise not_found(message, status_code=code)
+        if code in (408, 425, 429) or code >= 500:
+            retry_after = parse_retry_after(
+                reply.headers.get("Retry-After"), cap=self._retry_after_max
+            )
+            raise ApiTransient(message, retry_after=retry_after)
+        raise ApiPermanent(message, status_code=code)
+
+
+def _say(text: str, client: FusionBrainClient) -> str:
+    """A message for an exception: the client's credentials (in every form) and anything
+    header-shaped redacted, controls escaped, length capped."""
+    return clean(redact(text, client._forms))
+
+
+def _no_retry(exc: ApiTransient) -> ApiTransient:
+    exc.retry_here = False  # type: ignore[attr-defined]
+    return exc
+
+
+def _retry_here(exc: Exception) -> bool:
+    return isinstance(exc, ApiTransient) and getattr(exc, "retry_here", True)
 
 
 async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
@@ -212,105 +412,166 @@ async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _raise_for_status(
-    response: httpx.Response, what: str, *, not_found: type[ApiPermanent] = ApiPermanent
-) -> None:
-    code = response.status_code
-    if code < 300:
-        return
-    message = f"{what}: HTTP {code}: {_server_message(response)}"
-    if code in (401, 403):
-        raise ApiCredentials(message)
-    if code == 404:
-        raise not_found(message, status_code=code)
-    if code in (408, 425, 429) or code >= 500:
-        raise ApiTransient(message, retry_after=_retry_after(response))
-    raise ApiPermanent(message, status_code=code)
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def json_depth_exceeds(body: bytes | bytearray, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when `body` nests arrays/objects deeper than `limit` (brackets inside strings
+    are not counted). Cheap for real answers: with at most `limit` opening brackets in
+    the whole body, no nesting can be deeper, and nothing is scanned."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = False
+    skip_at = -1  # the position of a character escaped by a backslash
+    for match in re.finditer(rb'[\[\]{}"\\]', body):
+        if match.start() == skip_at:
+            continue
+        char = match.group()
+        if in_string:
+            if char == b"\\":
+                skip_at = match.end()
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(body: bytes | bytearray) -> Any:
+    """The JSON value of a body already bounded in size: depth checked before parsing,
+    NaN and Infinity refused. Raises ValueError with a short reason and excerpt."""
+    if json_depth_exceeds(body):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"a body that is not JSON: {_excerpt(body)}") from exc
+
+
+async def _parse(body: bytes | bytearray) -> Any:
+    if len(body) > THREAD_PARSE_BYTES:
+        return await trio.to_thread.run_sync(parse_json, body)
+    return parse_json(body)
+
+
+def _validate(
+    model: type[pydantic.BaseModel], body: Any, what: str, error: type[ApiTransient]
+) -> Any:
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+        msg = errors[0]["msg"] if errors else "unexpected shape"
+        message = clean(
+            f"{what}: malformed answer: {where or 'the answer'}: {msg}: {_excerpt(body)}"
+        )
+    # Raised outside the handler: the validation error, which holds the whole answer
+    # (perhaps megabytes), is not kept alive as this exception's context.
+    raise error(message)
 
 
 def choose_pipeline(body: Any) -> str:
-    """Pick the newest ACTIVE TEXT2IMAGE pipeline; the id may come as `id` or `uuid`."""
+    """Pick the newest ACTIVE TEXT2IMAGE pipeline; the id may come as `id` or `uuid`.
+    Entries that do not fit the model are skipped (a pipeline we cannot read is not one
+    we can use); an answer that is not a list is malformed."""
     if not isinstance(body, list):
-        raise ApiTransient(f"pipelines: expected a list, got {_excerpt(body)}")
-    candidates = [
-        p
-        for p in body
-        if isinstance(p, dict)
-        and p.get("type", "TEXT2IMAGE") == "TEXT2IMAGE"
-        and isinstance(p.get("id") or p.get("uuid"), str | int)
-    ]
-    active = [p for p in candidates if p.get("status", "ACTIVE") == "ACTIVE"]
+        raise ApiMalformed(clean(f"pipelines: malformed answer: not a list: {_excerpt(body)}"))
+    candidates: list[PipelineEntry] = []
+    for item in body:
+        try:
+            entry = PipelineEntry.model_validate(item)
+        except pydantic.ValidationError:
+            continue
+        if entry.type == "TEXT2IMAGE" and entry.pipeline_id is not None:
+            candidates.append(entry)
+    active = [p for p in candidates if p.status == "ACTIVE"]
     if not active:
         if candidates:
-            state = str(candidates[0].get("status"))
+            state = clean(candidates[0].status, limit=64)
             raise ApiBusy(f"no active TEXT2IMAGE pipeline (pipeline is {state})", state=state)
+        if body:
+            raise ApiMalformed(
+                clean(f"pipelines: malformed answer: no usable pipeline: {_excerpt(body)}")
+            )
         raise ApiBusy("the API lists no TEXT2IMAGE pipeline", state="NO_PIPELINE")
-    newest = max(active, key=lambda p: _version(p.get("version")))
-    return str(newest.get("id") or newest.get("uuid"))
+    newest = max(active, key=lambda p: _version(p.version))
+    return str(newest.pipeline_id)
 
 
 def parse_status(uuid: str, body: Any) -> GenerationStatus:
-    if not isinstance(body, dict):
-        raise ApiTransient(f"status: expected an object, got {_excerpt(body)}")
-    state = body.get("status")
-    if not isinstance(state, str):
-        raise ApiTransient(f"status: answer without a status: {_excerpt(body)}")
-    result = body.get("result") if isinstance(body.get("result"), dict) else {}
-    files = result.get("files")
-    if files is None:
-        files = body.get("images")  # the pre-2025 text2image API
-    censored = result.get("censored", body.get("censored", False))
-    generation_time = body.get("generationTime")
-    return GenerationStatus(
-        uuid=str(body.get("uuid") or uuid),
-        state=state.upper(),
-        error_description=body.get("errorDescription") or None,
-        files=tuple(f for f in files or () if isinstance(f, str)),
-        censored=bool(censored),
-        generation_time=generation_time if isinstance(generation_time, int | float) else None,
-    )
+    """A status answer as a GenerationStatus; ApiMalformed when it is not one."""
+    answer = _validate(StatusAnswer, body, "status", ApiMalformed)
+    return answer.to_status(uuid)
 
 
-def _field(body: Any, *keys: str) -> Any:
-    if isinstance(body, dict):
-        for key in keys:
-            if key in body:
-                return body[key]
-    return None
+def parse_retry_after(value: str | None, *, cap: float = RETRY_AFTER_MAX) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date, at most
+    `cap`; None when absent or unreadable (garbage, inf, nan, a negative number)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if re.fullmatch(r"\d{1,15}(\.\d{1,6})?", text):
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is read as such
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, cap)
 
 
 def _version(value: Any) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in str(value).split("."))
+        parts = tuple(float(part) for part in str(value).split("."))
     except ValueError:
         return (0.0,)
+    return parts if all(math.isfinite(p) for p in parts) else (0.0,)
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(reply: _Reply) -> str:
     """The Spring Boot error body's message, else an excerpt of the body."""
     try:
-        body = response.json()
+        body = parse_json(reply.body)
     except ValueError:
-        return _excerpt(response.text) or response.reason_phrase
+        return _excerpt(reply.body) or reply.reason
     if isinstance(body, dict):
         for key in ("message", "error", "errorDescription"):
             if isinstance(body.get(key), str) and body[key]:
-                return body[key]
+                return clean(body[key], limit=EXCERPT * 2)
     return _excerpt(body)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _excerpt(value: Any, limit: int = 200) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+def _excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """A short, safe excerpt of a body or a parsed value (never the whole of it)."""
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value[: limit * 4]).decode("utf-8", "replace")
+    elif isinstance(value, str):
+        text = value[: limit * 4]
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False)[: limit * 4]
+        except (TypeError, ValueError, RecursionError):
+            text = type(value).__name__
+    return clean(" ".join(text.split()), limit=limit)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -319,4 +580,13 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {detail}" if str(exc) else detail
 
 
-__all__ = ["ApiError", "FusionBrainClient", "choose_pipeline", "parse_status"]
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "RESULT_TIMEOUT",
+    "ApiError",
+    "FusionBrainClient",
+    "choose_pipeline",
+    "parse_json",
+    "parse_retry_after",
+    "parse_status",
+]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from listener.config import Settings, describe_conninfo, load_settings
 from listener.embedded import psql_target, start_embedded
 from listener.logs import setup_logging
+from listener.sanitize import register_secrets
 
 log = logging.getLogger("listener")
 
@@ -38,6 +39,7 @@ def placeholder_note(settings: Settings) -> str:
 def prepare(args: argparse.Namespace, *, announce_db: bool = True) -> Context:
     """Load and validate settings, set up logging, find or start the database."""
     settings = load_settings()
+    register_secrets(settings.secrets())
     setup_logging(verbose=bool(getattr(args, "verbose", False)), secrets=settings.secrets())
     if settings.placeholders_ignored:
         log.warning("%s", placeholder_note(settings))

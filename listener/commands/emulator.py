@@ -1,14 +1,24 @@
 """`listener emulator`: serve the built-in Fusion Brain API emulator.
 
 Prints one line on stdout once it accepts connections, `Emulator listening on URL`, so
-that scripts and tests can wait for it and learn the port (`--port 0` picks a free one).
-Logs each request only with -verbose. Ends with exit code 0 on SIGINT or SIGTERM.
+that scripts and tests can wait for it and learn the port (`--port 0` picks a free one),
+then `Emulator control token: TOKEN` (unless --no-control): the control endpoint answers
+only requests that carry it. Logs each request only with -verbose. Ends with exit code 0
+on SIGINT or SIGTERM.
+
+It is a test tool and stays one: it binds only a loopback address unless --public is
+given (and then warns), and the key and secret it demands can come from the environment
+(EMULATOR_API_KEY, EMULATOR_SECRET_KEY) rather than the command line, where `ps` shows
+them. EMULATOR_CONTROL_TOKEN chooses the control token (default: a random one).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
+import secrets
 import signal
 import sys
 from functools import partial
@@ -16,9 +26,23 @@ from functools import partial
 import trio
 
 from listener.emulator.config import BUSY_KEYS, EmulatorConfig
+from listener.errors import UsageError
 from listener.logs import setup_logging
 
 log = logging.getLogger("listener")
+
+KEY_ENV, SECRET_ENV, TOKEN_ENV = "EMULATOR_API_KEY", "EMULATOR_SECRET_KEY", "EMULATOR_CONTROL_TOKEN"
+TOKEN_LINE = "Emulator control token: "  # noqa: S105 - a label, not a secret
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _port(text: str) -> int:
@@ -71,10 +95,31 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "control endpoint under /_emulator/ (see docs/emulator.md).",
         allow_abbrev=False,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; a non-loopback one needs --public)",
+    )
+    p.add_argument(
+        "--public",
+        action="store_true",
+        help="allow binding a non-loopback address (the emulator is a test tool: beware)",
+    )
     p.add_argument("--port", type=_port, default=8089, help="port (default 8089; 0 = any free)")
-    p.add_argument("--api-key", help="accepted API key (default: accept any)")
-    p.add_argument("--secret-key", help="accepted secret key (default: accept any)")
+    p.add_argument(
+        "--api-key",
+        help=f"accepted API key (default: ${KEY_ENV}, else accept any); "
+        "prefer the variable: arguments are visible in ps",
+    )
+    p.add_argument(
+        "--secret-key",
+        help=f"accepted secret key (default: ${SECRET_ENV}, else accept any)",
+    )
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="switch the control endpoint (/_emulator/) off",
+    )
     p.add_argument(
         "--generation-time",
         type=_seconds,
@@ -128,8 +173,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
-        api_key=args.api_key,
-        secret_key=args.secret_key,
+        api_key=args.api_key or os.environ.get(KEY_ENV) or None,
+        secret_key=args.secret_key or os.environ.get(SECRET_ENV) or None,
         generation_time=args.generation_time,
         status_time=args.status_time,
         result_ttl=args.result_ttl,
@@ -145,18 +190,24 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-async def _main(config: EmulatorConfig, host: str, port: int) -> None:
+async def _main(config: EmulatorConfig, host: str, port: int, token: str | None) -> None:
     from listener.emulator.server import serve_emulator  # hypercorn: only when serving
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(partial(serve_emulator, config, host=host, port=port))
+            url = await nursery.start(
+                partial(serve_emulator, config, host=host, port=port, control_token=token)
+            )
             print(f"Emulator listening on {url}", flush=True)
+            if token is not None:
+                print(f"{TOKEN_LINE}{token}", flush=True)
             log.info(
-                "Fusion Brain API emulator at %s (control: %s_emulator/; %s)",
+                "Fusion Brain API emulator at %s (control: %s; %s)",
                 url,
-                url,
-                "credentials checked" if config.api_key else "any credentials accepted",
+                f"{url}_emulator/ with its token" if token else "off",
+                "credentials checked"
+                if config.api_key or config.secret_key
+                else "any credentials accepted",
             )
             async for signum in signals:
                 log.info("Emulator stopping (%s)", signal.Signals(signum).name)
@@ -166,14 +217,26 @@ async def _main(config: EmulatorConfig, host: str, port: int) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    token = None if args.no_control else (os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18))
     setup_logging(
         verbose=bool(getattr(args, "verbose", False)),
-        secrets=[s for s in (config.api_key, config.secret_key) if s],
+        secrets=[s for s in (config.api_key, config.secret_key, token) if s],
     )
     if args.verbose:
         logging.getLogger("listener.emulator").setLevel(logging.DEBUG)
+    if not is_loopback(args.host):
+        if not args.public:
+            raise UsageError(
+                f"the emulator binds only a loopback address (127.0.0.1, ::1, localhost); "
+                f"{args.host} would expose a test tool to the network: add --public to do so"
+            )
+        log.warning(
+            "Emulator bound to %s, reachable from the network: it is a test tool, not a "
+            "service; anyone who reaches it can use it",
+            args.host,
+        )
     try:
-        trio.run(_main, config, args.host, args.port)
+        trio.run(_main, config, args.host, args.port, token)
     except KeyboardInterrupt:
         return 0
     except BaseExceptionGroup as group:

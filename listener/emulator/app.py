@@ -1,14 +1,17 @@
 """The emulator's ASGI application: the Fusion Brain API plus a control endpoint.
 
-API (as /work/shared/fusionbrain-api.md describes it), every path under key/api/v1/:
+API (as docs/fusionbrain-api.md summarises it), every path under key/api/v1/:
 
     GET  pipelines                      one ACTIVE TEXT2IMAGE pipeline (Kandinsky 3.1)
     GET  pipeline/{id}/availability     {"status": "ACTIVE"} or {"pipeline_status": busy}
     POST pipeline/run                   multipart: pipeline_id + params (application/json)
     GET  pipeline/status/{uuid}         INITIAL -> PROCESSING -> DONE | FAIL | CANCEL
 
-Control (no credentials), under /_emulator/: config (GET, POST), faults (GET, POST),
-reset (POST), stats (GET).
+Control, under /_emulator/: config (GET, POST), faults (GET, POST), reset (POST), stats
+(GET). It answers only a request that carries the control token given at start-up
+(`Authorization: Bearer <token>`), and a POST only with `Content-Type: application/json`
+(a web page cannot send either without the browser asking first); without a token the
+control endpoint is off. It never shows the API key or secret.
 
 Order of work for an API request: pending fault (next-N), random error/malformed
 answers, credentials, then the endpoint itself. A delay (configured or injected) is
@@ -19,14 +22,18 @@ for the other endpoints a client that gives up during the delay changes nothing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hmac
 import json
 import logging
 import re
 import socket
+import struct
 import time
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +84,19 @@ STYLES = ("KANDINSKY", "UHD", "ANIME", "DEFAULT")
 MAX_PROMPT = 1000
 MAX_SIDE = 1024
 MAX_BODY = 1 << 20
+# Generated bodies (oversized, endless) go out in pieces of this size.
+CHUNK = 64 * 1024
+FILLER = b"A" * CHUNK
+# An endless body ends anyway after this long, so a forgotten client cannot keep it going.
+ENDLESS_SECONDS = 600.0
+DEEP_LEVELS = 100_000
+# What a text with control characters looks like: a forged log line, a terminal escape,
+# a bell, a NUL and a lone surrogate (escaped in the JSON).
+CONTROL_TEXT = (
+    "bad prompt\n2030/01/01 00:00:00 Image ID 999 ready (ReadyToPublish)\r\n"
+    "\x1b[31mred\x1b[0m \x07bell \x00nul \ud800lone \u202eevil"
+)
+HTML_PAGE = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
 REASONS = {
     200: "OK",
     201: "Created",
@@ -101,6 +121,10 @@ class Answer:
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_type: bytes = b"application/json"
+    # A body made as it is sent, without a Content-Length (oversized, endless answers).
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    # Seconds over which `body` is sent in small pieces (drip and slow faults).
+    spread: float = 0.0
 
     @classmethod
     def json(cls, status: int, data: Any) -> Answer:
@@ -252,14 +276,20 @@ def validate_params(raw: bytes) -> RunParams:
 
 class EmulatorApp:
     """The ASGI callable. `connections` maps a client (host, port) to the server-side
-    socket, so that the `drop` fault can close a connection without answering."""
+    socket, so that the `drop` fault can close a connection without answering.
+    `control_token` enables the control endpoint for requests that carry it."""
 
     def __init__(
-        self, state: EmulatorState, connections: dict[tuple[str, int], Any] | None = None
+        self,
+        state: EmulatorState,
+        connections: dict[tuple[str, int], Any] | None = None,
+        *,
+        control_token: str | None = None,
     ) -> None:
         self.state = state
         self.connections = connections if connections is not None else {}
         self.images = ImageCache()
+        self.control_token = control_token
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -274,7 +304,7 @@ class EmulatorApp:
         if body is None:
             answer: Answer | None = spring_error(413, "Request body too large", path)
         elif path.startswith("/_emulator/"):
-            answer = self._control(method, path.removeprefix("/_emulator/"), body)
+            answer = self._control(scope, method, path.removeprefix("/_emulator/"), body)
         elif path.startswith(API_PREFIX):
             answer = await self._api(scope, receive, method, path, body, arrived_at)
         else:
@@ -283,7 +313,7 @@ class EmulatorApp:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("emulator: %s %s -> %d", method, path, answer.status)
-        await send_answer(send, answer)
+        await send_answer(send, answer, receive)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -337,48 +367,56 @@ class EmulatorApp:
             self._drop(scope)
             return None
         config = state.config
-        delay = config.delay + (fault.seconds if fault is not None else 0.0)
-        answer = self._faulty_answer(fault, path)
+        delay = config.delay + (fault.seconds if fault is not None and fault.kind == "delay" else 0)
+        answer = self._faulty_answer(fault, scope, endpoint, path)
         if endpoint == "run":
             if answer is None:
                 answer = self._run(scope, path, body, arrived_at)
             if delay > 0:
                 await wait_unless_gone(receive, delay)
-            return answer
+            return _paced(answer, fault)
         if delay > 0 and not await wait_unless_gone(receive, delay):
             return None
         if answer is not None:
-            return answer
+            return _paced(answer, fault)
         refused = self._check_credentials(scope, path)
         if refused is not None:
             return refused
         if endpoint == "pipelines":
             wanted_type = _query(scope).get("type")
             listed = [] if wanted_type not in (None, "TEXT2IMAGE") else [PIPELINE]
-            return Answer.json(200, listed)
+            return _paced(Answer.json(200, listed), fault)
         if endpoint == "availability":
             if match["id"] != PIPELINE_ID:
                 return spring_error(404, f"Pipeline {match['id']} not found", path)
             if state.config.busy is not None:
                 return Answer.json(200, {"pipeline_status": state.config.busy_value})
-            return Answer.json(200, {"status": "ACTIVE"})
-        return await self._status(match["uuid"], path)
+            return _paced(Answer.json(200, {"status": "ACTIVE"}), fault)
+        censored_string = fault is not None and fault.kind == "censored_string"
+        answer = await self._status(match["uuid"], path, censored_string=censored_string)
+        return _paced(answer, fault)
 
-    def _faulty_answer(self, fault: Fault | None, path: str) -> Answer | None:
+    def _faulty_answer(
+        self, fault: Fault | None, scope: dict[str, Any], endpoint: str, path: str
+    ) -> Answer | None:
         """The answer an injected fault or a random error rate imposes, if any."""
         state = self.state
         kind = fault.kind if fault is not None else None
-        if kind is None or kind == "delay":
+        if kind is None or kind in ("delay", "drip", "slow", "censored_string"):
             if state.chance(state.config.error_rate):
                 kind = "500"
             elif state.chance(state.config.malformed_rate):
                 kind = "malformed"
             else:
                 return None
+        assert kind is not None
         if kind == "malformed":
             return Answer(200, MALFORMED_BODY, content_type=b"text/html")
         if kind in BODY_FAULTS:
             return Answer.json(200, BODY_FAULTS[kind])
+        hostile = _hostile_answer(kind, fault, scope, endpoint, path)
+        if hostile is not None:
+            return hostile
         status = int(kind)
         answer = spring_error(status, f"Emulated fault {status}", path)
         if status == 429:
@@ -427,7 +465,9 @@ class EmulatorApp:
         outcome = DONE
         fault = state.take_fault("run", outcome=True)
         if fault is not None:
-            outcome = {"fail": FAIL, "cancel": CANCEL, "censor": CENSORED}[fault.kind]
+            outcome = {"fail": FAIL, "cancel": CANCEL, "censor": CENSORED}.get(
+                fault.kind, fault.kind
+            )
         elif _censored(params.prompt, config.censor_words):
             outcome = CENSORED
         elif state.chance(config.fail_rate):
@@ -450,7 +490,7 @@ class EmulatorApp:
             201, {"uuid": generation.uuid, "status": "INITIAL", "status_time": config.status_time}
         )
 
-    async def _status(self, uuid: str, path: str) -> Answer:
+    async def _status(self, uuid: str, path: str, *, censored_string: bool = False) -> Answer:
         state = self.state
         generation = state.generations.get(uuid)
         now = time.monotonic()
@@ -481,24 +521,36 @@ class EmulatorApp:
                     "generationTime": seconds,
                 },
             )
-        if generation.outcome == CENSORED:
-            files: list[str] = []
-        else:
-            files = [
-                await self.images.get(
-                    generation.prompt, generation.width, generation.height, generation.style
-                )
-            ]
+        censored = generation.outcome == CENSORED
+        files = [] if censored else [await self._file(generation)]
         return Answer.json(
             200,
             {
                 "uuid": uuid,
                 "status": "DONE",
                 "errorDescription": None,
-                "result": {"files": files, "censored": generation.outcome == CENSORED},
+                "result": {
+                    "files": files,
+                    # The censored_string fault sends the flag as the strings "true"/"false".
+                    "censored": str(censored).lower() if censored_string else censored,
+                },
                 "generationTime": seconds,
             },
         )
+
+    async def _file(self, generation: Generation) -> str:
+        """The base64 file of a DONE generation: its image, or a bad one (image_* faults)."""
+        g = generation
+        if g.outcome == "image_empty":
+            return ""
+        if g.outcome == "image_html":
+            return base64.b64encode(HTML_PAGE).decode()
+        if g.outcome == "image_huge":
+            return base64.b64encode(png_header(50_000, 50_000)).decode()
+        if g.outcome == "image_wrong_size":
+            width = g.width // 2 if g.width > 1 else 2
+            return await self.images.get(g.prompt, width, g.height, g.style)
+        return await self.images.get(g.prompt, g.width, g.height, g.style)
 
     def _drop(self, scope: dict[str, Any]) -> None:
         client = scope.get("client")
@@ -510,9 +562,20 @@ class EmulatorApp:
 
     # -- control -------------------------------------------------------------------------
 
-    def _control(self, method: str, what: str, body: bytes) -> Answer:
+    def _control(self, scope: dict[str, Any], method: str, what: str, body: bytes) -> Answer:
         state = self.state
         path = "/_emulator/" + what
+        if self.control_token is None:
+            return spring_error(404, "The control endpoint is off", path)
+        headers = _headers(scope)
+        given = headers.get("authorization", "")
+        expected = f"Bearer {self.control_token}"
+        if not hmac.compare_digest(given.encode("latin-1"), expected.encode("latin-1")):
+            return spring_error(401, "The control endpoint needs its token", path)
+        if method == "POST":
+            ctype, _ = parse_options_header(headers.get("content-type", ""))
+            if ctype != b"application/json":
+                return spring_error(415, "The control endpoint takes application/json", path)
         try:
             data = json.loads(body) if body.strip() else {}
         except ValueError:
@@ -541,6 +604,107 @@ class EmulatorApp:
         return spring_error(404, f"No control endpoint {what}", path)
 
 
+# -- a hostile API ---------------------------------------------------------------------------
+
+
+def _hostile_answer(
+    kind: str, fault: Fault | None, scope: dict[str, Any], endpoint: str, path: str
+) -> Answer | None:
+    """The answer of a hostile fault (docs/emulator.md), None for the other kinds."""
+    number = int(fault.seconds) if fault is not None else 0
+    if kind == "oversized":
+        head, tail = _big_shape(endpoint)
+        return Answer(200, b"", stream=lambda: _sized(head, number, tail))
+    if kind == "endless":
+        head, _ = _big_shape(endpoint)
+        return Answer(200, b"", stream=lambda: _endless(head))
+    if kind == "huge_error":
+        start = json.dumps({"status": 400, "error": "Bad Request", "path": path})[:-1]
+        return Answer(
+            400, b"", stream=lambda: _sized(start.encode() + b', "message": "', number, b'"}')
+        )
+    if kind == "wrong_types":
+        return Answer.json(200, WRONG_TYPES[endpoint])
+    if kind == "deep":
+        return Answer(200, b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS)
+    if kind == "echo_headers":
+        seen = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        return spring_error(400, f"Bad request with headers {json.dumps(seen)}", path)
+    if kind == "control_chars":
+        data = {"status": 400, "error": "Bad Request", "message": CONTROL_TEXT, "path": path}
+        return Answer(400, json.dumps(data, ensure_ascii=True).encode())  # surrogate escaped
+    if kind == "retry_after":
+        answer = spring_error(429, "Too Many Requests", path)
+        answer.headers.append((b"retry-after", (fault.text if fault else "").encode("latin-1")))
+        return answer
+    return None
+
+
+# Right keys, wrong types: what a changed or broken API might send.
+WRONG_TYPES: dict[str, Any] = {
+    "pipelines": {"id": PIPELINE_ID, "status": "ACTIVE", "type": "TEXT2IMAGE"},
+    "availability": {"status": 1},
+    "run": {"uuid": 12345, "status": "INITIAL", "status_time": "soon"},
+    "status": {
+        "uuid": "wrong-types",
+        "status": "DONE",
+        "errorDescription": None,
+        "result": {"files": 5, "censored": "maybe"},
+        "generationTime": "12",
+    },
+}
+
+
+def _big_shape(endpoint: str) -> tuple[bytes, bytes]:
+    """A valid-looking answer's start and end around one long string (the image)."""
+    if endpoint == "status":
+        return (
+            b'{"uuid": "oversized", "status": "DONE", "errorDescription": null, '
+            b'"result": {"files": ["',
+            b'"], "censored": false}, "generationTime": 1}',
+        )
+    return b'{"uuid": "oversized", "status": "INITIAL", "status_time": 0, "padding": "', b'"}'
+
+
+async def _sized(head: bytes, total: int, tail: bytes) -> AsyncIterator[bytes]:
+    yield head
+    left = max(0, total - len(head) - len(tail))
+    while left > 0:
+        piece = FILLER[: min(left, CHUNK)]
+        left -= len(piece)
+        yield piece
+    yield tail
+
+
+async def _endless(head: bytes) -> AsyncIterator[bytes]:
+    yield head
+    with trio.move_on_after(ENDLESS_SECONDS):
+        while True:
+            yield FILLER
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims these dimensions, with no pixels behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def _paced(answer: Answer, fault: Fault | None) -> Answer:
+    """Apply a drip (bytes per second) or slow (seconds) fault to a ready answer."""
+    if fault is None or answer.stream is not None:
+        return answer
+    if fault.kind == "drip":
+        answer.spread = len(answer.body) / fault.seconds
+    elif fault.kind == "slow":
+        answer.spread = fault.seconds
+    return answer
+
+
 async def wait_unless_gone(receive: Receive, seconds: float) -> bool:
     """Sleep; False if the client disconnected meanwhile (the body is read already)."""
     with trio.move_on_after(seconds):
@@ -551,14 +715,46 @@ async def wait_unless_gone(receive: Receive, seconds: float) -> bool:
     return True
 
 
-async def send_answer(send: Send, answer: Answer) -> None:
-    headers = [
-        (b"content-type", answer.content_type),
-        (b"content-length", str(len(answer.body)).encode()),
-        *answer.headers,
-    ]
+async def send_answer(send: Send, answer: Answer, receive: Receive | None = None) -> None:
+    """Send an answer: at once, spread over time, or streamed; a slow or streamed answer
+    stops when the client goes away (`receive` reports the disconnect)."""
+    headers = [(b"content-type", answer.content_type)]
+    if answer.stream is None:
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+    headers.extend(answer.headers)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body})
+    if answer.stream is None and answer.spread <= 0:
+        await send({"type": "http.response.body", "body": answer.body})
+        return
+    async with trio.open_nursery() as nursery:
+        if receive is not None:
+            nursery.start_soon(_cancel_when_gone, receive, nursery.cancel_scope)
+        if answer.stream is not None:
+            async for piece in answer.stream():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        else:
+            await _send_spread(send, answer.body, answer.spread)
+        await send({"type": "http.response.body", "body": b""})
+        nursery.cancel_scope.cancel()
+
+
+async def _send_spread(send: Send, body: bytes, seconds: float) -> None:
+    pieces = max(1, min(len(body), int(seconds * 20)))
+    size = -(-len(body) // pieces)
+    pause = seconds / pieces
+    for start in range(0, len(body), size):
+        await send(
+            {"type": "http.response.body", "body": body[start : start + size], "more_body": True}
+        )
+        await trio.sleep(pause)
+
+
+async def _cancel_when_gone(receive: Receive, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
 
 
 def _route(route: str) -> tuple[str, str, re.Match[str]] | None:

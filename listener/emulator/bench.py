@@ -32,7 +32,10 @@ HEADERS = {"X-Key": "Key bench", "X-Secret": "Secret bench"}
 async def _worker(
     client: httpx.AsyncClient, pipeline: str, size: int, until: float, counts: dict[str, int]
 ) -> None:
-    files = {"pipeline_id": (None, pipeline), "params": (None, _params(size), "application/json")}
+    files: dict[str, tuple[str | None, str] | tuple[str | None, str, str]] = {
+        "pipeline_id": (None, pipeline),
+        "params": (None, _params(size), "application/json"),
+    }
     while time.monotonic() < until:
         answer = await client.post(API + "pipeline/run", files=files)
         counts["requests"] += 1

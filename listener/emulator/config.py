@@ -2,6 +2,8 @@
 
 One `EmulatorConfig` is given at start-up; the control endpoint (`POST /_emulator/config`)
 replaces fields of it while the emulator runs, and `POST /_emulator/reset` restores it.
+The credentials are the exception: set at start-up only, never shown by the control
+endpoint (`credentials_checked` says whether there are any).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ BUSY_KEYS = ("model_status", "pipeline_status")
 
 RATE_FIELDS = ("fail_rate", "cancel_rate", "error_rate", "malformed_rate")
 SECONDS_FIELDS = ("generation_time", "result_ttl", "delay")
+PRIVATE_FIELDS = ("api_key", "secret_key")
 
 
 class ConfigInvalid(ValueError):
@@ -81,7 +84,11 @@ class EmulatorConfig:
             raise ConfigInvalid("seed must be an integer or null")
 
     def to_json(self) -> dict[str, Any]:
+        """The configuration as the control endpoint shows it: never the credentials."""
         data = dataclasses.asdict(self)
+        for name in PRIVATE_FIELDS:
+            del data[name]
+        data["credentials_checked"] = self.api_key is not None or self.secret_key is not None
         data["censor_words"] = list(self.censor_words)
         return data
 
@@ -89,6 +96,12 @@ class EmulatorConfig:
         """A copy with `changes` applied; unknown fields and bad values raise ConfigInvalid."""
         if not isinstance(changes, dict):
             raise ConfigInvalid("expected a JSON object of fields")
+        private = sorted(set(changes) & set(PRIVATE_FIELDS))
+        if private:
+            raise ConfigInvalid(
+                f"{', '.join(private)}: set at start-up only "
+                "(--api-key/--secret-key or EMULATOR_API_KEY/EMULATOR_SECRET_KEY)"
+            )
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:

@@ -1,6 +1,6 @@
 """A small synchronous client of the emulator's control endpoint, for tests and benchmarks.
 
-control = EmulatorControl("http://127.0.0.1:8089/")
+control = EmulatorControl("http://127.0.0.1:8089/", token="...")  # the token it printed
 control.configure(generation_time=0.5, fail_rate=0.1)
 control.fault("run", "503", count=2)
 control.stats()["runs_total"]
@@ -8,15 +8,26 @@ control.stats()["runs_total"]
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
 
+TOKEN_ENV = "EMULATOR_CONTROL_TOKEN"  # noqa: S105 - a variable name
+
 
 class EmulatorControl:
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    """`token`: the one the emulator printed at start (default: $EMULATOR_CONTROL_TOKEN,
+    which also chooses the emulator's token when set before it starts)."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self._client = httpx.Client(base_url=self.base_url + "_emulator/", timeout=timeout)
+        token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+        self._client = httpx.Client(
+            base_url=self.base_url + "_emulator/",
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -28,6 +39,8 @@ class EmulatorControl:
         self.close()
 
     def _call(self, method: str, what: str, body: Any = None) -> Any:
+        if method == "POST" and body is None:
+            body = {}  # a POST always says application/json
         response = self._client.request(method, what, json=body)
         if response.status_code != 200:
             raise ValueError(f"emulator refused {method} {what}: {response.text}")

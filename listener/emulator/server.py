@@ -59,18 +59,21 @@ async def serve_emulator(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    control_token: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the emulated API until cancelled; `task_status.started(url)` once listening,
-    with the real port in the URL (`http://127.0.0.1:PORT/`)."""
+    with the real port in the URL (`http://127.0.0.1:PORT/`). The control endpoint
+    answers requests carrying `control_token`; without one it is off."""
     state = EmulatorState(config)
     connections: dict[tuple[Any, ...], trio.socket.SocketType] = {}
-    app = EmulatorApp(state, connections)
+    app = EmulatorApp(state, connections, control_token=control_token)
     hconfig = HypercornConfig()
     hconfig.accesslog = None
     # Through our logging setup (format, secret redaction) rather than hypercorn's own.
     hconfig.errorlog = logging.getLogger("hypercorn.error")
-    wrapped = wrap_app(app, hconfig.wsgi_max_body_size, "asgi")
+    # EmulatorApp is a plain ASGI callable; hypercorn's types name its own scope classes.
+    wrapped = wrap_app(app, hconfig.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     context = WorkerContext(None)
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -81,7 +84,8 @@ async def serve_emulator(
             return
         connections[peer] = stream.socket
         try:
-            await TCPServer(wrapped, hconfig, context, {}, stream).run()
+            # TCPServer takes a plain trio stream too (hypercorn's own trio worker does so).
+            await TCPServer(wrapped, hconfig, context, {}, stream).run()  # type: ignore[arg-type]
         finally:
             connections.pop(peer, None)
 

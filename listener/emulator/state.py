@@ -30,8 +30,35 @@ BODY_FAULTS = {
 }
 MALFORMED_BODY = b"<html>oops</html>"
 # Faults that decide how an accepted generation ends: run only, consumed on acceptance.
-OUTCOME_FAULTS = ("fail", "cancel", "censor")
-FAULT_KINDS = (*STATUS_FAULTS, "malformed", *BODY_FAULTS, "drop", "delay:<seconds>")
+# The image_* ones end DONE with a file that is not a usable image.
+IMAGE_FAULTS = ("image_empty", "image_html", "image_huge", "image_wrong_size")
+OUTCOME_FAULTS = ("fail", "cancel", "censor", *IMAGE_FAULTS)
+# Faults of a hostile API (docs/emulator.md, "Faults for the next N requests").
+HOSTILE_FAULTS = (
+    "endless",
+    "wrong_types",
+    "deep",
+    "echo_headers",
+    "control_chars",
+    "censored_string",
+)
+# Faults with a parameter: kind:<value>. The value's range, and what it means.
+PARAMETER_FAULTS = {
+    "delay": (0.0, 3600.0),  # seconds before the answer
+    "drip": (1.0, 1e9),  # the answer sent at this many bytes per second
+    "slow": (0.0, 3600.0),  # the answer spread over this many seconds
+    "oversized": (1.0, 4e9),  # a 2xx answer of this many bytes, streamed without a length
+    "huge_error": (1.0, 4e9),  # a 400 whose message is this many bytes, streamed
+}
+FAULT_KINDS = (
+    *STATUS_FAULTS,
+    "malformed",
+    *BODY_FAULTS,
+    "drop",
+    *HOSTILE_FAULTS,
+    *(f"{name}:<number>" for name in PARAMETER_FAULTS),
+    "retry_after:<text>",
+)
 
 # Final outcomes of a generation. CENSORED is DONE with censored true and no files.
 DONE, FAIL, CANCEL, CENSORED = "DONE", "FAIL", "CANCEL", "CENSORED"
@@ -48,7 +75,8 @@ class Fault:
     endpoint: str
     kind: str
     remaining: int
-    seconds: float = 0.0  # for delay:<seconds>
+    seconds: float = 0.0  # the number of a kind:<number> fault (named for delay)
+    text: str = ""  # the value of retry_after:<text>
 
     @classmethod
     def parse(cls, data: Any) -> Fault:
@@ -60,34 +88,45 @@ class Fault:
             raise ConfigInvalid(f"endpoint must be one of {', '.join(ENDPOINTS)}")
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ConfigInvalid("count must be a positive integer")
+        known = ", ".join((*FAULT_KINDS, *OUTCOME_FAULTS))
         if not isinstance(kind, str):
-            raise ConfigInvalid(f"kind must be one of {', '.join((*FAULT_KINDS, *OUTCOME_FAULTS))}")
-        seconds = 0.0
-        if kind.startswith("delay:"):
+            raise ConfigInvalid(f"kind must be one of {known}")
+        name, colon, value = kind.partition(":")
+        if name == "retry_after" and colon:
+            if len(value) > 200 or not (value.isascii() and value.isprintable()):
+                raise ConfigInvalid("retry_after:<text> takes up to 200 printable ASCII characters")
+            return cls(endpoint, name, count, text=value)
+        if name in PARAMETER_FAULTS and colon:
+            low, high = PARAMETER_FAULTS[name]
             try:
-                seconds = float(kind.removeprefix("delay:"))
+                number = float(value)
             except ValueError:
-                seconds = -1.0
-            if not 0 <= seconds < 3600:
-                raise ConfigInvalid("delay:<seconds> needs a number of seconds (0 to 3600)")
-            kind = "delay"
-        elif kind in OUTCOME_FAULTS:
+                number = -1.0
+            if not low <= number <= high:
+                raise ConfigInvalid(f"{name}:<number> needs a number from {low:g} to {high:g}")
+            return cls(endpoint, name, count, seconds=number)
+        if kind in OUTCOME_FAULTS:
             if endpoint != "run":
                 raise ConfigInvalid(f"kind {kind} applies to endpoint run only")
+        elif kind == "censored_string":
+            if endpoint != "status":
+                raise ConfigInvalid("kind censored_string applies to endpoint status only")
         elif (
             kind not in STATUS_FAULTS
             and kind not in BODY_FAULTS
-            and kind
-            not in (
-                "malformed",
-                "drop",
-            )
+            and kind not in HOSTILE_FAULTS
+            and kind not in ("malformed", "drop")
         ):
-            raise ConfigInvalid(f"kind must be one of {', '.join((*FAULT_KINDS, *OUTCOME_FAULTS))}")
-        return cls(endpoint, kind, count, seconds)
+            raise ConfigInvalid(f"kind must be one of {known}")
+        return cls(endpoint, kind, count)
 
     def to_json(self) -> dict[str, Any]:
-        kind = f"delay:{self.seconds:g}" if self.kind == "delay" else self.kind
+        if self.kind in PARAMETER_FAULTS:
+            kind = f"{self.kind}:{self.seconds:g}"
+        elif self.kind == "retry_after":
+            kind = f"retry_after:{self.text}"
+        else:
+            kind = self.kind
         return {"endpoint": self.endpoint, "kind": kind, "count": self.remaining}
 
 
@@ -101,7 +140,7 @@ class Generation:
     negative_prompt: str
     started: float  # time.monotonic()
     duration: float  # seconds from the run to the final answer
-    outcome: str  # DONE, FAIL, CANCEL or CENSORED
+    outcome: str  # DONE, FAIL, CANCEL, CENSORED or one of IMAGE_FAULTS
 
     def phase(self, now: float) -> str:
         """INITIAL, PROCESSING, or "final" once the generation has ended."""

@@ -29,13 +29,19 @@ from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
 from listener.engine.ports import Generation, Pending, Provider, Ready, Refused, Store
-from listener.errors import ApiCredentials, ApiNotFound, ApiPermanent, ApiTransient
+from listener.errors import (
+    ApiCredentials,
+    ApiNotFound,
+    ApiPermanent,
+    ApiTransient,
+    InvalidImage,
+)
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
 
-# validate(image_base64, expected (width, height) or None) -> None, or raise ValueError
-Validate = Callable[[str, "tuple[int, int] | None"], None]
+# validate(image_base64, expected (width, height) or None): raises InvalidImage
+Validate = Callable[[str, "tuple[int, int] | None"], object]
 
 
 @dataclass
@@ -114,9 +120,10 @@ class Follow:
         if self.provider.honours_size and gen.width and gen.height:
             expected = (gen.width, gen.height)
         try:
-            self.validate(image, expected)
-        except ValueError as exc:
-            await self._fail(gen, own, clean(f"invalid image: {exc}"))
+            # Decoding megabytes and parsing headers takes milliseconds: off the loop.
+            await trio.to_thread.run_sync(self.validate, image, expected)
+        except InvalidImage as exc:
+            await self._fail(gen, own, clean(f"invalid image: {exc.message}"))
             return
         await self.guard.durable(
             f"Image ID {gen.id}: writing the image",

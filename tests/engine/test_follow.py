@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from listener.engine.ports import Refused
-from listener.errors import ApiNotFound
+from listener.errors import ApiNotFound, InvalidImage
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -25,7 +25,7 @@ async def test_an_image_that_does_not_validate_fails_the_row(store, provider, au
 
     def validate(image, expected):
         seen.append(expected)
-        raise ValueError("PNG of 1x1, expected 512x256")
+        raise InvalidImage("PNG of 1x1, expected 512x256")
 
     row = await _one(store, provider, validate=validate)
     assert (row.status, row.last_error) == ("Failed", "invalid image: PNG of 1x1, expected 512x256")
