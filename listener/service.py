@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import psycopg
@@ -85,6 +86,12 @@ def _check_database(conninfo: str, style: str) -> None:
                 f"configuration error: DEFAULT_STYLE: {style!r} is not a known "
                 f"style (image_styles lists: {known[1]})"
             )
+
+
+async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -> None:
+    """Decoding megabytes of base64 and reading an image header takes milliseconds: in a
+    worker thread, so the event loop never waits for it."""
+    await trio.to_thread.run_sync(partial(validate_image, image, expected_size=expected))
 
 
 class _StreamEvents:
@@ -189,7 +196,7 @@ class Service:
             settings=s,
             store=store,
             provider=FusionBrainProvider(api),
-            validate=lambda image, expected: validate_image(image, expected_size=expected),
+            validate=_validate_off_the_loop,
             generate=o.generate,
             follow=o.follow,
             mode=o.mode,

@@ -18,7 +18,7 @@ credentials pause following (nothing fails because of a bad key).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -40,8 +40,8 @@ from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
 
-# validate(image_base64, expected (width, height) or None): raises InvalidImage
-Validate = Callable[[str, "tuple[int, int] | None"], object]
+# await validate(image_base64, expected (width, height) or None): raises InvalidImage
+Validate = Callable[[str, "tuple[int, int] | None"], Awaitable[object]]
 
 
 @dataclass
@@ -120,8 +120,7 @@ class Follow:
         if self.provider.honours_size and gen.width and gen.height:
             expected = (gen.width, gen.height)
         try:
-            # Decoding megabytes and parsing headers takes milliseconds: off the loop.
-            await trio.to_thread.run_sync(self.validate, image, expected)
+            await self.validate(image, expected)
         except InvalidImage as exc:
             await self._fail(gen, own, clean(f"invalid image: {exc.message}"))
             return

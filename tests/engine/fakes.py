@@ -281,5 +281,5 @@ class FakeProvider:
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-def accept_all(image: str, expected) -> None:
+async def accept_all(image: str, expected) -> None:
     """The engine's validate seam, accepting everything."""

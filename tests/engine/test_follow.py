@@ -23,7 +23,7 @@ async def _one(store, provider, **kw):
 async def test_an_image_that_does_not_validate_fails_the_row(store, provider, autojump_clock):
     seen = []
 
-    def validate(image, expected):
+    async def validate(image, expected):
         seen.append(expected)
         raise InvalidImage("PNG of 1x1, expected 512x256")
 
