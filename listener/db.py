@@ -154,7 +154,7 @@ class Database:
     ) -> None:
         max_size = max_open or UNLIMITED_OPEN
         self.prepared = prepared
-        self.reserve = max(1, min(4, max_size // 5))
+        self.reserve = max(1, min(2, max_size // 5))
         timeout_ms = max(1, int(statement_timeout * 1000))
 
         def configure(conn: psycopg.Connection) -> None:
