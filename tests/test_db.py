@@ -106,3 +106,38 @@ async def test_cancellation_lets_the_write_finish(db, database_url):
         await db.run(slow_write)
     with psycopg.connect(database_url) as c:
         assert c.execute("SELECT prompt FROM images").fetchall() == [("kept",)]
+
+
+async def test_the_pool_grows_on_demand_and_keeps_at_most_the_idle_cap(database_url):
+    """DB_MAX_IDLE_CONNS caps idle connections as Go's database/sql does; nothing but one
+    pooled connection (and the pickup lane's) is opened ahead of need."""
+    settings = load_settings(
+        env_file=None, database_url=database_url, db_max_open_conns=10, db_max_idle_conns=2
+    )
+
+    def backends() -> int:
+        with psycopg.connect(database_url) as c:
+            (n,) = c.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'fbl-pool-test'"
+            ).fetchone()
+            return n
+
+    async with open_database(database_url, settings, application_name="fbl-pool-test") as db:
+        await trio.sleep(0.5)
+        assert await trio.to_thread.run_sync(backends) <= 2  # one pooled, one pickup
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(db.sql, "SELECT pg_sleep(0.5)")
+            await trio.sleep(0.4)
+            assert await trio.to_thread.run_sync(backends) >= 5  # grown on demand
+        await trio.sleep(0.3)
+        assert db.pool.get_stats()["pool_available"] <= 2
+        assert await trio.to_thread.run_sync(backends) <= 3  # two idle, and pickup
+
+
+def test_db_max_open_conns_zero_means_no_limit_of_ours():
+    settings = load_settings(env_file=None, database_url="postgresql://x@h/d", db_max_open_conns=0)
+    assert settings.db_max_open_conns == 0
+    with pytest.raises(Exception, match="DB_MAX_OPEN_CONNS"):
+        load_settings(env_file=None, database_url="postgresql://x@h/d", db_max_open_conns=1)

@@ -123,3 +123,17 @@ async def test_the_start_up_sweeps_count_what_they_did(start_listener, database_
     started = log.index("Generator sweep started")
     finished = log.index("Generator sweep finished")
     assert log[started:finished].count("Processing image ID") == 5
+
+
+async def test_an_idle_listener_holds_at_most_four_connections(
+    start_listener, database_url, listener_env
+) -> None:
+    env = {k: v for k, v in listener_env.items() if not k.startswith("DB_MAX_")}
+    await start_listener(env=env)
+    await trio.sleep(1)  # start-up's short connections are gone
+    (held,) = rows(
+        database_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'fusionbrain-listener%%'",
+    )[0]
+    assert held <= 4, held  # LISTEN, the claims lane, at most two pooled
