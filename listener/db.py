@@ -36,7 +36,7 @@ import trio
 from psycopg.rows import dict_row
 
 from listener.config import Settings
-from listener.errors import DatabaseBusy, DatabaseError, DatabaseUnavailable
+from listener.errors import DatabaseBusy, DatabaseError, DatabaseUnavailable, RuleBroken
 from listener.sqlfiles import queries
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def translate(exc: BaseException) -> DatabaseError:
     if isinstance(exc, psycopg.OperationalError):
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return DatabaseUnavailable(f"database unavailable: {text}")
+    if isinstance(exc, psycopg.errors.IntegrityError):
+        return RuleBroken(f"database error: {_primary(exc)}")
     if isinstance(exc, psycopg.Error):
         diag = getattr(exc, "diag", None)
         text = (diag.message_primary if diag and diag.message_primary else str(exc)).strip()

@@ -15,6 +15,7 @@ line (which could carry a connection string).
     ├── DatabaseError            the database could not be reached or refused us
     │   ├── DatabaseUnavailable  connection lost / refused: transient, retried with backoff
     │   ├── DatabaseBusy         statement timeout, lock or deadlock: retried with backoff
+    │   ├── RuleBroken           a row breaks a rule of the table (CHECK, foreign key)
     │   ├── SchemaNotMigrated    the images schema is missing or older than this release
     │   └── LeaseLost            another worker now owns the row; our write was refused
     ├── InvalidImage             an image that is not a PNG or JPEG of sane dimensions
@@ -83,6 +84,10 @@ class DatabaseUnavailable(DatabaseError):
 
 class DatabaseBusy(DatabaseError):
     """The database could not take the statement now (timeout behind a lock, deadlock)."""
+
+
+class RuleBroken(DatabaseError):
+    """A row breaks a rule of the table (a CHECK or foreign key constraint)."""
 
 
 class SchemaNotMigrated(DatabaseError):

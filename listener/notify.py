@@ -10,8 +10,8 @@ cancellation is immediate. Pitfalls designed against (DESIGN.md):
   never runs anything but LISTEN and a keep-alive.
 * Half-open sockets: TCP keepalives, plus an application keep-alive (`SELECT 1`, sent
   without blocking and bounded in time) after `keepalive` seconds of silence.
-* A lost connection is reopened with capped, jittered exponential backoff, one log line
-  per attempt.
+* A lost connection is reopened at once, then with capped, jittered exponential backoff
+  (stamina) while it keeps failing, one log line per attempt.
 * A connection that cannot hear (issue 15): a transaction-mode pooler (PgBouncer, a
   managed pooler) runs LISTEN on whichever server connection it lends for that statement,
   and the notifications never reach us. So after every (re)connect a self-test: a unique
@@ -26,7 +26,6 @@ cancellation is immediate. Pitfalls designed against (DESIGN.md):
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import psycopg
+import stamina
 import trio
 from psycopg import pq, sql
 
@@ -70,6 +70,10 @@ Event = Notification | Connected | ListenMode
 
 # A channel of each connection's own for its self-test: nobody else hears the token.
 SELF_TEST_PREFIX = "fbl_selftest_"
+# What ends a session (and a failed connect): retried, with backoff while it repeats.
+_LOST = (psycopg.Error, DatabaseUnavailable, trio.TooSlowError, OSError)
+# A session that lasted this long was healthy: the next reconnect starts a fresh backoff.
+HEALTHY_SESSION = 30.0
 DEAF_ADVICE = (
     "LISTEN self-test failed: a notification sent through DATABASE_URL did not arrive on the "
     "LISTEN connection within %gs. Likely cause: a connection pooler in transaction mode "
@@ -78,22 +82,6 @@ DEAF_ADVICE = (
     "LISTEN_DATABASE_URL to a direct connection to PostgreSQL (README: 'Behind PgBouncer or "
     "a managed pooler')"
 )
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, initial: float = 0.1, maximum: float = 10.0) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def _connect(conninfo: str, channels: Sequence[str], application_name: str) -> psycopg.Connection:
@@ -155,66 +143,74 @@ class ListenStream:
         self._late_token = False
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        backoff = Backoff()
-        first = True
+        """Connect, self-test, LISTEN, deliver; reconnect for ever when the connection is
+        lost (stamina: capped, jittered backoff, reset after a session that lasted)."""
+        self._first = True
         while True:
-            self._channel = SELF_TEST_PREFIX + secrets.token_hex(8)
-            try:
-                conn = await trio.to_thread.run_sync(
-                    _connect,
-                    self.conninfo,
-                    [self._channel],
-                    self.application_name,
-                    abandon_on_cancel=True,
-                )
-            except psycopg.Error as exc:
-                delay = backoff.next()
-                log.warning(
-                    "LISTEN connection failed: %s; retrying in %.1fs", _describe(exc), delay
-                )
-                await trio.sleep(delay)
-                continue
-            try:
-                self.backend_pid = conn.pgconn.backend_pid
-                backoff.reset()
-                verdict = await self._self_test(conn)
-                heard = verdict == "heard"
-                if heard:
-                    await self._listen(conn)
-                else:
-                    await self._deaf(conn, unsent=verdict == "unsent")
-                channels = ", ".join(self.channels)
-                what = (
-                    f"listening on {channels}" if heard else f"polling, not listening on {channels}"
-                )
-                if first:
-                    log.info("%s", what[0].upper() + what[1:])
-                else:
-                    self.reconnects += 1
-                    log.info("LISTEN connection restored; %s", what)
-                self.on_event(Connected(first=first))
-                if first:
-                    task_status.started()
-                    first = False
-                await self._pump(conn)
-            except (
-                psycopg.OperationalError,
-                DatabaseUnavailable,
-                trio.TooSlowError,
-                OSError,
-            ) as exc:
-                delay = backoff.next()
-                log.warning(
-                    "LISTEN connection lost: %s; reconnecting in %.1fs",
-                    _describe(exc)
-                    if not isinstance(exc, trio.TooSlowError)
-                    else "keep-alive unanswered",
-                    delay,
-                )
-                await trio.sleep(delay)
-            finally:
-                self.backend_pid = None
-                conn.close()
+            async for attempt in stamina.retry_context(
+                on=_LOST,
+                attempts=None,
+                timeout=None,
+                wait_initial=0.1,
+                wait_max=10.0,
+                wait_jitter=0.5,
+            ):
+                with attempt:
+                    began = trio.current_time()
+                    try:
+                        conn = await self._open()
+                    except psycopg.Error as exc:
+                        log.warning("LISTEN connection failed: %s; retrying", _describe(exc))
+                        raise
+                    try:
+                        await self._session(conn, task_status)
+                    except _LOST as exc:
+                        log.warning(
+                            "LISTEN connection lost: %s; reconnecting",
+                            "keep-alive unanswered"
+                            if isinstance(exc, trio.TooSlowError)
+                            else _describe(exc),
+                        )
+                        if trio.current_time() - began < HEALTHY_SESSION:
+                            raise  # lost again at once: back off before the next try
+                    finally:
+                        self.backend_pid = None
+                        conn.close()
+                    break  # a session that lasted: reconnect at once, backoff reset
+
+    async def _open(self) -> psycopg.Connection:
+        self._channel = SELF_TEST_PREFIX + secrets.token_hex(8)
+        return await trio.to_thread.run_sync(
+            _connect,
+            self.conninfo,
+            [self._channel],
+            self.application_name,
+            abandon_on_cancel=True,
+        )
+
+    async def _session(self, conn: psycopg.Connection, task_status: trio.TaskStatus[None]) -> None:
+        """Self-test, LISTEN (or poll), tell the consumer, then pump until the connection
+        is lost (raises)."""
+        first = self._first
+        self.backend_pid = conn.pgconn.backend_pid
+        verdict = await self._self_test(conn)
+        heard = verdict == "heard"
+        if heard:
+            await self._listen(conn)
+        else:
+            await self._deaf(conn, unsent=verdict == "unsent")
+        channels = ", ".join(self.channels)
+        what = f"listening on {channels}" if heard else f"polling, not listening on {channels}"
+        if first:
+            log.info("%s", what[0].upper() + what[1:])
+        else:
+            self.reconnects += 1
+            log.info("LISTEN connection restored; %s", what)
+        self.on_event(Connected(first=first))
+        if first:
+            self._first = False
+            task_status.started()
+        await self._pump(conn)
 
     async def _pump(self, conn: psycopg.Connection) -> None:
         pgconn = conn.pgconn

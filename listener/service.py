@@ -88,9 +88,17 @@ def _check_database(conninfo: str, style: str) -> None:
             )
 
 
+# Below this many base64 characters, validating takes tens of microseconds: less than a
+# hop to a worker thread and back.
+INLINE_VALIDATION = 64 * 1024
+
+
 async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -> None:
     """Decoding megabytes of base64 and reading an image header takes milliseconds: in a
-    worker thread, so the event loop never waits for it."""
+    worker thread, so the event loop never waits for it (small images: at once)."""
+    if len(image) < INLINE_VALIDATION:
+        validate_image(image, expected_size=expected)
+        return
     await trio.to_thread.run_sync(partial(validate_image, image, expected_size=expected))
 
 

@@ -12,6 +12,8 @@ which routine work can never exhaust. Text written into a row has been through
 from __future__ import annotations
 
 import logging
+import math
+import time
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +22,14 @@ from psycopg.rows import dict_row
 
 from listener.db import Database
 from listener.engine.ports import Claimed, Generation, ReadyRow
-from listener.errors import LeaseLost
+from listener.errors import LeaseLost, RuleBroken
 from listener.sanitize import clean
 from listener.sqlfiles import queries
 
 log = logging.getLogger(__name__)
+
+# After a claim failed on a row that breaks a rule, this long on the checked claim.
+CHECKED_CLAIMS_FOR = 300.0
 
 
 def _seconds_until(at: datetime | None, now: datetime) -> float | None:
@@ -34,6 +39,7 @@ def _seconds_until(at: datetime | None, now: datetime) -> float | None:
 class PgStore:
     def __init__(self, db: Database, worker: str, lease: float) -> None:
         self.db, self.worker, self.lease = db, worker, lease
+        self._checked_until = -math.inf
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {"worker": self.worker, "lease": self.lease, **extra}
@@ -41,8 +47,24 @@ class PgStore:
     # -- claims (the pickup lane: one warm autocommit connection) ---------------------
 
     async def claim_ready(self, limit: int) -> list[ReadyRow]:
-        query, params = queries()["claim_ready"], self._params(limit=limit)
+        """The fast claim; after it failed on a row that breaks a rule of the table, the
+        claim that leaves such rows out, for CHECKED_CLAIMS_FOR seconds."""
+        params = self._params(limit=limit)
+        if time.monotonic() < self._checked_until:
+            return await self._claim(queries()["claim_ready_checked"], params)
+        try:
+            return await self._claim(queries()["claim_ready"], params)
+        except RuleBroken as exc:
+            log.warning(
+                "Claims: a waiting row breaks a rule of the table (%s); claiming around "
+                "it: SELECT * FROM images_blocked lists such rows, images_fail_blocked() "
+                "ends them",
+                exc.message,
+            )
+            self._checked_until = time.monotonic() + CHECKED_CLAIMS_FOR
+            return await self._claim(queries()["claim_ready_checked"], params)
 
+    async def _claim(self, query: str, params: dict[str, Any]) -> list[ReadyRow]:
         def go(conn: psycopg.Connection) -> list[ReadyRow]:
             with conn.cursor(row_factory=dict_row) as cur:
                 return [ReadyRow(**r) for r in cur.execute(query, params)]

@@ -15,6 +15,28 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
+    ORDER BY not_before, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE i.id = due.id
+RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attempts,
+          i.last_error, i.unknown_outcomes
+
+-- The same claim, leaving out every row that breaks a rule of the table: used only after
+-- the claim above failed on one (a rule re-added NOT VALID after an operator changed a
+-- row), for a while, so one such row never stops the others. The predicates cost a
+-- regular expression per candidate row, which the hot path does not pay.
+-- name: claim_ready_checked
+UPDATE images AS i
+SET locked_by = %(worker)s,
+    locked_until = now() + make_interval(secs => %(lease)s::float8),
+    attempts = i.attempts + 1
+FROM (
+    SELECT id FROM images
+    WHERE status = 'ReadyToGenerate'
+      AND not_before <= now()
+      AND (locked_until IS NULL OR locked_until < now())
       -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
       -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
       AND prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]'

@@ -75,7 +75,7 @@ def test_one_definition_of_blank_everywhere(conn) -> None:
         "SELECT prosrc FROM pg_proc WHERE proname = 'images_prompt_is_blank'"
     ).fetchone()
     assert klass in source
-    assert queries()["claim_ready"].count(klass) == 2
+    assert queries()["claim_ready_checked"].count(klass) == 2
     assert queries()["next_ready_at"].count(klass) == 2
     # every function of the upgrade gets a fixed search_path, set by the file's last block
     # for whatever schema it runs in (tests/test_privileges.py checks the catalog)

@@ -170,7 +170,7 @@ async def test_database_down_for_seconds(start_listener, private_cluster, emulat
     insert_many(url, 40, "first")
     await trio.sleep(0.3)
     await trio.to_thread.run_sync(private_cluster.stop)
-    await listener.wait_for_log("retrying in", seconds=20)
+    await listener.wait_for_log("retrying", seconds=20)
     await trio.sleep(3)
     await trio.to_thread.run_sync(private_cluster.start)
     insert_many(url, 20, "second")

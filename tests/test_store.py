@@ -158,3 +158,20 @@ async def test_seed_rows_in_generate_are_adopted(db, conn):
     )
     adopted = await Store(db, "p", 30).claim_generating(10)
     assert [g.handle for g in adopted.rows] == ["seed-uuid"]
+
+
+async def test_a_row_that_breaks_a_rule_is_claimed_around(db, conn, caplog):
+    """The fast claim fails on such a row (its UPDATE breaks a CHECK); the store then
+    claims around it with the checked claim, and the other rows move on."""
+    good = insert(conn, 3)
+    (bad,) = insert(conn)
+    conn.execute("ALTER TABLE images DROP CONSTRAINT prompt_must_not_be_blank")
+    conn.execute("UPDATE images SET prompt = '   ' WHERE id = %s", (bad,))
+    conn.execute(
+        "ALTER TABLE images ADD CONSTRAINT prompt_must_not_be_blank "
+        "CHECK (status <> 'ReadyToGenerate' OR NOT images_prompt_is_blank(prompt)) NOT VALID"
+    )
+    claimed = await Store(db, "w", 30).claim_ready(10)
+    assert sorted(r.id for r in claimed) == good
+    assert "breaks a rule of the table" in caplog.text
+    assert row(conn, bad)[3] is None  # untouched
