@@ -15,6 +15,9 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
+      -- ours with a lapsed lease (a write that waited out a database outage): still
+      -- owned by a task of this process, which renews or releases it
+      AND locked_by IS DISTINCT FROM %(worker)s
     ORDER BY not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -37,6 +40,9 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
+      -- ours with a lapsed lease (a write that waited out a database outage): still
+      -- owned by a task of this process, which renews or releases it
+      AND locked_by IS DISTINCT FROM %(worker)s
       -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
       -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
       AND prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]'
@@ -58,6 +64,7 @@ RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attem
 SELECT least(
     (SELECT not_before FROM images
       WHERE status = 'ReadyToGenerate' AND (locked_until IS NULL OR locked_until < now())
+        AND locked_by IS DISTINCT FROM %(worker)s
         -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
         -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
         AND prompt ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFF8\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0000-\U000E0FFF]'
@@ -81,6 +88,7 @@ SET locked_by = %(worker)s,
 FROM (
     SELECT id FROM images
     WHERE status = 'Generate' AND (locked_until IS NULL OR locked_until < now())
+      AND locked_by IS DISTINCT FROM %(worker)s  -- see claim_ready
       -- a row that breaks a rule cannot move on: left out (view images_blocked)
       AND uuid IS NOT NULL AND attempts >= 0
     ORDER BY locked_until NULLS FIRST, id

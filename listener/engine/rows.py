@@ -79,6 +79,12 @@ class Rows:
 
     async def _row(self, item: ReadyRow | Generation, ticket: Ticket) -> None:
         status = "ReadyToGenerate" if isinstance(item, ReadyRow) else "Generate"
+        if item.id in self.leases.owned:
+            # Claimed again while a task of ours still owns it (the claims leave out our
+            # own rows; this is the last line of defence): the owner carries on.
+            log.warning("Image ID %d: claimed again while this listener works on it", item.id)
+            ticket.close()
+            return
         try:
             with self.leases.own(item.id, status) as own:
                 try:

@@ -79,7 +79,10 @@ class FakeStore:
         return trio.current_time()
 
     def _free(self, r: Row, now: float) -> bool:
-        return r.locked_until is None or r.locked_until < now
+        """Claimable: no live lease, and not ours (a lapsed lease of ours is still held
+        by a task of this process)."""
+        lapsed = r.locked_until is None or r.locked_until < now
+        return lapsed and r.locked_by != self.worker
 
     def _mine(self, id_: int, status: str) -> Row:
         r = self.rows.get(id_)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from listener.engine import Wakeup
+from listener.engine import Connected, Wakeup
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -60,3 +60,24 @@ async def test_what_a_cancelled_task_leaves_is_released_in_one_statement(
     assert store.calls["release_rows"] == 1
     assert all(r.locked_by is None for r in store.rows.values())
     assert not engine.leases.owned
+
+
+async def test_a_row_whose_lease_lapsed_under_a_live_task_is_not_claimed_twice(
+    store, provider, autojump_clock
+):
+    """Regression: after a database outage longer than the lease, the catch-up sweep
+    adopted a row a task of this process still followed, and the second task's claim of
+    ownership crashed the process."""
+    provider.generation_time = 1000.0
+    engine = make_engine(store, provider, settings={"default_max_attempts": 1000})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Generate")
+        store.rows[id_].locked_until = 0.0  # lapsed while the database was away
+        engine.on_event(Wakeup("Generate"))
+        engine.on_event(Connected())
+        await trio.sleep(5)
+        assert engine.budget.counts["following"] == 1
+        assert list(engine.leases.owned) == [id_]
+        engine.stop("test")
