@@ -29,6 +29,7 @@ from listener.engine.health import ApiHealth
 from listener.engine.ports import Store
 from listener.engine.rows import Rows
 from listener.errors import DatabaseError
+from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
 
@@ -180,7 +181,8 @@ class Claims:
             self._due("generating", claimed.next_due_in)
             started = self.budget.take(want, len(claimed.rows), "following")
             for gen, ticket in zip(claimed.rows, started, strict=True):
-                log.info("Resuming generation of image ID %d (uuid %s)", gen.id, gen.handle)
+                # the uuid comes from the row, which other roles may have written
+                log.info("Resuming generation of image ID %d (uuid %s)", gen.id, clean(gen.handle))
                 self.rows.start_follow(gen, ticket)
             if tickets is not None:
                 tickets.extend(started)

@@ -47,7 +47,7 @@ Mode = Literal["event", "cron", "once"]
 class Wakeups(Protocol):
     """A source of wake-ups (the LISTEN stream): calls `on_event` for each."""
 
-    on_event: Callable[[object], None]
+    on_event: Callable[[Connected | Polling | Wakeup], None]
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
@@ -140,7 +140,7 @@ class Engine:
 
     # -- events ------------------------------------------------------------------------
 
-    def on_event(self, event: object) -> None:
+    def on_event(self, event: Connected | Polling | Wakeup) -> None:
         """A wake-up source's report: look at the table."""
         if isinstance(event, Connected):
             self.sweeps.request_catch_up()
@@ -152,13 +152,11 @@ class Engine:
                 )
             self.polling = event.on
             return
-        status = getattr(event, "status", None) or getattr(event, "payload", None)
-        if status == "ReadyToGenerate":
-            self.claims.ready.ring()
-        elif status == "Generate":
-            self.claims.generating.ring()
-        elif status == "poll":
-            self.claims.look()
+        if isinstance(event, Wakeup):
+            if event.status == "ReadyToGenerate":
+                self.claims.ready.ring()
+            elif event.status == "Generate":
+                self.claims.generating.ring()
 
     # -- lifetime ----------------------------------------------------------------------
 
