@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import trio
+
 from listener.api.models import GenerationRequest
 from listener.config import Settings
 from listener.engine.doorbell import backoff_delay
-from listener.engine.guard import Guard
+from listener.engine.guard import Guard, WriteAbandoned
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
 from listener.engine.ports import Generation, Provider, ReadyRow, Store
@@ -96,6 +98,11 @@ class Runs:
         with self.guard.shielded() as scope:
             try:
                 accepted = await self.provider.submit(request)
+            except trio.Cancelled:
+                # The shutdown deadline cut the call off: it may have been accepted and
+                # paid for. Released with the rest, counted as an unknown outcome.
+                own.unknown_outcome = True
+                raise
             except ApiBusy as exc:
                 delay = self.health.busy(exc.state)
                 await self.store.release(
@@ -122,12 +129,25 @@ class Runs:
             self.health.accepted()
             log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
             with own.moving_to("Generate"):
-                await self.guard.durable(
-                    f"Image ID {row.id}: recording uuid {clean(accepted.handle)}",
-                    lambda: self.store.record_accepted(
-                        row.id, accepted.handle, keep=self.follow_here
-                    ),
-                )
+                try:
+                    await self.guard.durable(
+                        f"Image ID {row.id}: recording uuid {clean(accepted.handle)}",
+                        lambda: self.store.record_accepted(
+                            row.id, accepted.handle, keep=self.follow_here
+                        ),
+                    )
+                except WriteAbandoned:
+                    own.unknown_outcome = True  # paid, and its uuid could not be kept
+                    raise
+        if own.unknown_outcome:
+            log.warning(
+                "Image ID %d: the run call was cut off by the shutdown deadline; it may "
+                "have been accepted (counted as an unknown outcome); the row is released",
+                row.id,
+            )
+            return None
+        if own.status != "Generate":
+            return None  # the deadline cut the write of an answer: released with the rest
         if not self.follow_here:
             own.settle()  # released to the processors by record_accepted
             return None

@@ -9,6 +9,7 @@ trio's clock, so the tests run on `autojump_clock` in milliseconds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -24,7 +25,7 @@ from listener.engine.ports import (
     ReadyRow,
     Submitted,
 )
-from listener.errors import DatabaseUnavailable, LeaseLost
+from listener.errors import DatabaseUnavailable, LeaseLost, RuleBroken
 
 
 def settings(**overrides) -> Settings:
@@ -53,21 +54,29 @@ class Row:
     started: float = 0.0
     width: int | None = None
     height: int | None = None
+    broken: bool = False  # breaks a rule of the table (an old row, a rule added NOT VALID)
+
+
+LISTENER_STATUSES = ("ReadyToGenerate", "Generate")
 
 
 @dataclass
 class FakeStore:
+    """The contract of `listener.store.PgStore`, in memory (tests/test_store_contract.py
+    runs one suite against both)."""
+
     worker: str = "me"
     lease: float = 30.0
     rows: dict[int, Row] = field(default_factory=dict)
     down: bool = False  # every call raises DatabaseUnavailable
     calls: Counter = field(default_factory=Counter)
     released: list[int] = field(default_factory=list)
+    locked: set[int] = field(default_factory=set)  # rows another session has locked now
 
     def add(self, n: int = 1, **kw) -> list[int]:
         ids = []
         for _ in range(n):
-            id_ = len(self.rows) + 1
+            id_ = max(self.rows, default=0) + 1
             self.rows[id_] = Row(id_, **kw)
             ids.append(id_)
         return ids
@@ -78,28 +87,45 @@ class FakeStore:
             raise DatabaseUnavailable("database unavailable: down for the test")
         return trio.current_time()
 
-    def _free(self, r: Row, now: float) -> bool:
-        """Claimable: no live lease, and not ours (a lapsed lease of ours is still held
-        by a task of this process)."""
+    def _free(self, r: Row, now: float, held: Collection[int]) -> bool:
+        """Claimable: no live lease, and not held by a live task of this process (whose
+        lease may have lapsed); a lapsed lease of ours that no task holds is free."""
         lapsed = r.locked_until is None or r.locked_until < now
-        return lapsed and r.locked_by != self.worker
+        return lapsed and r.id not in held and r.id not in self.locked
 
-    def _mine(self, id_: int, status: str) -> Row:
+    def _check(self, r: Row) -> None:
+        if r.broken:
+            raise RuleBroken("database error: new row violates check constraint")
+
+    def _write(self, name: str, id_: int, from_status: str, done) -> Row | None:
+        """The fenced write's contract: the row if it is ours in `from_status`; None when
+        `done(row)` (a retry finding its own write landed); otherwise our lease on it is
+        cleared where it still names us, and LeaseLost."""
         r = self.rows.get(id_)
-        if r is None or r.locked_by != self.worker or r.status != status:
-            raise LeaseLost(f"image ID {id_}: not ours")
-        return r
+        if r is not None and r.locked_by == self.worker and r.status == from_status:
+            self._check(r)
+            return r
+        if r is not None and done(r):
+            return None
+        if r is not None and r.locked_by == self.worker:
+            self._check(r)
+            r.locked_by = r.locked_until = None
+        now = "deleted" if r is None else f"status {r.status}"
+        raise LeaseLost(f"image ID {id_}: write refused ({name}): the row changed ({now})")
 
     # -- claims ------------------------------------------------------------------------
 
-    async def claim_ready(self, limit: int) -> list[ReadyRow]:
+    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]:
         now = self._call("claim_ready")
         await trio.lowlevel.checkpoint()
         due = sorted(
             (
                 r
                 for r in self.rows.values()
-                if r.status == "ReadyToGenerate" and r.not_before <= now and self._free(r, now)
+                if r.status == "ReadyToGenerate"
+                and r.not_before <= now
+                and self._free(r, now, held)
+                and not r.broken
             ),
             key=lambda r: (r.not_before, r.id),
         )[:limit]
@@ -120,28 +146,52 @@ class FakeStore:
             )
         return out
 
-    async def next_ready_in(self) -> float | None:
+    async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None:
         now = self._call("next_ready_in")
         waits = [
             max(0.0, r.not_before - now)
             for r in self.rows.values()
-            if r.status == "ReadyToGenerate" and self._free(r, now)
+            if r.status == "ReadyToGenerate"
+            and (r.locked_until is None or r.locked_until < now)
+            and r.id not in held
+            and not r.broken
         ]
         waits += [
             r.locked_until - now
             for r in self.rows.values()
             if r.status == "ReadyToGenerate"
-            and r.locked_by not in (None, self.worker)
-            and not self._free(r, now)
+            and r.locked_by is not None
+            and r.id not in held
+            and r.locked_until is not None
+            and r.locked_until >= now
         ]
         return min(waits) if waits else None
 
-    async def claim_generating(self, limit: int) -> Claimed:
+    def _generating_due(self, now: float, held: Collection[int]) -> float | None:
+        later = [
+            r.locked_until - now
+            for r in self.rows.values()
+            if r.status == "Generate"
+            and r.locked_until is not None
+            and r.locked_until >= now
+            and r.id not in held
+        ]
+        return min(later) if later else None
+
+    async def claim_generating(self, limit: int, *, held: Collection[int] = ()) -> Claimed:
         now = self._call("claim_generating")
         await trio.lowlevel.checkpoint()
-        free = [r for r in self.rows.values() if r.status == "Generate" and self._free(r, now)]
+        free = [
+            r
+            for r in self.rows.values()
+            if r.status == "Generate"
+            and self._free(r, now, held)
+            and r.uuid is not None
+            and r.attempts >= 0
+        ]
         out = []
-        for r in sorted(free, key=lambda r: r.id)[:limit]:
+        order = sorted(free, key=lambda r: (r.locked_until is not None, r.locked_until or 0, r.id))
+        for r in order[:limit]:
             r.locked_by, r.locked_until = self.worker, now + self.lease
             out.append(
                 Generation(
@@ -154,51 +204,91 @@ class FakeStore:
                     attempts=r.attempts,
                 )
             )
-        later = [
-            r.locked_until - now
-            for r in self.rows.values()
-            if r.status == "Generate" and not self._free(r, now) and r.locked_by != self.worker
-        ]
-        return Claimed(out, min(later) if later else None)
+        if len(out) == limit:
+            return Claimed(out, 0.0)
+        return Claimed(out, self._generating_due(now, held))
+
+    async def next_generating_in(self, *, held: Collection[int] = ()) -> float | None:
+        now = self._call("next_generating_in")
+        return self._generating_due(now, held)
 
     # -- writes ------------------------------------------------------------------------
 
     async def record_accepted(self, id_: int, handle: str, *, keep: bool) -> None:
         now = self._call("record_accepted")
-        r = self._mine(id_, "ReadyToGenerate")
+
+        def done(r: Row) -> bool:
+            mine = r.locked_by == self.worker if keep else True
+            return r.status == "Generate" and r.uuid == handle and mine
+
+        r = self._write("record_accepted", id_, "ReadyToGenerate", done)
+        if r is None:
+            return
         r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
-        if not keep:
-            r.locked_by = r.locked_until = None
+        r.locked_until = now + self.lease if keep else None
+        r.locked_by = self.worker if keep else None
 
     async def retry_later(self, id_, *, delay, error, unknown_outcome=False) -> None:
         now = self._call("retry_later")
-        r = self._mine(id_, "ReadyToGenerate")
+
+        def done(r: Row) -> bool:
+            return r.status == "ReadyToGenerate" and r.locked_by is None
+
+        r = self._write("retry_later", id_, "ReadyToGenerate", done)
+        if r is None:
+            return
         r.locked_by = r.locked_until = None
         r.last_error, r.not_before = error, now + delay
         r.unknown_outcomes += 1 if unknown_outcome else 0
 
     async def release(self, id_, *, status, delay=0.0, error=None, uncount=False, count=False):
         now = self._call("release")
-        r = self._mine(id_, status)
+
+        def done(r: Row) -> bool:
+            return r.status == status and r.locked_by is None
+
+        r = self._write("release", id_, status, done)
+        if r is None:
+            return
         r.locked_by, r.locked_until = None, None
         if status == "Generate" and delay > 0:
             r.locked_until = now + delay
         if status == "ReadyToGenerate":
             r.not_before = now + delay
-        r.attempts += (-1 if uncount else 0) + (1 if count and status == "Generate" else 0)
+        r.attempts = max(
+            0, r.attempts - (1 if uncount else 0) + (1 if count and status == "Generate" else 0)
+        )
         r.last_error = error if error is not None else r.last_error
         self.released.append(id_)
 
     async def fail(self, id_, error, *, from_status, censored=False) -> None:
         self._call("fail")
-        r = self._mine(id_, from_status)
+
+        def done(r: Row) -> bool:
+            return r.status == "Failed" and r.locked_by is None
+
+        r = self._write("fail", id_, from_status, done)
+        if r is None:
+            return
         r.status, r.last_error, r.censored = "Failed", error, censored
         r.locked_by = r.locked_until = None
 
     async def finalise(self, id_, handle, image) -> None:
         self._call("finalise")
-        r = self._mine(id_, "Generate")
-        r.status, r.image, r.last_error = "ReadyToPublish", image, None
+
+        def done(r: Row) -> bool:
+            return r.status == "ReadyToPublish" and r.uuid == handle
+
+        r = self._write("finalise", id_, "Generate", done)
+        if r is None:
+            return
+        r.status, r.image, r.uuid, r.last_error, r.censored = (
+            "ReadyToPublish",
+            image,
+            handle,
+            None,
+            False,
+        )
         r.locked_by = r.locked_until = None
 
     async def renew(self, owned: dict[int, str]):
@@ -206,6 +296,8 @@ class FakeStore:
         renewed, lost = set(), set()
         for id_, status in owned.items():
             r = self.rows.get(id_)
+            if r is not None and r.locked_by == self.worker and id_ in self.locked:
+                continue  # locked by another session for now: neither renewed nor lost
             same = r is not None and (
                 r.status == status or (status, r.status) == ("ReadyToGenerate", "Generate")
             )
@@ -219,13 +311,14 @@ class FakeStore:
                 renewed.add(id_)
         return renewed, lost
 
-    async def release_rows(self, ids: list[int]) -> int:
+    async def release_rows(self, ids: list[int], *, unknown: Collection[int] = ()) -> int:
         self._call("release_rows")
         n = 0
         for id_ in ids:
             r = self.rows.get(id_)
-            if r and r.locked_by == self.worker and r.status in ("ReadyToGenerate", "Generate"):
+            if r and r.locked_by == self.worker and r.status in LISTENER_STATUSES:
                 r.locked_by = r.locked_until = None
+                r.unknown_outcomes += 1 if id_ in unknown else 0
                 self.released.append(id_)
                 n += 1
         return n

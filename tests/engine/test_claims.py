@@ -92,3 +92,28 @@ async def test_generations_of_a_dead_listener_are_adopted_when_its_lease_runs_ou
         await run_until(lambda: store.statuses()["ReadyToPublish"] == 3, seconds=60)
         engine.stop("test")
     assert 10 <= trio.current_time() < 20
+
+
+async def test_a_generation_leased_after_the_last_pass_is_adopted_when_its_lease_runs_out(
+    store, provider, autojump_clock
+):
+    """Regression: a row that entered Generate leased by another listener rang nobody;
+    this listener learned its lease's end only at its next pass (the 10-minute sweep),
+    past the provider's result lifetime. The due time is asked again every
+    LEASE_TIMEOUT / 3."""
+    provider.generation_time = 0.0
+    engine = make_engine(store, provider, settings={"lease_timeout": 30})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())  # the start-up sweep: nothing to adopt
+        await trio.sleep(7)
+        # another listener submits a row, follows it, renews its lease, then dies
+        (id_,) = store.add(1, status="Generate", uuid="theirs", locked_by="other")
+        provider.started["theirs"] = 0.0
+        for _ in range(3):
+            store.rows[id_].locked_until = trio.current_time() + 30
+            await trio.sleep(10)
+        died = store.rows[id_].locked_until
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=120)
+        engine.stop("test")
+    assert died <= trio.current_time() < died + 1.5

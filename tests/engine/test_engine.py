@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from listener.engine import Wakeup
@@ -63,3 +64,26 @@ async def test_once_mode_does_one_pass_and_waits_for_what_it_started(
     await engine.serve()
     assert store.statuses() == {"ReadyToPublish": 5}
     assert engine.stop_reason == "one pass done"
+
+
+@pytest.mark.parametrize("follow", [True, False], ids=["both roles", "generator only"])
+async def test_a_run_call_cut_off_by_the_deadline_is_released_and_counted(
+    store, provider, autojump_clock, follow
+):
+    """Regression (generator only): the row was settled though nothing was written, so it
+    stayed leased until its lease ran out; in neither role was the abandoned, possibly
+    paid, call counted."""
+    provider.run_time = 100.0
+    engine = make_engine(store, provider, follow=follow, settings={"shutdown_grace": 1})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    assert trio.current_time() - start < 2
+    row = store.rows[id_]
+    assert (row.status, row.uuid, row.locked_by) == ("ReadyToGenerate", None, None)
+    assert row.unknown_outcomes == 1
+    assert store.released == [id_]
