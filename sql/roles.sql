@@ -75,6 +75,7 @@ REVOKE ALL ON FUNCTION
     images_retry(bigint),
     images_retry_failed(timestamptz),
     images_cancel(bigint),
+    images_regenerate(bigint),
     images_fail_blocked(),
     images_prompt_is_blank(text)
 FROM images_writer, images_operator, images_listener;
@@ -105,6 +106,7 @@ GRANT EXECUTE ON FUNCTION images_prompt_is_blank(text) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_retry(bigint) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_retry_failed(timestamptz) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_cancel(bigint) TO images_operator;
+GRANT EXECUTE ON FUNCTION images_regenerate(bigint) TO images_operator;
 -- ... and enqueue like an application (`listener enqueue`)
 GRANT INSERT (prompt, status, style, width, height, negative_prompt) ON images TO images_operator;
 GRANT USAGE ON SEQUENCE images_id_seq TO images_operator;
