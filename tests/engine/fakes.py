@@ -54,7 +54,16 @@ class Row:
     started: float = 0.0
     width: int | None = None
     height: int | None = None
-    broken: bool = False  # breaks a rule of the table (an old row, a rule added NOT VALID)
+    style: str | None = None
+    negative_prompt: str | None = None
+
+    def breaks_a_rule(self, status: str | None = None, attempts: int | None = None) -> bool:
+        """The table's CHECKs that an old row (or a rule re-added NOT VALID) may break,
+        for the row as a write would leave it: attempts never negative; a waiting row's
+        prompt not blank."""
+        waiting = (status or self.status) == "ReadyToGenerate"
+        attempts = self.attempts if attempts is None else attempts
+        return attempts < 0 or (waiting and not self.prompt.strip())
 
 
 LISTENER_STATUSES = ("ReadyToGenerate", "Generate")
@@ -72,11 +81,12 @@ class FakeStore:
     calls: Counter = field(default_factory=Counter)
     released: list[int] = field(default_factory=list)
     locked: set[int] = field(default_factory=set)  # rows another session has locked now
+    last_id: int = 0
 
     def add(self, n: int = 1, **kw) -> list[int]:
         ids = []
         for _ in range(n):
-            id_ = max(self.rows, default=0) + 1
+            id_ = self.last_id = max(self.last_id, *self.rows, 0) + 1  # like a sequence
             self.rows[id_] = Row(id_, **kw)
             ids.append(id_)
         return ids
@@ -93,17 +103,21 @@ class FakeStore:
         lapsed = r.locked_until is None or r.locked_until < now
         return lapsed and r.id not in held and r.id not in self.locked
 
-    def _check(self, r: Row) -> None:
-        if r.broken:
+    def _check(self, r: Row, status: str | None = None, attempts: int | None = None) -> None:
+        """Any UPDATE of a row is checked against every rule, whatever it changes."""
+        if r.breaks_a_rule(status, attempts):
             raise RuleBroken("database error: new row violates check constraint")
 
-    def _write(self, name: str, id_: int, from_status: str, done) -> Row | None:
-        """The fenced write's contract: the row if it is ours in `from_status`; None when
-        `done(row)` (a retry finding its own write landed); otherwise our lease on it is
-        cleared where it still names us, and LeaseLost."""
+    def _write(
+        self, name: str, id_: int, from_status: str, to: str, done, attempts=None
+    ) -> Row | None:
+        """The fenced write's contract: the row if it is ours in `from_status` (checked
+        against the rules as it will be, in status `to`); None when `done(row)` (a retry
+        finding its own write landed); otherwise our lease on it is cleared where it
+        still names us, and LeaseLost."""
         r = self.rows.get(id_)
         if r is not None and r.locked_by == self.worker and r.status == from_status:
-            self._check(r)
+            self._check(r, to, attempts(r) if attempts else None)
             return r
         if r is not None and done(r):
             return None
@@ -125,7 +139,7 @@ class FakeStore:
                 if r.status == "ReadyToGenerate"
                 and r.not_before <= now
                 and self._free(r, now, held)
-                and not r.broken
+                and not r.breaks_a_rule()
             ),
             key=lambda r: (r.not_before, r.id),
         )[:limit]
@@ -137,6 +151,8 @@ class FakeStore:
                 ReadyRow(
                     r.id,
                     r.prompt,
+                    style=r.style,
+                    negative_prompt=r.negative_prompt,
                     attempts=r.attempts,
                     last_error=r.last_error,
                     unknown_outcomes=r.unknown_outcomes,
@@ -154,7 +170,7 @@ class FakeStore:
             if r.status == "ReadyToGenerate"
             and (r.locked_until is None or r.locked_until < now)
             and r.id not in held
-            and not r.broken
+            and not r.breaks_a_rule()
         ]
         waits += [
             r.locked_until - now
@@ -221,7 +237,7 @@ class FakeStore:
             mine = r.locked_by == self.worker if keep else True
             return r.status == "Generate" and r.uuid == handle and mine
 
-        r = self._write("record_accepted", id_, "ReadyToGenerate", done)
+        r = self._write("record_accepted", id_, "ReadyToGenerate", "Generate", done)
         if r is None:
             return
         r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
@@ -234,7 +250,7 @@ class FakeStore:
         def done(r: Row) -> bool:
             return r.status == "ReadyToGenerate" and r.locked_by is None
 
-        r = self._write("retry_later", id_, "ReadyToGenerate", done)
+        r = self._write("retry_later", id_, "ReadyToGenerate", "ReadyToGenerate", done)
         if r is None:
             return
         r.locked_by = r.locked_until = None
@@ -247,7 +263,12 @@ class FakeStore:
         def done(r: Row) -> bool:
             return r.status == status and r.locked_by is None
 
-        r = self._write("release", id_, status, done)
+        def attempts(r: Row) -> int:  # never below 0, even for an old row's
+            return max(
+                0, r.attempts - (1 if uncount else 0) + (1 if count and status == "Generate" else 0)
+            )
+
+        r = self._write("release", id_, status, status, done, attempts)
         if r is None:
             return
         r.locked_by, r.locked_until = None, None
@@ -255,9 +276,7 @@ class FakeStore:
             r.locked_until = now + delay
         if status == "ReadyToGenerate":
             r.not_before = now + delay
-        r.attempts = max(
-            0, r.attempts - (1 if uncount else 0) + (1 if count and status == "Generate" else 0)
-        )
+        r.attempts = attempts(r)
         r.last_error = error if error is not None else r.last_error
         self.released.append(id_)
 
@@ -267,7 +286,7 @@ class FakeStore:
         def done(r: Row) -> bool:
             return r.status == "Failed" and r.locked_by is None
 
-        r = self._write("fail", id_, from_status, done)
+        r = self._write("fail", id_, from_status, "Failed", done)
         if r is None:
             return
         r.status, r.last_error, r.censored = "Failed", error, censored
@@ -279,7 +298,7 @@ class FakeStore:
         def done(r: Row) -> bool:
             return r.status == "ReadyToPublish" and r.uuid == handle
 
-        r = self._write("finalise", id_, "Generate", done)
+        r = self._write("finalise", id_, "Generate", "ReadyToPublish", done)
         if r is None:
             return
         r.status, r.image, r.uuid, r.last_error, r.censored = (
