@@ -111,17 +111,17 @@ class Settings(BaseSettings):
     listen_keepalive: float = Field(30, gt=0)
     data_dir: Path = Path(".data")
 
-    # -- engine (issue 11) ----------------------------------------------------------------
+    # -- engine -------------------------------------------------------------------------
     unknown_outcome_resends: int = Field(1, ge=0, le=10)
     db_statement_timeout: float = Field(30, gt=0)
     db_max_idle_time: float = Field(30, gt=0)
 
-    # -- .env.example placeholders (issue 13) -------------------------------------------
+    # -- .env.example placeholders ------------------------------------------------------
     # Not a setting: the variables whose .env.example placeholder was treated as unset,
     # so the log can say so (listener.commands.common.prepare).
     _placeholders: tuple[str, ...] = PrivateAttr(default=())
 
-    # -- behind a connection pooler (issue 15) --
+    # -- behind a connection pooler -----------------------------------------------------
     # The LISTEN connection's own address, straight to PostgreSQL, when DATABASE_URL goes
     # through a transaction-mode pooler (which cannot deliver notifications).
     listen_database_url: SecretStr | None = None
@@ -130,12 +130,12 @@ class Settings(BaseSettings):
     # Server-side prepared statements: auto = off when a transaction pooler is detected.
     db_prepared_statements: Literal["auto", "on", "off"] = "auto"
 
-    # -- least privilege (issue 14) -------------------------------------------------------
+    # -- least privilege ----------------------------------------------------------------
     # http:// to a host other than this machine sends the API key in clear: refused
     # unless this says the network in between is trusted.
     allow_insecure_api_url: bool = False
 
-    # -- a misbehaving API (issue 12) ---------------------------------------------------
+    # -- a misbehaving API --------------------------------------------------------------
     # A 2xx answer larger than this is abandoned as it streams (a 1024 x 1024 image is
     # about 4 MB in base64).
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)

@@ -101,7 +101,10 @@ class PgStore:
 
         def go(conn: psycopg.Connection) -> Claimed:
             with conn.cursor(row_factory=dict_row) as cur:
-                rows = [Generation(**r) for r in cur.execute(q["claim_generating"], params)]
+                rows = [
+                    Generation(r["id"], r["handle"], r["age"], width=r["width"], height=r["height"])
+                    for r in cur.execute(q["claim_generating"], params)
+                ]
                 if len(rows) == limit:
                     return Claimed(rows, 0.0)
                 nxt = cur.execute(q["next_generating_at"], params).fetchone()

@@ -111,7 +111,8 @@ class Claims:
         with trio.CancelScope(deadline=deadline) as scope:
             self._sleeping[kind] = scope
             try:
-                return await bell.wait()
+                await bell.wait()
+                return True
             finally:
                 del self._sleeping[kind]
         return False

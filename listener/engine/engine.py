@@ -56,8 +56,6 @@ class Wakeups(Protocol):
 class Connected:
     """The wake-up source is (again) in place: what happened meanwhile was not heard."""
 
-    first: bool = True
-
 
 @dataclass(frozen=True)
 class Polling:

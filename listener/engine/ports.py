@@ -44,12 +44,10 @@ class Generation:
 
     id: int
     handle: str
-    prompt: str = ""
     age: float = 0.0  # seconds since the provider accepted it, by the database's clock
     check_after: float = 0.0  # the provider's hint: no point asking before this
     width: int | None = None
     height: int | None = None
-    attempts: int = 0
 
 
 @dataclass(frozen=True)

@@ -156,12 +156,10 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            row.prompt,
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,
             height=request.height,
-            attempts=row.attempts,
         )
 
     def unknown_reason(self, n: int) -> str:

@@ -213,11 +213,9 @@ class FakeStore:
                 Generation(
                     r.id,
                     r.uuid or "",
-                    r.prompt,
                     age=now - r.started,
                     width=r.width,
                     height=r.height,
-                    attempts=r.attempts,
                 )
             )
         if len(out) == limit:
