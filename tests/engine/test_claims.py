@@ -5,6 +5,8 @@ from __future__ import annotations
 import trio
 
 from listener.engine import Connected, Wakeup
+from listener.engine.ports import Submitted
+from listener.errors import ApiBusy
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -23,16 +25,12 @@ async def test_a_wakeup_claims_no_more_rows_than_free_run_calls(store, provider,
 
 
 async def test_busy_api_pauses_claims_without_counting_attempts(store, provider, autojump_clock):
-    from listener.errors import ApiBusy
-
     busy = {"left": 2}
 
     def on_submit(request):
         if busy["left"]:
             busy["left"] -= 1
             raise ApiBusy("pipeline is DISABLED_BY_QUEUE", state="DISABLED_BY_QUEUE")
-        from listener.engine.ports import Submitted
-
         provider.started[f"u{len(provider.submitted)}"] = trio.current_time()
         return Submitted(f"u{len(provider.submitted)}")
 
@@ -117,3 +115,40 @@ async def test_a_generation_leased_after_the_last_pass_is_adopted_when_its_lease
         await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=120)
         engine.stop("test")
     assert died <= trio.current_time() < died + 1.5
+
+
+async def test_a_busy_answer_pauses_every_run_call_for_the_back_off(
+    store, provider, autojump_clock
+):
+    """Not only the row that got the answer waits: no run call at all is made until
+    the back-off is over, and the back-off grows while the API stays busy."""
+
+    calls, pauses = [], []
+    busy = {"left": 2}
+
+    def on_submit(request):
+        calls.append(trio.current_time())
+        if busy["left"]:
+            busy["left"] -= 1
+            raise ApiBusy("DISABLED_BY_QUEUE", state="DISABLED_BY_QUEUE")
+        provider.started[request.prompt] = trio.current_time()
+        return Submitted(request.prompt)
+
+    provider.on_submit, provider.run_time = on_submit, 0.0
+    engine = make_engine(store, provider, settings={"api_concurrency": 1, "retry_backoff_base": 10})
+    real_busy = engine.health.busy
+
+    def busy_answer(state):
+        pauses.append(real_busy(state))
+        return pauses[-1]
+
+    engine.health.busy = busy_answer
+    store.add(3)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 3, seconds=600)
+        engine.stop("test")
+    assert 5 <= pauses[0] <= 10 and 10 <= pauses[1] <= 20  # base, then twice the base
+    assert calls[1] - calls[0] >= pauses[0]
+    assert calls[2] - calls[1] >= pauses[1]

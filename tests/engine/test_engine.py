@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from listener.engine import Wakeup
+from listener.engine.ports import Submitted
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -87,3 +88,38 @@ async def test_a_run_call_cut_off_by_the_deadline_is_released_and_counted(
     assert (row.status, row.uuid, row.locked_by) == ("ReadyToGenerate", None, None)
     assert row.unknown_outcomes == 1
     assert store.released == [id_]
+
+
+async def test_while_a_run_is_in_flight_at_the_stop_the_other_rows_work_goes_on(
+    store, provider, autojump_clock
+):
+    """Phase 1 of the stop waits for the run calls in flight (up to SHUTDOWN_GRACE)
+    before it cancels anything: meanwhile a generation that finishes is still written."""
+    slow_run = {"a slow run": 4.0}
+
+    async def submit(request):
+        provider.in_flight += 1
+        try:
+            await trio.sleep(slow_run.get(request.prompt, 0.1))
+            handle = f"uuid-{request.prompt}"
+            provider.submitted.append(request.prompt)
+            provider.started[handle] = trio.current_time()
+            return Submitted(handle)
+        finally:
+            provider.in_flight -= 1
+
+    provider.submit = submit
+    provider.generation_time = 1.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 10})
+    (slow,) = store.add(1, prompt="a slow run")
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 1, every=0.01)
+        (quick,) = store.add(1, prompt="a quick one")
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: store.rows[quick].status == "Generate", every=0.01)
+        engine.stop("SIGTERM")
+    assert store.rows[quick].status == "ReadyToPublish"  # written during phase 1
+    assert (store.rows[slow].status, store.rows[slow].uuid) == ("Generate", "uuid-a slow run")
+    assert store.rows[slow].locked_by is None  # followed no further: released

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from listener.engine.ports import Submitted
 from listener.errors import ApiCredentials, ApiOutcomeUnknown, ApiPermanent, ApiTransient
 from tests.engine.conftest import make_engine, run_until
 
@@ -82,3 +83,57 @@ async def test_refused_credentials_touch_no_row_and_pause_generation(
         assert (row.status, row.attempts, row.locked_by) == ("ReadyToGenerate", 0, None)
         assert len(provider.submitted) == 1
         engine.stop("test")
+
+
+@pytest.mark.parametrize("probe_answer", [None, ApiTransient("availability: HTTP 503")])
+async def test_generation_resumes_by_itself_once_the_key_works_again(
+    store, provider, autojump_clock, probe_answer
+):
+    """Any answer of the probe but a refusal means the key is accepted again."""
+    refused = {"until": 60.0}
+
+    def on_submit(request):
+        if trio.current_time() < refused["until"]:
+            raise ApiCredentials("run: HTTP 401")
+        provider.started[request.prompt] = trio.current_time()
+        return Submitted(request.prompt)
+
+    async def probe():
+        if trio.current_time() < refused["until"]:
+            raise ApiCredentials("availability: HTTP 401")
+        if probe_answer is not None:
+            raise probe_answer
+
+    provider.on_submit, provider.probe = on_submit, probe
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=600)
+        engine.stop("test")
+    assert 60 <= trio.current_time() < 60 + 5 + 5  # the next probe after the key came back
+    assert engine.health.credentials_ok.is_set()
+
+
+async def test_a_scheduled_retry_is_made_when_it_falls_due(store, provider, autojump_clock):
+    """The row task rings the claims when it schedules a retry: they learn the row's
+    due time at once (neither a sweep nor the periodic look is waited for)."""
+    tries = []
+
+    def on_submit(request):
+        tries.append(trio.current_time())
+        if len(tries) == 1:
+            raise ApiTransient("run: HTTP 503: down")
+        provider.started[request.prompt] = trio.current_time()
+        return Submitted(request.prompt)
+
+    provider.on_submit = on_submit
+    engine = make_engine(
+        store, provider, settings={"retry_backoff_base": 1, "retry_backoff_max": 2}
+    )
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=600)
+        engine.stop("test")
+    assert tries[1] - tries[0] < 2.5  # the back-off (at most 2 s), not 10 s or 300 s
