@@ -315,9 +315,17 @@ def own_objects(conn: psycopg.Connection) -> None:
     for table, column in conn.execute(q["table_columns"], {"names": tables}):
         columns.setdefault(table, set()).add(column)
     schema = _schema(conn)
-    conn.execute(
-        f"GRANT USAGE ON SCHEMA {objects.quote_ident(schema)} TO {', '.join(roles)}".encode()
-    )
+    lacking = [
+        r
+        for r in roles
+        if not conn.execute(
+            "SELECT pg_catalog.has_schema_privilege(%s, %s, 'USAGE')", (r, schema)
+        ).fetchone()[0]  # type: ignore[index]
+    ]
+    if lacking:  # only then: a GRANT on a schema one does not own says "no privileges"
+        conn.execute(
+            f"GRANT USAGE ON SCHEMA {objects.quote_ident(schema)} TO {', '.join(lacking)}".encode()
+        )
     for statement in objects.grant_statements(
         schema, roles=roles, present=existing, columns=columns
     ):
