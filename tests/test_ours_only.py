@@ -23,6 +23,7 @@ from listener.sqlfiles import migrations
 from tests.fixtures.listener import rows
 from tests.fixtures.roles import url_as
 from tests.helpers import clean_env, run_listener
+from tests.test_seed_upgrade import SEED_SQL
 
 # The migrations and sql/roles.sql as the previous release shipped them (main before
 # this change), to build a database that release migrated.
@@ -97,7 +98,8 @@ def build_app(owner: str, user: str) -> None:
         owner,
         f"""
         CREATE FUNCTION public.app_fn() RETURNS int LANGUAGE sql AS 'SELECT 42';
-        CREATE FUNCTION public.images_app_report() RETURNS int LANGUAGE sql AS 'SELECT 7';
+        CREATE FUNCTION public.images_app_report() RETURNS int LANGUAGE sql
+            SET work_mem = '2MB' AS 'SELECT 7';
         CREATE FUNCTION public.app_tuned() RETURNS int LANGUAGE sql
             SET work_mem = '1MB' AS 'SELECT 1';
         CREATE FUNCTION public.app_locked() RETURNS int LANGUAGE sql SECURITY DEFINER
@@ -237,14 +239,17 @@ def test_the_roles_rights_are_the_list(roles_applied):
 # -- another application's objects -----------------------------------------------------
 
 
+@pytest.mark.parametrize("database", ["empty", "seed"])
 def test_another_applications_objects_keep_owner_privileges_and_settings(
-    make_database, app_roles, tmp_path
+    make_database, app_roles, tmp_path, database
 ):
-    """A fresh install into a live database: the other application's function, view and
-    table, and its functions named like ours, are exactly as they were after `listener
-    migrate`, `listener roles` and `listener migrate` again; its login (not a
-    superuser) uses them all."""
+    """A fresh install into a live database (the seed's, or one without the listener's
+    table): the other application's function, view and table, and its function named
+    like ours, are exactly as they were after `listener migrate`, `listener roles` and
+    `listener migrate` again; its login (not a superuser) uses them all."""
     url = make_database(migrated=False)
+    if database == "seed":
+        rows(url, SEED_SQL)
     owner, user = app_roles(url)
     build_app(owner, user)
     the_app_works(user)
@@ -281,8 +286,9 @@ def test_the_previous_releases_damage_to_other_functions_is_repaired(
     for fn in ("app_fn", "images_app_report", "app_tuned"):
         with pytest.raises(errors.InsufficientPrivilege):
             rows(user, f"SELECT public.{fn}()")
-    # after the old migration, the application changed one function and made another
-    # exactly the way the old loop leaves a function: both are its own doing
+    # after the old migration, functions made exactly the way the old loop leaves one
+    # (app_hardened by its owner, app_changed closed by a DBA) and one set again by a DBA
+    # (app_tuned): each is someone's own decision since, left alone
     rows(
         owner,
         """
@@ -313,6 +319,9 @@ def test_the_previous_releases_damage_to_other_functions_is_repaired(
     assert one(user, "SELECT public.app_fn()") == 42
     assert one(user, "SELECT public.images_app_report()") == 7
     assert one(url, "SELECT proconfig FROM pg_proc WHERE oid = 'app_fn()'::regprocedure") is None
+    # only the search_path goes: a setting of the application's own stays
+    assert one(url, "SELECT proconfig FROM pg_proc "
+                    "WHERE oid = 'images_app_report()'::regprocedure") == ["work_mem=2MB"]  # fmt: skip
     assert [r for r in rows(url, APP_CATALOG) if r[1] in kept] == untouched
     assert one(user, "SELECT public.app_locked()") == 2  # its own grant, as before
     with pytest.raises(errors.InsufficientPrivilege):
