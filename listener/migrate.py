@@ -314,14 +314,8 @@ def own_objects(conn: psycopg.Connection) -> None:
     columns: dict[str, set[str]] = {}
     for table, column in conn.execute(q["table_columns"], {"names": tables}):
         columns.setdefault(table, set()).add(column)
-    schema = _schema(conn)
-    lacking = [
-        r
-        for r in roles
-        if not conn.execute(
-            "SELECT pg_catalog.has_schema_privilege(%s, %s, 'USAGE')", (r, schema)
-        ).fetchone()[0]  # type: ignore[index]
-    ]
+    schema = current_schema(conn)
+    lacking = [r for (r,) in conn.execute(q["roles_without_usage"], {"roles": list(roles)})]
     if lacking:  # only then: a GRANT on a schema one does not own says "no privileges"
         conn.execute(
             f"GRANT USAGE ON SCHEMA {objects.quote_ident(schema)} TO {', '.join(lacking)}".encode()
@@ -332,7 +326,8 @@ def own_objects(conn: psycopg.Connection) -> None:
         conn.execute(statement.encode())
 
 
-def _schema(conn: psycopg.Connection) -> str:
+def current_schema(conn: psycopg.Connection) -> str:
+    """The schema the migrations create into (the first of the search_path that exists)."""
     row = conn.execute("SELECT pg_catalog.current_schema()").fetchone()
     if not row or row[0] is None:
         raise DatabaseError("database error: no schema to migrate into (search_path is empty)")

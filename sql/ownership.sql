@@ -59,6 +59,13 @@ FROM listener_roles AS r
 WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS g WHERE g.rolname = r.role)
 ORDER BY r.role
 
+-- name: roles_without_usage
+-- Of the recorded roles, those that may not use the schema yet (a GRANT on a schema one
+-- does not own, when they may, would only say "no privileges were granted").
+SELECT r.role
+FROM pg_catalog.unnest(%(roles)s::text[]) AS r (role)
+WHERE NOT pg_catalog.has_schema_privilege(r.role, pg_catalog.current_schema(), 'USAGE')
+
 -- name: record_roles
 -- `listener roles` ran here: `listener migrate` keeps the roles' rights up to date.
 INSERT INTO listener_roles AS r (role)

@@ -21,7 +21,7 @@ from listener import objects
 from listener.commands.common import prepare
 from listener.db import connect_kwargs
 from listener.errors import DatabaseError
-from listener.migrate import check_migrated
+from listener.migrate import check_migrated, current_schema
 from listener.operator import EXIT_OK, translate_error
 from listener.sqlfiles import named, sql_dir
 
@@ -87,10 +87,7 @@ def apply_roles(conninfo: str) -> str | None:
             check_migrated(conn)
             base = (sql_dir() / "roles.sql").read_text(encoding="utf-8")
             conn.execute(base.encode())  # several statements: simple query protocol
-            schema_row = conn.execute("SELECT pg_catalog.current_schema()").fetchone()
-            schema = str(schema_row[0]) if schema_row and schema_row[0] else None
-            if schema is None:
-                raise DatabaseError("database error: no schema (search_path is empty)")
+            schema = current_schema(conn)
             for statement in objects.revoke_statements(schema) + objects.grant_statements(schema):
                 conn.execute(statement.encode())
             conn.execute(named("ownership.sql")["record_roles"], {"roles": list(ROLES)})
