@@ -66,18 +66,6 @@ BEGIN
 END
 $$;
 
--- Its fixed search_path (0012), EXECUTE for nobody but the owner; on a database whose
--- roles are in place already (`listener roles`), images_operator gets EXECUTE here too,
--- as sql/roles.sql grants it.
-DO $$
-BEGIN
-    EXECUTE format(
-        'ALTER FUNCTION images_regenerate(bigint) SET search_path = pg_catalog, %I, pg_temp',
-        current_schema()
-    );
-    REVOKE ALL ON FUNCTION images_regenerate(bigint) FROM PUBLIC;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_operator') THEN
-        GRANT EXECUTE ON FUNCTION images_regenerate(bigint) TO images_operator;
-    END IF;
-END
-$$;
+-- Its fixed search_path, EXECUTE taken from PUBLIC and given to images_operator (where
+-- `listener roles` ran) come from its line in listener/objects.py, applied by `listener
+-- migrate` after this file (sql/migrations/README.md).
