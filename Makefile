@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help install run stop test migrate psql lint format emulator bench clean
+.PHONY: help install run stop test migrate psql lint format emulator bench mutants clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -54,5 +54,11 @@ bench: $(STAMP) ## benchmarks vs procrastinate, ~12 min (ARGS=--quick for a shor
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(ARGS)
 
+mutants: $(STAMP) ## mutation testing of listener/engine/ by tests/engine/ (mutmut, two cores, at most 20 min; not CI); docs/engine.md
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,mutants]'
+	rm -rf mutants
+	timeout 1200 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
 clean: ## remove the virtualenv and caches (keeps .data, the embedded database)
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants

@@ -70,11 +70,13 @@ class Rows:
 
     def start_run(self, row: ReadyRow, ticket: Ticket) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._row, row, ticket, name=f"image {row.id}: submit")
+        name = f"image {row.id}: submit"  # pragma: no mutate (for debuggers only)
+        self._nursery.start_soon(self._row, row, ticket, name=name)
 
     def start_follow(self, gen: Generation, ticket: Ticket) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._row, gen, ticket, name=f"image {gen.id}: follow")
+        name = f"image {gen.id}: follow"  # pragma: no mutate (for debuggers only)
+        self._nursery.start_soon(self._row, gen, ticket, name=name)
 
     # -- one row -----------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from listener.engine import Wakeup
+from listener.engine import Connected, Polling, Wakeup
 from listener.engine.ports import Submitted
 from tests.engine.conftest import make_engine, run_until
 
@@ -123,3 +123,36 @@ async def test_while_a_run_is_in_flight_at_the_stop_the_other_rows_work_goes_on(
     assert store.rows[quick].status == "ReadyToPublish"  # written during phase 1
     assert (store.rows[slow].status, store.rows[slow].uuid) == ("Generate", "uuid-a slow run")
     assert store.rows[slow].locked_by is None  # followed no further: released
+
+
+async def test_a_deaf_wakeup_source_turns_on_polling_every_poll_interval(
+    store, provider, autojump_clock, caplog
+):
+    caplog.set_level("INFO")
+    engine = make_engine(store, provider, settings={"poll_interval": 2})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())
+        await trio.sleep(1)
+        engine.on_event(Polling(on=True))
+        engine.on_event(Polling(on=True))  # said once
+        (id_,) = store.add(1)  # no notification comes
+        await run_until(lambda: store.rows[id_].locked_by == "me", seconds=2.5, every=0.01)
+        engine.on_event(Polling(on=False))
+        (other,) = store.add(1)
+        await trio.sleep(5)
+        assert store.rows[other].locked_by is None  # no more polling: waits for a ring
+        engine.stop("test")
+    assert caplog.text.count("Looking for due rows every 2s (POLL_INTERVAL)") == 1
+
+
+async def test_a_generate_wakeup_adopts_at_once(store, provider, autojump_clock):
+    engine = make_engine(store, provider)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())
+        await trio.sleep(1)
+        (id_,) = store.add(1, status="Generate", uuid="left")
+        engine.on_event(Wakeup("Generate"))
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=0.5)
+        engine.stop("test")

@@ -40,12 +40,23 @@ async def test_a_submission_that_raises_is_released_with_its_reason(
         raise UnicodeEncodeError("utf-8", "\udc80", 0, 1, "surrogates not allowed")
 
     provider.on_submit = on_submit
-    engine = make_engine(store, provider, settings={"retry_max_attempts": 2})
+    engine = make_engine(
+        store, provider, settings={"retry_max_attempts": 2, "retry_backoff_base": 10}
+    )
     (id_,) = store.add(1)
+    waits = []
+    real_release = store.release
+
+    async def release(*a, **kw):
+        await real_release(*a, **kw)
+        waits.append(store.rows[id_].not_before - trio.current_time())
+
+    store.release = release
     async with trio.open_nursery() as n:
         await n.start(engine.serve)
         await run_until(lambda: store.rows[id_].status == "Failed", seconds=3600)
         engine.stop("test")
+    assert len(waits) == 2 and all(10 <= w <= 20 for w in waits)  # as for attempt 2
     row = store.rows[id_]
     assert row.last_error.startswith("gave up after 2 attempts: internal error: UnicodeEncodeError")
     assert row.locked_by is None
@@ -78,16 +89,16 @@ async def test_a_database_error_releases_the_row_with_its_reason(store, provider
     async def release(*a, **kw):
         await type(store).release(store, *a, **kw)
         row = store.rows[id_]
-        released.append((row.status, row.locked_by, row.last_error))
+        released.append((row.status, row.locked_by, row.last_error, row.not_before))
 
     store.record_accepted, store.release = refuse, release
     async with trio.open_nursery() as n:
         await n.start(engine.serve)
-        await run_until(lambda: released)
+        await run_until(lambda: released, every=0.001)
+        released_at = trio.current_time()
         store.record_accepted = real
+        # due at once (no back-off), and the claims are told: claimed again at once
+        await run_until(lambda: len(provider.submitted) == 2, seconds=1, every=0.001)
         engine.stop("test")
-    assert released[0] == (
-        "ReadyToGenerate",
-        None,
-        "database error: value too long",
-    )
+    assert released[0][:3] == ("ReadyToGenerate", None, "database error: value too long")
+    assert released[0][3] <= released_at

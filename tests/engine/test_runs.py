@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 
+from listener.engine.doorbell import backoff_delay
 from listener.engine.ports import Submitted
 from listener.errors import ApiCredentials, ApiOutcomeUnknown, ApiPermanent, ApiTransient
 from tests.engine.conftest import make_engine, run_until
@@ -27,12 +30,21 @@ async def test_unknown_outcomes_cost_at_most_one_plus_the_resends(
         await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
         engine.stop("test")
     assert len(provider.submitted) == 1 + resends
-    assert "the API may have generated the image" in store.rows[id_].last_error
-    assert "listener retry" in store.rows[id_].last_error
+    assert store.rows[id_].last_error == (
+        f"gave up: {1 + resends} run(s) sent without a usable answer (the API may have "
+        "generated the image and charged for it); not sent again to avoid paying twice. "
+        "To send it once more: listener retry ID (or SELECT images_retry(ID)); "
+        "last: run: no answer from the API: ReadTimeout"
+    )
 
 
-async def test_transient_errors_are_retried_then_given_up(store, provider, autojump_clock):
+async def test_transient_errors_are_retried_then_given_up(store, provider, autojump_clock, caplog):
+    tries, waiting = [], []
+
     def on_submit(request):
+        tries.append(trio.current_time())
+        if len(tries) > 1:
+            waiting.append(store.rows[id_].last_error)  # kept while it waited
         raise ApiTransient("run: HTTP 503: down", retry_after=1e15)
 
     provider.on_submit = on_submit
@@ -43,7 +55,16 @@ async def test_transient_errors_are_retried_then_given_up(store, provider, autoj
         await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
         engine.stop("test")
     assert store.rows[id_].last_error == "gave up after 3 attempts: run: HTTP 503: down"
-    assert trio.current_time() < 3 * 300 + 60  # Retry-After capped at RETRY_BACKOFF_MAX
+    assert len(tries) == 3 and waiting == ["run: HTTP 503: down"] * 2
+    # Retry-After is honoured, capped at RETRY_BACKOFF_MAX (300 s)
+    assert [round(b - a) for a, b in itertools.pairwise(tries)] == [300, 300]
+    assert "unexpected error" not in caplog.text
+
+
+def test_a_back_off_is_spread_over_its_upper_half():
+    delays = [backoff_delay(3, 10, 1000) for _ in range(500)]
+    assert min(delays) >= 20 and max(delays) <= 40  # ceiling 10 * 2**2
+    assert backoff_delay(9, 10, 100) <= 100
 
 
 async def test_a_refused_request_fails_at_once(store, provider, autojump_clock):
