@@ -76,7 +76,8 @@ REVOKE ALL ON FUNCTION
     images_retry_failed(timestamptz),
     images_cancel(bigint),
     images_fail_blocked(),
-    images_prompt_is_blank(text)
+    images_prompt_is_blank(text),
+    images_prompt_head(text, integer)
 FROM images_writer, images_operator, images_listener;
 
 -- images_writer: the user columns only (status is allowed so that the seed's
@@ -120,3 +121,5 @@ GRANT UPDATE (
 GRANT SELECT ON image_styles TO images_listener;
 GRANT SELECT ON image_statuses TO images_listener;
 GRANT SELECT ON listener_migrations TO images_listener;
+-- the claims read a bounded piece of each prompt through it
+GRANT EXECUTE ON FUNCTION images_prompt_head(text, integer) TO images_listener;
