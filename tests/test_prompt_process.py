@@ -71,7 +71,7 @@ async def test_sixty_thousand_blanks_stall_nobody_and_are_paid_once(
     assert {status for status, _ in done.values()} == {"ReadyToPublish"}, done
     # sent as its first letter (the cut at 999 leaves 'a' and blanks), and paid once
     assert emulator.stats()["runs_by_prompt"] == {"a": 1, "a fox 1": 1, "a fox 2": 1, "a fox 3": 1}
-    assert "Processing image ID %d with prompt: a…\n" % blanks in first.log
+    assert f"Processing image ID {blanks} with prompt: a…\n" in first.log
 
     # Two listeners on rows of the longest blank run a rule admits: none is held past
     # its lease (3 s here), so none is claimed twice and paid twice.
