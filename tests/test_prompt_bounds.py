@@ -254,3 +254,51 @@ def test_legacy_rows_that_break_the_new_rules_are_made_explicit(make_database, t
     # every rule is valid: nothing was left behind
     assert rows(url, "SELECT conname FROM pg_constraint WHERE conrelid = 'images'::regclass "
                      "AND NOT convalidated AND conname LIKE '%%prompt%%'") == []  # fmt: skip
+
+
+# -- a least-privilege listener across the upgrade ----------------------------------------
+
+
+def test_a_listener_role_keeps_claiming_after_the_upgrade(make_database, login_as, tmp_path):
+    """`listener roles` ran on this database before 0016 (its roles.sql did not know
+    images_prompt_head): after `listener migrate` images_listener can still claim. In a
+    database where the roles exist (they are cluster-wide) but `listener roles` never ran,
+    the migration grants nothing."""
+    from listener.commands.roles import roles_sql
+    from listener.migrate import _CREATE_TABLE
+    from tests.fixtures.roles import url_as
+
+    def migrated_before_0016() -> str:
+        url = make_database(migrated=False)
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(_CREATE_TABLE)
+            for m in migrations():
+                if m.name < "0016":
+                    c.execute(m.sql.encode())
+                    c.execute("INSERT INTO listener_migrations (name, checksum) "
+                              "VALUES (%s, %s)", (m.name, m.checksum))  # fmt: skip
+        return url
+
+    served = migrated_before_0016()
+    previous = "\n".join(line for line in roles_sql().splitlines()
+                         if "images_prompt_head" not in line)  # fmt: skip
+    previous = previous.replace(
+        "images_prompt_is_blank(text),\nFROM", "images_prompt_is_blank(text)\nFROM"
+    )
+    with psycopg.connect(served) as c:
+        c.execute(previous.encode())
+    untouched = migrated_before_0016()
+    for url in (served, untouched):
+        result = run_listener("migrate", env=clean_env(DATABASE_URL=url), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    rows(served, "INSERT INTO images (prompt) VALUES ('   a fox')")
+    user = psycopg.conninfo.conninfo_to_dict(login_as("images_listener"))["user"]
+    with psycopg.connect(url_as(served, str(user)), autocommit=True) as c:
+        claimed = c.execute(queries()["claim_ready"], PARAMS).fetchall()
+    assert [r[1] for r in claimed] == ["a fox"]
+    query = (
+        "SELECT has_function_privilege('images_listener', "
+        "'images_prompt_head(text, integer)', 'EXECUTE')"
+    )
+    assert rows(untouched, query) == [(False,)]
+    assert rows(served, query) == [(True,)]
