@@ -260,34 +260,18 @@ def test_legacy_rows_that_break_the_new_rules_are_made_explicit(make_database, t
 
 
 def test_a_listener_role_keeps_claiming_after_the_upgrade(make_database, login_as, tmp_path):
-    """`listener roles` ran on this database before 0016 (its roles.sql did not know
+    """`listener roles` ran under the previous release (its roles.sql did not know
     images_prompt_head): after `listener migrate` images_listener can still claim. In a
     database where the roles exist (they are cluster-wide) but `listener roles` never ran,
-    the migration grants nothing."""
-    from listener.commands.roles import roles_sql
-    from listener.migrate import _CREATE_TABLE
+    nothing is granted."""
     from tests.fixtures.roles import url_as
+    from tests.test_ours_only import apply_released, make_roles_exist
 
-    def migrated_before_0016() -> str:
-        url = make_database(migrated=False)
-        with psycopg.connect(url, autocommit=True) as c:
-            c.execute(_CREATE_TABLE)
-            for m in migrations():
-                if m.name < "0016":
-                    c.execute(m.sql.encode())
-                    c.execute("INSERT INTO listener_migrations (name, checksum) "
-                              "VALUES (%s, %s)", (m.name, m.checksum))  # fmt: skip
-        return url
-
-    served = migrated_before_0016()
-    previous = "\n".join(line for line in roles_sql().splitlines()
-                         if "images_prompt_head" not in line)  # fmt: skip
-    previous = previous.replace(
-        "images_prompt_is_blank(text),\nFROM", "images_prompt_is_blank(text)\nFROM"
-    )
-    with psycopg.connect(served) as c:
-        c.execute(previous.encode())
-    untouched = migrated_before_0016()
+    served, untouched = make_database(migrated=False), make_database(migrated=False)
+    make_roles_exist(served)
+    make_roles_exist(untouched)
+    apply_released(served, with_roles=True)
+    apply_released(untouched)
     for url in (served, untouched):
         result = run_listener("migrate", env=clean_env(DATABASE_URL=url), cwd=tmp_path)
         assert result.returncode == 0, result.stderr

@@ -52,29 +52,9 @@ COMMENT ON FUNCTION images_prompt_head(text, integer) IS
     'the first n characters after the leading blanks (empty when the first 100000 '
     'characters are blank): what a claim reads of a prompt';
 
--- Ours, by name: the fixed search_path and EXECUTE for the owner (sql/roles.sql grants
--- it to the roles that need it).
-DO $$
-BEGIN
-    EXECUTE format('ALTER FUNCTION images_prompt_is_blank(text) '
-                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
-    EXECUTE format('ALTER FUNCTION images_prompt_head(text, integer) '
-                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
-END
-$$;
-REVOKE ALL ON FUNCTION images_prompt_head(text, integer) FROM PUBLIC;
-
--- A database where `listener roles` ran (images_listener reads the table there): the
--- listener's claims call images_prompt_head from now on.
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_listener') THEN
-        IF has_table_privilege('images_listener', 'images', 'SELECT') THEN
-            GRANT EXECUTE ON FUNCTION images_prompt_head(text, integer) TO images_listener;
-        END IF;
-    END IF;
-END
-$$;
+-- Both are on the listener's list (listener/objects.py): `listener migrate` gives them a
+-- fixed search_path and takes EXECUTE from PUBLIC, and grants images_prompt_head to
+-- images_listener where `listener roles` ran (the claims call it).
 
 -- -- legacy rows ------------------------------------------------------------------------
 
