@@ -35,16 +35,10 @@ from listener.errors import (
     ApiTransient,
     BlankPrompt,
 )
+from listener.prompt import for_log, sendable
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
-
-PROMPT_IN_LOG = 80
-
-
-def short(prompt: str) -> str:
-    prompt = clean(" ".join(prompt.split()), limit=PROMPT_IN_LOG * 2)
-    return prompt if len(prompt) <= PROMPT_IN_LOG else prompt[: PROMPT_IN_LOG - 1] + "…"
 
 
 @dataclass
@@ -91,7 +85,7 @@ class Runs:
             await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
             return None
 
-        log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
+        log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
         request = self.request_for(row)
         with self.guard.shielded() as scope:
             try:
@@ -136,7 +130,7 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            row.prompt,
+            sendable(row.prompt),  # what was sent, nothing more
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,
