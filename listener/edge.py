@@ -159,13 +159,16 @@ def json_shape_problem(
     opened = brackets.count(b"[")
     if opened <= depth:
         return None
+    deeper = f"JSON nested deeper than {depth} levels"
+    if b"[" * (depth + 1) in brackets:  # the usual attack, found in C
+        return deeper
     if max(opened, len(brackets) - opened) > containers:
         return f"JSON holding more than {containers} arrays and objects"
     level = 0
     for char in brackets:
         level += 1 if char == 0x5B else -1  # "["
         if level > depth:
-            return f"JSON nested deeper than {depth} levels"
+            return deeper
     return None
 
 
