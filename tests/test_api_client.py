@@ -4,6 +4,7 @@ MockTransport (the wire itself is covered against the emulator in test_api_loopb
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -19,6 +20,7 @@ from listener.api.client import (
     parse_status,
 )
 from listener.api.models import GenerationRequest
+from listener.edge import json_shape_problem
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
@@ -412,6 +414,23 @@ def test_depth_agrees_with_the_parsed_value(text: str) -> None:
     real = depth(json.loads(text))
     assert json_depth_exceeds(text.encode(), real - 1)
     assert not json_depth_exceeds(text.encode(), real)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + b'"[[[[",' * 2_000_000 + b'""]',
+        b"[" + (b"[" * 63 + b"]" * 63 + b",") * 100_000 + b"[]]",
+        b'["' + b'\\\\\\"[' * 2_000_000 + b'"]',
+        b"[" * 8_000_000 + b"]" * 8_000_000,
+    ],
+    ids=["brackets in strings", "64 deep, wide", "escapes", "16 MB deep"],
+)
+def test_the_shape_check_of_a_hostile_16_mb_body_costs_no_python_walk(body: bytes) -> None:
+    """Generous bound: the Python walk this replaced took 2 to 2.5 s on such bodies."""
+    started = time.process_time()
+    json_shape_problem(body)
+    assert time.process_time() - started < 1.5
 
 
 def test_depth_is_counted_outside_strings_only() -> None:
