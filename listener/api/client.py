@@ -109,9 +109,6 @@ class _Late(Exception):
     """No complete answer within the deadline."""
 
 
-_TooLarge = TooLarge
-
-
 @dataclass
 class _Reply:
     status_code: int
@@ -239,7 +236,7 @@ class FusionBrainClient:
             ) from exc
         except _Late as exc:
             raise ApiOutcomeUnknown(_say(f"run: {exc}", self)) from None
-        except _TooLarge as exc:
+        except TooLarge as exc:
             raise ApiOutcomeUnknown(_say(f"run: malformed answer: {exc}", self)) from None
         self._raise_for_status(reply, "run", paid=True)
         try:
@@ -320,7 +317,7 @@ class FusionBrainClient:
                 raise ApiTransient(_say(f"{what}: {_describe(exc)}", self)) from exc
             except _Late as exc:
                 raise _no_retry(ApiTransient(_say(f"{what}: {exc}", self))) from None
-            except _TooLarge as exc:
+            except TooLarge as exc:
                 raise _no_retry(
                     ApiMalformed(_say(f"{what}: malformed answer: {exc}", self))
                 ) from None
