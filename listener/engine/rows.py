@@ -70,13 +70,13 @@ class Rows:
 
     def start_run(self, row: ReadyRow, ticket: Ticket) -> None:
         assert self._nursery is not None
-        name = f"image {row.id}: submit"  # pragma: no mutate (for debuggers only)
-        self._nursery.start_soon(self._row, row, ticket, name=name)
+        name = f"image {row.id}: submit"  # pragma: no mutate (a task name, for debuggers)
+        self._nursery.start_soon(self._row, row, ticket, name=name)  # pragma: no mutate
 
     def start_follow(self, gen: Generation, ticket: Ticket) -> None:
         assert self._nursery is not None
-        name = f"image {gen.id}: follow"  # pragma: no mutate (for debuggers only)
-        self._nursery.start_soon(self._row, gen, ticket, name=name)
+        name = f"image {gen.id}: follow"  # pragma: no mutate (a task name, for debuggers)
+        self._nursery.start_soon(self._row, gen, ticket, name=name)  # pragma: no mutate
 
     # -- one row -----------------------------------------------------------------------
 

@@ -9,6 +9,16 @@ from listener.engine import Engine
 from tests.engine.fakes import FakeProvider, FakeStore, accept_all, settings
 
 
+@pytest.fixture(autouse=True)
+def no_fault_escapes_a_row_task(request, caplog):
+    """An unexpected error is contained to its row (released, counted), which can hide a
+    broken step behind a row that still ends well: no engine test may have one unless it
+    says so (`contains_faults`)."""
+    yield
+    if request.node.get_closest_marker("contains_faults") is None:
+        assert "unexpected error in its task" not in caplog.text
+
+
 @pytest.fixture
 def store() -> FakeStore:
     return FakeStore()

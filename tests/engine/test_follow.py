@@ -7,7 +7,7 @@ import trio
 
 from listener.engine import Connected
 from listener.engine.ports import Pending, Ready, Refused, Submitted
-from listener.errors import ApiMalformed, ApiNotFound, ApiTransient, InvalidImage
+from listener.errors import ApiCredentials, ApiMalformed, ApiNotFound, ApiTransient, InvalidImage
 from tests.engine.conftest import make_engine, run_until
 from tests.engine.fakes import PNG_B64
 
@@ -31,7 +31,7 @@ async def test_an_image_that_does_not_validate_fails_the_row(store, provider, au
 
     row = await _one(store, provider, validate=validate)
     assert (row.status, row.last_error) == ("Failed", "invalid image: PNG of 1x1, expected 512x256")
-    assert seen == [(512, 256)] and row.image is None
+    assert seen == [(512, 256)] and row.image is None and row.censored is False
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,11 @@ async def test_an_unknown_generation_fails(store, provider, autojump_clock):
 
     provider.on_outcome = gone
     row = await _one(store, provider)
-    assert "no longer knows generation" in row.last_error
+    assert row.last_error == (
+        "the API no longer knows generation uuid-1 (404): its result expired or was "
+        "fetched elsewhere"
+    )
+    assert row.censored is False
 
 
 MALFORMED_DONE = ApiMalformed(
@@ -176,3 +180,38 @@ async def test_the_providers_hint_is_waited_before_the_first_question(
     row = await _one(store, provider)
     assert row.status == "ReadyToPublish"
     assert asked[0] - accepted["at"] >= 1.0
+
+
+async def test_the_hint_is_cut_at_the_deadline(store, provider, autojump_clock):
+    asked = []
+
+    def on_submit(request):
+        provider.started["h"] = trio.current_time()
+        return Submitted("h", check_after=5.0)
+
+    def on_outcome(handle):
+        asked.append(trio.current_time())
+        return Pending()
+
+    provider.on_submit, provider.on_outcome = on_submit, on_outcome
+    row = await _one(store, provider, settings={"default_generation_timeout": 0.5})
+    assert row.last_error == "timeout: no result 0.5s after the API accepted the run"
+    # asked at the deadline (the status call itself takes 0.01 s), not after the hint
+    assert len(asked) == 1 and asked[0] - provider.started["h"] < 0.5 + 0.02
+
+
+async def test_a_refused_key_while_following_pauses_and_the_row_is_kept(
+    store, provider, autojump_clock
+):
+    calls = {"n": 0}
+
+    def on_outcome(handle):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ApiCredentials("status: HTTP 401")
+        return Ready(PNG_B64)
+
+    provider.on_outcome = on_outcome
+    row = await _one(store, provider)
+    assert row.status == "ReadyToPublish" and store.released == []  # never let go
+    assert calls["n"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from listener.engine.ports import Ready
@@ -9,6 +10,7 @@ from listener.errors import DatabaseError
 from tests.engine.conftest import make_engine, run_until
 
 
+@pytest.mark.contains_faults
 async def test_an_unexpected_exception_is_contained_counted_and_the_row_released(
     store, provider, autojump_clock, caplog
 ):
@@ -33,6 +35,7 @@ async def test_an_unexpected_exception_is_contained_counted_and_the_row_released
     assert len(provider.submitted) == 1  # followed again, never submitted again
 
 
+@pytest.mark.contains_faults
 async def test_a_submission_that_raises_is_released_with_its_reason(
     store, provider, autojump_clock
 ):

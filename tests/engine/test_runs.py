@@ -62,6 +62,7 @@ async def test_transient_errors_are_retried_then_given_up(store, provider, autoj
         engine.stop("test")
     assert store.rows[id_].last_error == "gave up after 3 attempts: run: HTTP 503: down"
     assert len(tries) == 3 and waiting == ["run: HTTP 503: down"] * 2
+    assert trio.current_time() < 2 * 300 + 60  # failed at the third answer, not a claim later
     # Retry-After is honoured, capped at RETRY_BACKOFF_MAX (300 s)
     assert [round(b - a) for a, b in itertools.pairwise(tries)] == [300, 300]
     assert "unexpected error" not in caplog.text
