@@ -135,6 +135,7 @@ async def test_a_deaf_wakeup_source_turns_on_polling_every_poll_interval(
         engine.on_event(Connected())
         await trio.sleep(1)
         engine.on_event(Polling(on=True))
+        assert caplog.text.count("Looking for due rows every 2s (POLL_INTERVAL)") == 1
         engine.on_event(Polling(on=True))  # said once
         (id_,) = store.add(1)  # no notification comes
         await run_until(lambda: store.rows[id_].locked_by == "me", seconds=2.5, every=0.01)
@@ -156,3 +157,21 @@ async def test_a_generate_wakeup_adopts_at_once(store, provider, autojump_clock)
         engine.on_event(Wakeup("Generate"))
         await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=0.5)
         engine.stop("test")
+
+
+async def test_a_second_signal_cuts_the_grace_short(store, provider, autojump_clock):
+    provider.run_time = 1000.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 100})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 1)
+        engine.stop("SIGTERM")
+        await trio.sleep(1)
+        start = trio.current_time()
+        engine.stop_now()
+    assert trio.current_time() - start < 1
+    assert engine.stop_reason == "SIGTERM"
+    row = store.rows[id_]
+    assert (row.status, row.locked_by, row.unknown_outcomes) == ("ReadyToGenerate", None, 1)
