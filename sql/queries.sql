@@ -24,7 +24,9 @@ FROM (
 ) AS due
 WHERE i.id = due.id
 RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- The same claim, leaving out every row that breaks a rule of the table: used only after
 -- the claim above failed on one (a rule re-added NOT VALID after an operator changed a
@@ -56,7 +58,9 @@ FROM (
 ) AS due
 WHERE i.id = due.id
 RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
 -- not_before, or another listener's lease running out; our own leases do not run out).

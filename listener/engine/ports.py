@@ -31,6 +31,10 @@ class ReadyRow:
     attempts: int = 1  # this claim included
     last_error: str | None = None
     unknown_outcomes: int = 0  # runs sent whose outcome never came back
+    # For the metrics: seconds since the row fell due (not_before) and since it was
+    # committed (created_at), by the database's clock at the claim.
+    waited: float | None = None
+    age: float | None = None
 
 
 @dataclass(frozen=True)
