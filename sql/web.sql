@@ -4,7 +4,7 @@
 
 -- One page of the gallery, newest first, by keyset (id < before): as quick on page 1000 as
 -- on page 1. The prompt search is a substring match without any extension, bounded: it
--- scans only the latest %(window)s ids (the primary key bounds the scan), on the first
+-- scans only the latest `window` ids (the primary key bounds the scan), on the first
 -- 1000 characters of each prompt.
 -- name: page
 SELECT id, left(prompt, 400) AS prompt, length(prompt) > 400 AS prompt_cut, status, style,
@@ -39,7 +39,7 @@ ORDER BY id DESC
 -- name: recent_states
 SELECT id, status, updated_at FROM images ORDER BY id DESC LIMIT %(limit)s
 
--- One image, for a thumbnail or the full view; NULL when larger than %(max)s bytes.
+-- One image, for a thumbnail or the full view; NULL when larger than the limit given.
 -- name: image
 SELECT status, updated_at,
        CASE WHEN octet_length(base64) <= %(max)s THEN base64 END AS base64,

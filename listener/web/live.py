@@ -11,6 +11,7 @@ same comparison runs every POLL_INTERVAL instead. With nobody watching, nothing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -124,7 +125,10 @@ class Live:
         """One subscriber's stream, in the text/event-stream format."""
         sub = Subscriber()
         self.subscribers.add(sub)
-        self._kick.set()  # take a first snapshot now
+        if self._snapshot is None:
+            # Compared from now on: the page fetches what happened before (its `onopen`).
+            with contextlib.suppress(DatabaseError):
+                await self.look()
         try:
             yield "retry: 3000\n\n"
             while True:
