@@ -389,3 +389,34 @@ def test_no_web_import_without_http():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_live_updates_come_from_polling_under_cron(start_listener, database_url):
+    """No LISTEN under -cron: the page's hints come from a comparison every POLL_INTERVAL."""
+    import json
+
+    import httpx
+    import trio
+
+    p = await start_listener(
+        "-cron", "--http", "127.0.0.1:0", POLL_INTERVAL="0.2", GENERATOR_SWEEP_INTERVAL="3600"
+    )
+    url = await http_url(p)
+    assert value(samples(get(url + "metrics").text), "wakeup_mode", mode="cron") == 1
+
+    def watch() -> dict:
+        with (
+            httpx.Client(timeout=20, trust_env=False) as client,
+            client.stream("GET", url + "events") as stream,
+        ):
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            rows(database_url, "INSERT INTO images (prompt) VALUES ('seen by polling')")
+            for line in lines:
+                if line.startswith("data:"):
+                    return json.loads(line.removeprefix("data:"))
+        raise AssertionError("the stream ended")
+
+    with trio.fail_after(30):
+        hint = await trio.to_thread.run_sync(watch)
+    assert hint["new"] is True

@@ -336,9 +336,15 @@ class Views:
         except DatabaseError as exc:
             return PlainTextResponse(exc.message, status_code=503)
         rights = await self.rights()
-        return self._html(
+        response = self._html(
             request, "cards.html", {"cards": [self.card(r) for r in rows], "rights": rights}
         )
+        try:  # the page's queue line, kept current with the cards
+            queue = await self.web.pages.one("queue") or {}
+            response.headers["X-Queue"] = f"{queue.get('waiting', 0)} {queue.get('generating', 0)}"
+        except DatabaseError:
+            pass
+        return response
 
     async def events(self, request: Request) -> Response:
         return StreamingResponse(

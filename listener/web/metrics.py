@@ -126,6 +126,16 @@ class Metrics:
         self._gauges = _Gauges()
         r.register(self._gauges)
 
+    def start_at_zero(self, provider: str) -> None:
+        """Every counter series that can appear, present from the start at 0, so a rate
+        or an alert works before the first event."""
+        for kind in ("ready", "adopted"):
+            self.claimed.labels(provider, kind)
+        self.submitted.labels(provider)
+        self.finished.labels(provider, "ReadyToPublish", "none")
+        for reason in REASONS:
+            self.finished.labels(provider, "Failed", reason)
+
     def read_gauges(self, reader: Callable[[], Iterable[Metric]]) -> None:
         """What the gauges show at each scrape (the service's state, read then)."""
         self._gauges.reader = reader

@@ -45,6 +45,7 @@ class Web:
         self.provider_name = provider_name
         self.metrics = Metrics()
         self.metrics.read_gauges(self._gauges)
+        self.metrics.start_at_zero(provider_name)
         self.tracker = Tracker()
         page_conninfo = (
             http.http_database_url.get_secret_value() if http.http_database_url else conninfo

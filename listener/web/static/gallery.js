@@ -6,6 +6,7 @@
   const live = document.getElementById("live");
   const viewer = document.getElementById("viewer");
   const full = document.getElementById("full");
+  const queueText = document.getElementById("queue");
   if (!grid) return;
 
   function filters() {
@@ -24,6 +25,11 @@
   async function cards(url) {
     const r = await fetch(url, { headers: { Accept: "text/html" }, credentials: "same-origin" });
     if (!r.ok) return [];
+    const queueLine = r.headers.get("X-Queue");
+    if (queueLine && queueText) {
+      const [waiting, generating] = queueLine.split(" ");
+      queueText.textContent = waiting + " waiting · " + generating + " generating";
+    }
     const t = document.createElement("template");
     t.innerHTML = await r.text();
     return Array.from(t.content.querySelectorAll(".card"));
