@@ -227,7 +227,10 @@ class Views:
         s = self.web.settings
         now = row["now"]
         thumb = self.web.thumbs.known(row["id"])
-        if thumb is not None:
+        if row.get("image_width") and row.get("image_height"):  # recorded with the image
+            size = f"{row['image_width']}×{row['image_height']}"
+            media = str(row.get("image_type") or "").upper()
+        elif thumb is not None:  # read from its header when the thumbnail was made
             size = f"{thumb.width}×{thumb.height}"
             media = thumb.media_type.removeprefix("image/").upper()
         else:
@@ -244,10 +247,10 @@ class Views:
             "prompt": clean(row["prompt"], limit=400) + ("…" if row["prompt_cut"] else ""),
             "status": row["status"],
             "final": row["status"] in ("ReadyToPublish", "Failed"),
-            "provider": self.web.provider_name,
+            "provider": row.get("provider") or self.web.provider_name,
             "style": row["style"] or f"{s.default_style} (default)",
             "size": size,
-            "size_known": thumb is not None,
+            "size_known": thumb is not None or bool(row.get("image_width")),
             "media": media,
             "age": _age(now, row["created_at"]),
             "created": row["created_at"].isoformat() if row["created_at"] else "",

@@ -129,6 +129,7 @@ class Live:
             # Compared from now on: the page fetches what happened before (its `onopen`).
             with contextlib.suppress(DatabaseError):
                 await self.look()
+        self._kick.set()  # the serve loop re-evaluates (polling starts with a watcher)
         try:
             yield "retry: 3000\n\n"
             while True:
