@@ -828,7 +828,63 @@ def run_web(res: Results, emu: Emulator, args) -> None:
                 f"ms/row (load {h.loadavg()})",
                 flush=True,
             )
+    wrap = seam_cost()
+    res.add("web_seam_cost", WEB, "metrics at the seams, CPU per row (in-process)", "us", wrap)
+    print(f"  metrics at the seams: {wrap:.1f} us per row", flush=True)
     run_gallery(res, emu, 10_000 if args.quick else 100_000)
+
+
+def seam_cost(rows: int = 20_000) -> float:
+    """Microseconds the observed seams add to one row's path (claim, submit, one outcome,
+    finalise), measured in-process against do-nothing seams: the load on the machine
+    disturbs this far less than a latency."""
+    import trio
+
+    from listener.engine.ports import Claimed, Ready, ReadyRow, Submitted
+    from listener.web.metrics import Metrics
+    from listener.web.observed import ObservedProvider, ObservedStore, Tracker
+
+    class Store:
+        async def claim_ready(self, limit):
+            return [ReadyRow(id=limit, prompt="p", waited=0.001, age=0.001)]
+
+        async def claim_generating(self, limit):
+            return Claimed([], None)
+
+        async def finalise(self, id_, handle, image):
+            return None
+
+    class Provider:
+        name = "fake"
+
+        async def submit(self, request):
+            return Submitted("h")
+
+        async def outcome(self, handle):
+            return Ready("x")
+
+    class Request:
+        def __init__(self, row_id):
+            self.row_id = row_id
+
+    async def path(store, provider) -> float:
+        began = time.process_time()
+        for i in range(rows):
+            await store.claim_ready(i)
+            await provider.submit(Request(i))
+            await provider.outcome(f"h{i}")
+            await store.finalise(i, "h", "x")
+        return time.process_time() - began
+
+    async def both() -> float:
+        plain = await path(Store(), Provider())
+        m, t = Metrics(), Tracker()
+        observed = await path(
+            ObservedStore(Store(), m, "fake", t), ObservedProvider(Provider(), m, t)
+        )
+        return 1e6 * (observed - plain) / rows
+
+    return statistics.median(trio.run(both) for _ in range(3))
 
 
 def run_gallery(res: Results, emu: Emulator, total: int) -> None:
@@ -882,7 +938,7 @@ def run_gallery(res: Results, emu: Emulator, total: int) -> None:
                     statistics.median(times),
                 )
                 print(f"  gallery {label}: {statistics.median(times):.1f} ms", flush=True)
-            ids = re.findall(r'/thumb/(\d+)\?v=(\d+)', client.get(base).text)
+            ids = re.findall(r"/thumb/(\d+)\?v=(\d+)", client.get(base).text)
             cold, warm = [], []
             for id_, v in ids[:20]:
                 t0 = time.perf_counter()
@@ -891,7 +947,9 @@ def run_gallery(res: Results, emu: Emulator, total: int) -> None:
                 t0 = time.perf_counter()
                 client.get(f"{base}thumb/{id_}?v={v}")
                 warm.append(1000 * (time.perf_counter() - t0))
-            res.add("web_thumb_cold", WEB, "thumbnail, first request", "ms", statistics.median(cold))
+            res.add(
+                "web_thumb_cold", WEB, "thumbnail, first request", "ms", statistics.median(cold)
+            )
             res.add("web_thumb_warm", WEB, "thumbnail, cached", "ms", statistics.median(warm))
             print(
                 f"  thumbnail: first {statistics.median(cold):.1f} ms, cached "
