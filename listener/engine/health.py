@@ -1,7 +1,8 @@
 """What the service knows about the API as a whole, shared by every in-flight call.
 
-* Busy (DISABLED_BY_QUEUE / DISABLED_MANUALLY in a 2xx answer): the generator pauses with
-  capped, jittered exponential backoff; the first accepted run resets it.
+* Busy (DISABLED_BY_QUEUE / DISABLED_MANUALLY in a 2xx answer) or not taken (408, 425,
+  429): the generator pauses with capped, jittered exponential backoff, at least as long
+  as a Retry-After asks (up to RETRY_BACKOFF_MAX); the first accepted run resets it.
 * Credentials refused (401/403): nothing is failed because of a bad key. Generation stops,
   a probe asks the API every few seconds, one clear line is logged per minute, and work
   resumes by itself once the key works again.
@@ -41,13 +42,15 @@ class ApiHealth:
         self.busy_streak = 0
         self.busy_until = -math.inf
 
-    def busy(self, state: str) -> float:
-        """Record a busy answer; return how long the generator pauses."""
+    def busy(self, state: str, *, retry_after: float | None = None) -> float:
+        """Record a busy (or not taken) answer; return how long the generator pauses."""
         now = trio.current_time()
         if now < self.busy_until:  # another call of the same burst already backed off
             return self.busy_until - now
         self.busy_streak += 1
         delay = backoff_delay(self.busy_streak, self.backoff_base, min(self.backoff_max, 60.0))
+        if retry_after:
+            delay = max(delay, min(retry_after, self.backoff_max))
         self.busy_until = now + delay
         log.warning("Fusion Brain API busy (%s): generation paused for %.1fs", state, delay)
         return delay

@@ -4,10 +4,14 @@ Outcomes of a run:
 * accepted      -> status Generate + the handle, durable before anything else; then this
                    process follows it (or, generator-only, releases it to the processors);
 * busy          -> released uncounted, generation pauses (capped, jittered backoff);
+* not taken (408, 425, 429: the provider says it did not take the request) -> released
+                   uncounted with the reason, generation pauses like busy, at least as
+                   long as its Retry-After; a storm of them fails nothing;
 * credentials   -> released uncounted, generation paused until the key works again;
 * transient     -> attempt counted, reason kept, retried after a backoff; Failed with the
                    last reason after RETRY_MAX_ATTEMPTS;
-* outcome unknown (timeout after sending, dropped connection, garbled 2xx): the provider
+* outcome unknown (timeout after sending, dropped connection, a 5xx, a 2xx that cannot be
+                   read: docs/api-answers.md): the provider
                    may have generated it. Re-sent at most UNKNOWN_OUTCOME_RESENDS times
                    over the row's whole life (counted in the row), then Failed with a
                    reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
@@ -30,21 +34,16 @@ from listener.engine.ports import Generation, Provider, ReadyRow, Store
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
     BlankPrompt,
 )
+from listener.prompt import for_log, sendable
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
-
-PROMPT_IN_LOG = 80
-
-
-def short(prompt: str) -> str:
-    prompt = clean(" ".join(prompt.split()), limit=PROMPT_IN_LOG * 2)
-    return prompt if len(prompt) <= PROMPT_IN_LOG else prompt[: PROMPT_IN_LOG - 1] + "…"
 
 
 @dataclass
@@ -91,7 +90,7 @@ class Runs:
             await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
             return None
 
-        log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
+        log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
         request = self.request_for(row)
         with self.guard.shielded() as scope:
             try:
@@ -100,6 +99,18 @@ class Runs:
                 delay = self.health.busy(exc.state)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
+                )
+                own.settle()
+                self._look_again()
+                return None
+            except ApiNotTaken as exc:
+                delay = self.health.busy(clean(exc.message, limit=120), retry_after=exc.retry_after)
+                await self.store.release(
+                    row.id,
+                    status="ReadyToGenerate",
+                    delay=delay,
+                    error=clean(exc.message),
+                    uncount=True,
                 )
                 own.settle()
                 self._look_again()
@@ -136,7 +147,7 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            row.prompt,
+            sendable(row.prompt),  # what was sent, nothing more
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,
