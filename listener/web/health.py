@@ -120,6 +120,8 @@ class Health:
         name = getattr(engine.provider, "name", "provider")
         if not engine.health.credentials_ok.is_set():
             return "provider", False, f"{name} refuses the key (generation paused)"
+        if getattr(engine.health, "quota", None) is not None:  # restarting would not help
+            return "provider", True, f"{name}: paid quota used up, generation paused"
         if not engine.health.may_generate():
             return "provider", True, f"{name} busy: generation paused for a while"
         return "provider", True, f"{name} accepts the key"

@@ -134,12 +134,14 @@ class Web:
             now = trio.current_time()
             yield gauge(
                 "generation_paused",
-                "1 while generation is paused: busy (the provider said wait) or "
-                "credentials (the provider refuses the key).",
+                "1 while generation is paused: busy (the provider said wait), "
+                "credentials (the provider refuses the key) or quota (paid quota used up).",
                 ["provider", "reason"],
                 [
                     ([p, "busy"], float(now < h.busy_until)),
                     ([p, "credentials"], float(not h.credentials_ok.is_set())),
+                    # paid quota used up (a provider seam that reports it)
+                    ([p, "quota"], float(getattr(h, "quota", None) is not None)),
                 ],
             )
             mode = "cron" if self.mode != "event" else ("poll" if e.polling else "listen")
