@@ -201,5 +201,5 @@ async def test_a_used_up_quota_pauses_drawing_one_try_per_backoff_and_fails_noth
     burst = [t for t in tries if t - tries[0] < 1]  # the calls already under way
     assert len(burst) <= 4
     trials = tries[len(burst) : refusals + 1]  # one at a time, a pause apart
-    gaps = [later - earlier for earlier, later in zip([burst[-1], *trials], trials)]
+    gaps = [b - a for a, b in zip([burst[-1], *trials[:-1]], trials, strict=True)]
     assert gaps and all(gap >= 100 for gap in gaps), gaps
