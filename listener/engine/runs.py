@@ -56,17 +56,10 @@ from listener.errors import (
     ApiTransient,
     BlankPrompt,
 )
-from listener.prompt import cap_negative_prompt, truncate_prompt
+from listener.prompt import cap_negative_prompt, for_log, sendable, truncate_prompt
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
-
-PROMPT_IN_LOG = 80
-
-
-def short(prompt: str) -> str:
-    prompt = clean(" ".join(prompt.split()), limit=PROMPT_IN_LOG * 2)
-    return prompt if len(prompt) <= PROMPT_IN_LOG else prompt[: PROMPT_IN_LOG - 1] + "…"
 
 
 @dataclass
@@ -140,7 +133,7 @@ class Runs:
             await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
             own.settle()
             return None
-        log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
+        log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
         try:
             request = self.request_for(row)
         except BlankPrompt:
@@ -209,7 +202,7 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            row.prompt,
+            sendable(row.prompt),  # what was sent, nothing more
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,
