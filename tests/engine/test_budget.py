@@ -56,7 +56,7 @@ async def test_a_free_call_slot_goes_to_a_waiting_submission_first(autojump_cloc
         await trio.sleep(0.1)
         for i in (2, 3):
             n.start_soon(call, f"check {i}", False)
-        await trio.sleep(0.1)
+            await trio.sleep(0.1)  # trio starts tasks of one batch in any order
         n.start_soon(call, "submit", True)
     assert order == ["check 1", "submit", "check 2", "check 3"]
     assert slots.free == 1
