@@ -10,7 +10,7 @@
 SELECT id, left(prompt, 400) AS prompt, length(prompt) > 400 AS prompt_cut, status, style,
        width, height, left(last_error, 400) AS last_error, censored, attempts,
        created_at, updated_at, generation_started_at, generation_finished_at,
-       base64 IS NOT NULL AS has_image,
+       base64 IS NOT NULL AS has_image, provider, image_type, image_width, image_height,
        (locked_by IS NOT NULL AND locked_until >= now()) AS held,
        now() AS now
 FROM images
@@ -28,7 +28,7 @@ LIMIT %(limit)s
 SELECT id, left(prompt, 400) AS prompt, length(prompt) > 400 AS prompt_cut, status, style,
        width, height, left(last_error, 400) AS last_error, censored, attempts,
        created_at, updated_at, generation_started_at, generation_finished_at,
-       base64 IS NOT NULL AS has_image,
+       base64 IS NOT NULL AS has_image, provider, image_type, image_width, image_height,
        (locked_by IS NOT NULL AND locked_until >= now()) AS held,
        now() AS now
 FROM images

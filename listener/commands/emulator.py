@@ -25,9 +25,13 @@ from functools import partial
 
 import trio
 
-from listener.emulator.config import AFTER_RUN_ERRORS, BUSY_KEYS, EmulatorConfig
 from listener.errors import UsageError
 from listener.logs import setup_logging
+from listener.providers.fusionbrain.emulator.config import (
+    AFTER_RUN_ERRORS,
+    BUSY_KEYS,
+    EmulatorConfig,
+)
 
 log = logging.getLogger("listener")
 
@@ -198,7 +202,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 async def _main(config: EmulatorConfig, host: str, port: int, token: str | None) -> None:
-    from listener.emulator.server import serve_emulator  # hypercorn: only when serving
+    from listener.providers.fusionbrain.emulator.server import (
+        serve_emulator,  # hypercorn: only when serving
+    )
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -37,7 +37,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--with-emulator",
         action="store_true",
-        help="when FUSION_BRAIN_API_KEY is not set, start the built-in API emulator "
+        help="when the provider's credentials are not set, start its built-in emulator "
         "and use it (placeholder images); `make run` does this",
     )
     g.add_argument(
@@ -87,10 +87,12 @@ def handle(args: argparse.Namespace) -> int:
         register_secrets(ctx.settings.secrets() + http.secrets())
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactSecrets(http.secrets()))
+    assert ctx.provider is not None
     return run(
         ctx.settings,
         ctx.conninfo,
         options_from(args),
+        ctx.provider,
         embedded=ctx.embedded,
         http=http if http.enabled else None,
     )
