@@ -15,9 +15,10 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import stamina
@@ -35,7 +36,11 @@ from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
 from listener.providers.registry import LEGACY, Choice, Connection
+from listener.sdnotify import Notifier
 from listener.store import PgStore
+
+if TYPE_CHECKING:
+    from listener.web.settings import HttpSettings
 
 log = logging.getLogger("listener")
 
@@ -103,19 +108,23 @@ async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -
 
 
 class _StreamEvents:
-    """Adapts the LISTEN stream's events to the engine's."""
+    """Adapts the LISTEN stream's events to the engine's; `tap` (the HTTP server's live
+    updates) sees every event first."""
 
-    def __init__(self, stream: ListenStream) -> None:
+    def __init__(self, stream: ListenStream, tap: Callable[[object], None] | None = None) -> None:
         self.stream = stream
+        self.tap = tap
         self.on_event = lambda event: None
         stream.on_event = self._translate
 
     def _translate(self, event: object) -> None:
+        if self.tap is not None:
+            self.tap(event)
         if isinstance(event, ListenMode):
             self.on_event(Polling(on=event.mode == "poll"))
         elif isinstance(event, ListenConnected):
             self.on_event(Connected(first=event.first))
-        elif isinstance(event, Notification):
+        elif isinstance(event, Notification) and event.channel == WAKEUP_CHANNEL:
             self.on_event(Wakeup(event.payload))
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,12 +140,16 @@ class Service:
         provider: Choice,
         *,
         embedded: bool = False,
+        http: HttpSettings | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
         self.conninfo = conninfo
         self.options = options
         self.embedded = embedded
+        self.http = http
+        self.systemd = Notifier()
+        self.prepared = True
         self.worker = make_worker_id()
         self.engine: Engine | None = None
         self.stop_reason: str | None = None
@@ -163,7 +176,7 @@ class Service:
                 top.cancel_scope.cancel()
                 return self._stopped()
             log.info("Database connection established")
-            prepared = await self._prepared_statements()
+            prepared = self.prepared = await self._prepared_statements()
             async with (
                 open_database(
                     self.conninfo,
@@ -214,34 +227,63 @@ class Service:
 
     async def _serve(self, store: PgStore, api: Provider) -> None:
         s, o = self.settings, self.options
-        wakeups = None
+        provider: Any = api
+        engine_store: Any = store
+        web = None
+        if self.http is not None:  # the web libraries are imported only then
+            from listener.web.runtime import Web
+
+            web = Web(
+                self.http,
+                settings=s,
+                conninfo=self.conninfo,
+                db=store.db,
+                mode=o.mode,
+                worker=self.worker,
+                provider_name=provider.name,
+                prepared=self.prepared,
+            )
+            engine_store, provider = web.observe(store, provider)
+        wakeups = stream = None
         if o.mode == "event":
             stream = ListenStream(
                 s.listen_conninfo() or self.conninfo,
-                [WAKEUP_CHANNEL],
+                [WAKEUP_CHANNEL] + ([DONE_CHANNEL] if web is not None else []),
                 lambda event: None,
                 keepalive=s.listen_keepalive,
                 application_name=f"fusionbrain-listener {self.worker} listen",
                 notify_conninfo=self.conninfo,
             )
-            wakeups = _StreamEvents(stream)
-        self.engine = Engine(
+            wakeups = _StreamEvents(stream, tap=web.on_stream_event if web else None)
+        self.engine = engine = Engine(
             settings=s,
-            store=store,
-            provider=api,
+            store=engine_store,
+            provider=provider,
             validate=_validate_off_the_loop,
             generate=o.generate,
             follow=o.follow,
             mode=o.mode,
             wakeups=wakeups,
         )
+
+        async def run_engine(*, task_status: trio.TaskStatus[None]) -> None:
+            await engine.serve(task_status=task_status)
+            nursery.cancel_scope.cancel()  # the HTTP server and the watchdog end with it
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.engine.serve)
+            if web is not None:
+                web.attach(engine, stream)
+                await nursery.start(web.serve)
+            await nursery.start(run_engine)
             log.info("Listener ready")
+            self.systemd.send("READY=1", "STATUS=Listener ready")
+            await nursery.start(self.systemd.serve_watchdog, lambda: engine.stop_reason is None)
             if self.embedded or o.with_emulator:
                 log.info("%s", self._try_it())
-        if self.engine.stop_reason and not self.stop_reason:
-            self.stop_reason = self.engine.stop_reason
+            if web is not None and (self.embedded or o.with_emulator):
+                log.info("Gallery: %s", web.url)
+        if engine.stop_reason and not self.stop_reason:
+            self.stop_reason = engine.stop_reason
 
     async def _api_endpoint(self, nursery: trio.Nursery) -> str | None:
         """None: the provider's own API (its credentials are set). Otherwise, with
@@ -331,6 +373,7 @@ class Service:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.systemd.send("STOPPING=1", f"STATUS=Stopping ({reason})")
         if self.engine is not None:
             self.engine.stop(reason)
         elif self._starting is not None:
@@ -378,8 +421,9 @@ def run(
     provider: Choice,
     *,
     embedded: bool = False,
+    http: HttpSettings | None = None,
 ) -> int:
-    service = Service(settings, conninfo, options, provider, embedded=embedded)
+    service = Service(settings, conninfo, options, provider, embedded=embedded, http=http)
     try:
         return trio.run(service.run)
     except BaseExceptionGroup as group:

@@ -25,13 +25,16 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
           i.last_error, i.unknown_outcomes,
           -- the style's words, for a provider that expresses styles in words (0018)
           (SELECT st.system_prompt FROM image_styles AS st
-            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- The same claim, leaving out every row that breaks a rule of the table: used only after
 -- the claim above failed on one (a rule re-added NOT VALID after an operator changed a
@@ -73,13 +76,16 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
           i.last_error, i.unknown_outcomes,
           -- the style's words, for a provider that expresses styles in words (0018)
           (SELECT st.system_prompt FROM image_styles AS st
-            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
 -- not_before, or another listener's lease running out; our own leases do not run out).

@@ -3,7 +3,7 @@
 Without an id: the images_queue view as a table, the generations in flight, the failures
 of the last hour by reason and the listeners seen by the database. With an id: every
 column of that row except the image itself (its size is shown instead). Exit 3 when the
-id is unknown.
+id is unknown. With --health: the running listener's /readyz and /healthz, for scripts.
 """
 
 from __future__ import annotations
@@ -26,10 +26,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "Exit codes: 0 ok, 3 no such image.",
     )
     p.add_argument("id", nargs="?", type=int, help="an image id")
+    p.add_argument(
+        "--health",
+        action="store_true",
+        help="ask the running listener's /readyz and /healthz (its HTTP server: --url, "
+        "else HTTP_ADDRESS) and print their JSON; exit 0 ready, 6 not healthy (database "
+        "unreachable), 7 healthy but not ready, 1 no answer",
+    )
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="with --health: the listener's HTTP server (default http://HTTP_ADDRESS/)",
+    )
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.health:
+        from listener.commands.health import check_health
+
+        return check_health(args.url)
     ctx = prepare(args, announce_db=False)
     with connect(ctx.conninfo, "status") as conn:
         if args.id is not None:

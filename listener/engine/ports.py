@@ -38,6 +38,10 @@ class ReadyRow:
     last_error: str | None = None
     unknown_outcomes: int = 0  # runs sent whose outcome never came back
     style_prompt: str | None = None  # image_styles.system_prompt of its (or the default) style
+    # For the metrics: seconds since the row fell due (not_before) and since it was
+    # committed (created_at), by the database's clock at the claim.
+    waited: float | None = None
+    age: float | None = None
 
 
 @dataclass(frozen=True)
