@@ -1,0 +1,123 @@
+"""GigaChat as the registry knows it (listener.providers.registry)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from listener.errors import ApiError, ListenerError
+from listener.providers.gigachat.client import GigaChatClient
+from listener.providers.gigachat.edge import tls_context
+from listener.providers.gigachat.provider import NAME, TITLE, GigaChatProvider, traits
+from listener.providers.gigachat.settings import GigaChatSettings
+from listener.providers.registry import Connection, Spec
+from listener.sanitize import clean
+
+log = logging.getLogger("listener.gigachat")
+
+# What the built-in emulator accepts (it checks nothing unless told to): base64 of
+# "emulator:emulator", the shape of a real Authorization Key.
+EMULATOR_CREDENTIALS = "ZW11bGF0b3I6ZW11bGF0b3I="
+AUTH_PATH = "api/v2/oauth"
+API_PATH = "api/v1"
+
+VARIABLES = (
+    "GIGACHAT_CREDENTIALS",
+    "GIGACHAT_SCOPE",
+    "GIGACHAT_AUTH_URL",
+    "GIGACHAT_BASE_URL",
+    "GIGACHAT_MODEL",
+    "GIGACHAT_CA_BUNDLE_FILE",
+    "GIGACHAT_VERIFY_SSL_CERTS",
+    "GIGACHAT_TIMEOUT",
+    "GIGACHAT_PROMPT_TEMPLATE",
+)
+
+
+def client_for(settings: GigaChatSettings, connection: Connection) -> GigaChatClient:
+    if connection.emulator_url is not None:
+        base = connection.emulator_url.rstrip("/") + "/"
+        auth_url, base_url, key = base + AUTH_PATH, base + API_PATH, EMULATOR_CREDENTIALS
+    else:
+        if settings.credentials is None:
+            raise ListenerError("GIGACHAT_CREDENTIALS is not set")
+        auth_url, base_url = settings.auth, settings.base
+        key = settings.credentials.get_secret_value()
+    return GigaChatClient(
+        auth_url=auth_url,
+        base_url=base_url,
+        credentials=key,
+        scope=settings.scope,
+        model=settings.model,
+        timeout=settings.timeout,
+        limiter=connection.limiter,
+        max_response_bytes=connection.max_response_bytes,
+        retry_after_max=connection.retry_after_max,
+        verify=tls_context(settings.ca_bundle_file, settings.verify_ssl_certs),
+    )
+
+
+@asynccontextmanager
+async def open_provider(
+    settings: GigaChatSettings, connection: Connection
+) -> AsyncIterator[GigaChatProvider]:
+    for line in settings.warnings():
+        log.warning("%s", line)
+    async with client_for(settings, connection) as client:
+        yield GigaChatProvider(client, prompt_template=settings.prompt_template)
+
+
+async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[str]:
+    """A token, the models list, the balance where shown; never a draw. Lines to show;
+    a ListenerError with one line naming the step when something is wrong."""
+    lines = [f"{line} (warning)" for line in settings.warnings()]
+    async with client_for(settings, connection) as client:
+        host = settings.auth_url.host if connection.emulator_url is None else "emulator"
+        try:
+            token = await client.tokens.get()
+        except ApiError as exc:
+            raise ListenerError(f"token service ({host}): {exc.message}") from None
+        left = client.tokens.valid_for(token)
+        lines.append(f"token: granted for scope {settings.scope}, valid for {left / 60:.0f} min")
+        api = settings.base_url.host if connection.emulator_url is None else "emulator"
+        try:
+            models = await client.models()
+        except ApiError as exc:
+            raise ListenerError(f"API ({api}): models: {exc.message}") from None
+        ids = [m.id for m in models.data]
+        shown = ", ".join(clean(i, limit=40) for i in ids[:12]) or "none"
+        lines.append(f"models: {len(ids)} listed ({shown})")
+        if settings.model in ids:
+            lines.append(f"GIGACHAT_MODEL {settings.model}: listed")
+        else:
+            lines.append(
+                f"GIGACHAT_MODEL {settings.model}: NOT listed by this host (drawing will "
+                "probably answer 404 No such model)"
+            )
+        try:
+            balance = await client.balance()
+        except ApiError as exc:
+            lines.append(f"balance: not read ({exc.message})")
+        else:
+            if balance is None:
+                lines.append("balance: not shown for this account (pay-as-you-go)")
+            else:
+                parts = [f"{clean(b.usage, limit=40)} {b.value:g}" for b in balance.balance[:12]]
+                lines.append(f"balance: {', '.join(parts) or 'empty'}")
+    return lines
+
+
+SPEC = Spec(
+    name=NAME,
+    title=TITLE,
+    settings_class=GigaChatSettings,
+    traits=traits(),
+    configured=lambda s: s.configured,
+    open=open_provider,
+    emulator="listener.providers.gigachat.emulator.server:serve",
+    check=check,
+    secrets=lambda s: s.secrets(),
+    shown_hosts=lambda s: s.shown_hosts(),
+    variables=VARIABLES,
+)
