@@ -283,7 +283,7 @@ async def test_models_and_balance(api, emu) -> None:
 async def test_a_draw_slower_than_the_timeout_is_an_unknown_outcome(emu) -> None:
     await emu.configure(draw_time=2)
     async with client_for(emu, timeout=0.5) as api:
-        with pytest.raises(ApiOutcomeUnknown, match="within 0.5s"):
+        with pytest.raises(ApiOutcomeUnknown, match=r"within 0\.5s"):
             await GigaChatProvider(api).submit(request("slow"))
     assert (await emu.stats())["draws_total"] == 1
 
