@@ -10,6 +10,7 @@ from listener.commands import (
     enqueue,
     export,
     migrate,
+    provider,
     psql,
     retry,
     roles,
@@ -32,4 +33,5 @@ COMMANDS = (
     psql,
     embedded,
     roles,
+    provider,
 )

@@ -95,6 +95,7 @@ def client_for(
         scope=scope,
         model=model,
         timeout=timeout,
+        concurrency=calls,
         limiter=trio.CapacityLimiter(calls),
         max_response_bytes=4 * 1024 * 1024,
         retry_after_max=30,

@@ -23,9 +23,10 @@ errors (listener.errors), so the provider decides on types, never on HTTP detail
       429                      ApiBusy; 5xx and network errors: ApiTransient
     models, balance: as the download; balance's 403 (pay-as-you-go accounts) is None.
 
-Every call holds one place of the process's API_CONCURRENCY limiter (`limiter`) for the
-time it talks to the API: individual accounts get one stream, and a second call at once
-is answered 429. The token service is another host and not counted.
+Individual accounts get one stream, and a second call at once is answered 429: the
+engine holds one place of API_CONCURRENCY around every submit, outcome and probe. A
+client used on its own (`listener provider check`, tests) may pass a `limiter` that its
+calls hold instead. The token service is another host and not counted.
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ class GigaChatClient:
         scope: str,
         model: str,
         timeout: float,
-        limiter: trio.CapacityLimiter,
         max_response_bytes: int,
         retry_after_max: float,
         verify: ssl.SSLContext | bool = True,
+        concurrency: int = 1,
+        limiter: trio.CapacityLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -100,7 +102,7 @@ class GigaChatClient:
             retry_after_max=retry_after_max,
             verify=verify,
             secrets=[credentials],
-            max_connections=max(2, int(limiter.total_tokens) + 1),
+            max_connections=concurrency + 1,
             transport=transport,
         )
         self.tokens = TokenSource(self.edge, auth_url, credentials, scope)
@@ -214,24 +216,29 @@ class GigaChatClient:
         return headers
 
     async def _authorised(self, once: Callable[[str], Awaitable[Reply]], what: str) -> Reply:
-        """One call with the shared token, holding a place of the concurrency limit; a
+        """One call with the shared token (holding a place of `limiter` when given); a
         401 drops the token and repeats the call once with a new one."""
+        if self.limiter is None:
+            return await self._with_token(once, what)
         async with self.limiter:
-            for repeat in (False, True):
-                token = await self.tokens.get()
-                self.edge.add_secret(token)
-                reply = await once(token)
-                if reply.status_code != 401:
-                    return reply
-                self.tokens.invalidate(token)
-                if repeat:
-                    raise ApiCredentials(
-                        self.edge.say(
-                            f"GigaChat API refused a new token ({what}: HTTP 401: "
-                            f"{reply.message()}): check GIGACHAT_CREDENTIALS and GIGACHAT_SCOPE"
-                        )
+            return await self._with_token(once, what)
+
+    async def _with_token(self, once: Callable[[str], Awaitable[Reply]], what: str) -> Reply:
+        for repeat in (False, True):
+            token = await self.tokens.get()
+            self.edge.add_secret(token)
+            reply = await once(token)
+            if reply.status_code != 401:
+                return reply
+            self.tokens.invalidate(token)
+            if repeat:
+                raise ApiCredentials(
+                    self.edge.say(
+                        f"GigaChat API refused a new token ({what}: HTTP 401: "
+                        f"{reply.message()}): check GIGACHAT_CREDENTIALS and GIGACHAT_SCOPE"
                     )
-                log.info("GigaChat API refused the token (%s): fetching a new one", what)
+                )
+            log.info("GigaChat API refused the token (%s): fetching a new one", what)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _read(self, path: str, *, forbidden_ok: bool = False) -> Reply:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from listener.errors import ApiError, ListenerError
+from listener.errors import ApiCredentials, ApiError, ListenerError
 from listener.providers.gigachat.client import GigaChatClient
 from listener.providers.gigachat.edge import tls_context
 from listener.providers.gigachat.provider import NAME, TITLE, GigaChatProvider, traits
@@ -51,7 +51,7 @@ def client_for(settings: GigaChatSettings, connection: Connection) -> GigaChatCl
         scope=settings.scope,
         model=settings.model,
         timeout=settings.timeout,
-        limiter=connection.limiter,
+        concurrency=connection.concurrency,
         max_response_bytes=connection.max_response_bytes,
         retry_after_max=connection.retry_after_max,
         verify=tls_context(settings.ca_bundle_file, settings.verify_ssl_certs),
@@ -77,14 +77,14 @@ async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[
         try:
             token = await client.tokens.get()
         except ApiError as exc:
-            raise ListenerError(f"token service ({host}): {exc.message}") from None
+            raise ListenerError(_failed(f"token service {host}", exc)) from None
         left = client.tokens.valid_for(token)
         lines.append(f"token: granted for scope {settings.scope}, valid for {left / 60:.0f} min")
         api = settings.base_url.host if connection.emulator_url is None else "emulator"
         try:
             models = await client.models()
         except ApiError as exc:
-            raise ListenerError(f"API ({api}): models: {exc.message}") from None
+            raise ListenerError(_failed(f"API {api} (models)", exc)) from None
         ids = [m.id for m in models.data]
         shown = ", ".join(clean(i, limit=40) for i in ids[:12]) or "none"
         lines.append(f"models: {len(ids)} listed ({shown})")
@@ -106,6 +106,20 @@ async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[
                 parts = [f"{clean(b.usage, limit=40)} {b.value:g}" for b in balance.balance[:12]]
                 lines.append(f"balance: {', '.join(parts) or 'empty'}")
     return lines
+
+
+def _failed(step: str, exc: ApiError) -> str:
+    """One line: the step, what kind of trouble it is, and the details."""
+    message = exc.message.removeprefix("GigaChat token service: ")
+    if isinstance(exc, ApiCredentials):
+        kind = "refused"
+    elif "not trusted" in message:
+        kind = "CA not trusted"
+    elif "cannot connect" in message:
+        kind = "host unreachable"
+    else:
+        kind = "failed"
+    return f"{step}: {kind}: {message}"
 
 
 SPEC = Spec(
