@@ -493,7 +493,7 @@ CORE_MODULES = [
     "listener.db",
     "listener.store",
     "listener.notify",
-    "listener.api.client",
+    "listener.providers.fusionbrain.client",
     "listener.engine",
     "listener.providers.fusionbrain",
     "listener.service",

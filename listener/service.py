@@ -24,17 +24,17 @@ import stamina
 import trio
 
 from listener import __version__
-from listener.api.client import FusionBrainClient
 from listener.config import Settings
 from listener.db import connect_kwargs, open_database, translate, use_prepared_statements
 from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Polling, Wakeup
+from listener.engine.ports import Provider
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
 from listener.images import validate_image
 from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
-from listener.providers.fusionbrain import FusionBrainProvider
+from listener.providers.registry import Choice, Connection
 from listener.store import PgStore
 
 log = logging.getLogger("listener")
@@ -124,9 +124,16 @@ class _StreamEvents:
 
 class Service:
     def __init__(
-        self, settings: Settings, conninfo: str, options: Options, *, embedded: bool = False
+        self,
+        settings: Settings,
+        conninfo: str,
+        options: Options,
+        provider: Choice,
+        *,
+        embedded: bool = False,
     ) -> None:
         self.settings = settings
+        self.provider = provider
         self.conninfo = conninfo
         self.options = options
         self.embedded = embedded
@@ -138,17 +145,19 @@ class Service:
     async def run(self) -> int:
         s, o = self.settings, self.options
         log.info(
-            "Starting fusionbrain-listener %s (worker %s; roles: %s; %s)",
+            "Starting fusionbrain-listener %s (worker %s; roles: %s; %s; provider: %s, %s)",
             __version__,
             self.worker,
             o.roles,
             o.described,
+            self.provider.spec.name,
+            self.provider.why,
         )
         stamina.instrumentation.set_on_retry_hooks([])  # retries are logged where they happen
         async with trio.open_nursery() as top:
             top.start_soon(self._watch_signals)
             with trio.CancelScope() as self._starting:
-                base_url, key, secret = await self._api_endpoint(top)
+                emulator_url = await self._api_endpoint(top)
                 await self._wait_for_database()
             if self._starting.cancelled_caught:
                 top.cancel_scope.cancel()
@@ -162,15 +171,15 @@ class Service:
                     application_name=f"fusionbrain-listener {self.worker}",
                     prepared=prepared,
                 ) as db,
-                FusionBrainClient(
-                    base_url,
-                    key,
-                    secret,
-                    timeout=s.api_timeout,
-                    result_timeout=s.api_result_timeout,
-                    max_response_bytes=s.max_response_bytes,
-                    retry_after_max=s.retry_backoff_max,
-                    max_connections=2 * s.api_concurrency,
+                self.provider.spec.open(
+                    self.provider.settings,
+                    Connection(
+                        concurrency=s.api_concurrency
+                        or self.provider.spec.traits.default_concurrency,
+                        max_response_bytes=s.max_response_bytes,
+                        retry_after_max=s.retry_backoff_max,
+                        emulator_url=emulator_url,
+                    ),
                 ) as api,
             ):
                 await self._serve(PgStore(db, self.worker, s.lease_timeout), api)
@@ -187,7 +196,7 @@ class Service:
             )
         return 0
 
-    async def _serve(self, store: PgStore, api: FusionBrainClient) -> None:
+    async def _serve(self, store: PgStore, api: Provider) -> None:
         s, o = self.settings, self.options
         wakeups = None
         if o.mode == "event":
@@ -203,7 +212,7 @@ class Service:
         self.engine = Engine(
             settings=s,
             store=store,
-            provider=FusionBrainProvider(api),
+            provider=api,
             validate=_validate_off_the_loop,
             generate=o.generate,
             follow=o.follow,
@@ -218,35 +227,32 @@ class Service:
         if self.engine.stop_reason and not self.stop_reason:
             self.stop_reason = self.engine.stop_reason
 
-    async def _api_endpoint(self, nursery: trio.Nursery) -> tuple[str, str, str]:
-        s = self.settings
-        if s.fusion_brain_api_key is not None:
-            if s.fusion_brain_secret_key is None:
-                raise ConfigError(
-                    "configuration error: FUSION_BRAIN_SECRET_KEY is not set "
-                    "(the API needs both the key and the secret)"
-                )
-            log.info("Fusion Brain API: %s", s.fusion_brain_url)
-            return (
-                str(s.fusion_brain_url),
-                s.fusion_brain_api_key.get_secret_value(),
-                s.fusion_brain_secret_key.get_secret_value(),
-            )
+    async def _api_endpoint(self, nursery: trio.Nursery) -> str | None:
+        """None: the provider's own API (its credentials are set). Otherwise, with
+        --with-emulator, the URL of its built-in emulator, started here."""
+        spec, settings = self.provider.spec, self.provider.settings
+        key = spec.variables[0] if spec.variables else f"{spec.name}'s credentials"
+        if self.provider.configured:
+            hosts = spec.shown_hosts(settings)
+            log.info("%s: %s", spec.title, ", ".join(hosts) or "configured")
+            return None
         if not self.options.with_emulator:
+            needed = " and ".join(spec.variables[:2]) or "its credentials"
             raise ConfigError(
-                "configuration error: FUSION_BRAIN_API_KEY is not set: set it "
-                "and FUSION_BRAIN_SECRET_KEY, or start with --with-emulator "
-                "(make run) to try the service with the built-in API emulator"
+                f"configuration error: {key} is not set: set {needed}, or start with "
+                "--with-emulator (make run) to try the service with the built-in API "
+                "emulator"
             )
-        from listener.emulator import EmulatorConfig, serve_emulator
-
-        url = await nursery.start(serve_emulator, EmulatorConfig())
+        serve = spec.load_emulator()
+        url = await nursery.start(serve)
         log.info(
-            "No FUSION_BRAIN_API_KEY: using the built-in Fusion Brain emulator at %s; "
-            "images are placeholders until an API key is set",
+            "No %s: using the built-in %s emulator at %s; images are placeholders until "
+            "an API key is set",
+            key,
+            spec.title.removesuffix(" API"),
             url,
         )
-        return url, "emulator", "emulator"
+        return str(url)
 
     async def _prepared_statements(self) -> bool:
         """DB_PREPARED_STATEMENTS; auto looks for a transaction pooler (off if unsure)."""
@@ -344,8 +350,15 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
     return expected[0] if expected and len(expected) == len(leaves) else group
 
 
-def run(settings: Settings, conninfo: str, options: Options, *, embedded: bool = False) -> int:
-    service = Service(settings, conninfo, options, embedded=embedded)
+def run(
+    settings: Settings,
+    conninfo: str,
+    options: Options,
+    provider: Choice,
+    *,
+    embedded: bool = False,
+) -> int:
+    service = Service(settings, conninfo, options, provider, embedded=embedded)
     try:
         return trio.run(service.run)
     except BaseExceptionGroup as group:

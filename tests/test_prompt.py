@@ -9,8 +9,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.api.models import GenerationRequest
-from listener.api.prompt import (
+from listener.errors import BlankPrompt
+from listener.prompt import (
     MAX_PROMPT,
     cap_negative_prompt,
     cut_graphemes,
@@ -18,7 +18,7 @@ from listener.api.prompt import (
     strip_blank,
     truncate_prompt,
 )
-from listener.errors import BlankPrompt
+from listener.providers.fusionbrain.models import GenerationRequest
 
 CLUSTERS = st.sampled_from(
     [

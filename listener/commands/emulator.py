@@ -27,9 +27,9 @@ from typing import Any
 
 import trio
 
-from listener.emulator.config import BUSY_KEYS, EmulatorConfig
 from listener.errors import UsageError
 from listener.logs import setup_logging
+from listener.providers.fusionbrain.emulator.config import BUSY_KEYS, EmulatorConfig
 
 log = logging.getLogger("listener")
 
@@ -205,7 +205,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 async def _main(config: Any, host: str, port: int, token: str | None) -> None:
     serve: Callable[..., Awaitable[None]]
     if isinstance(config, EmulatorConfig):
-        from listener.emulator.server import serve_emulator  # hypercorn: only when serving
+        from listener.providers.fusionbrain.emulator.server import (
+            serve_emulator,  # hypercorn: only when serving
+        )
 
         serve = serve_emulator
     else:

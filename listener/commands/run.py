@@ -37,7 +37,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--with-emulator",
         action="store_true",
-        help="when FUSION_BRAIN_API_KEY is not set, start the built-in API emulator "
+        help="when the provider's credentials are not set, start its built-in emulator "
         "and use it (placeholder images); `make run` does this",
     )
 
@@ -68,4 +68,5 @@ def handle(args: argparse.Namespace) -> int:
     from listener.service import run
 
     ctx = prepare(args)
-    return run(ctx.settings, ctx.conninfo, options_from(args), embedded=ctx.embedded)
+    assert ctx.provider is not None
+    return run(ctx.settings, ctx.conninfo, options_from(args), ctx.provider, embedded=ctx.embedded)

@@ -91,7 +91,15 @@ class Engine:
         self.settings = settings
         self.mode = mode
         self.guard = Guard()
-        self.budget = Budget(rows=s.max_in_flight, calls=s.api_concurrency)
+        traits = provider.traits
+        # The settings override the provider's defaults.
+        self.concurrency = s.api_concurrency or traits.default_concurrency
+        self.resends = (
+            traits.unknown_outcome_resends
+            if s.unknown_outcome_resends is None
+            else s.unknown_outcome_resends
+        )
+        self.budget = Budget(rows=s.max_in_flight, calls=self.concurrency)
         self.health = ApiHealth(
             backoff_base=s.retry_backoff_base,
             backoff_max=s.retry_backoff_max,
@@ -106,7 +114,15 @@ class Engine:
             else None
         )
         runs = (
-            Runs(s, store, provider, self.health, self.guard, follow_here=follow)
+            Runs(
+                s,
+                store,
+                provider,
+                self.health,
+                self.guard,
+                follow_here=follow,
+                resends=self.resends,
+            )
             if generate
             else None
         )

@@ -54,6 +54,7 @@ class Runs:
     health: ApiHealth
     guard: Guard
     follow_here: bool  # this process follows what it submits (it has the processor role)
+    resends: int = 1  # UNKNOWN_OUTCOME_RESENDS in effect (the setting, or the provider's)
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
 
     def request_for(self, row: ReadyRow) -> Request:
@@ -93,7 +94,7 @@ class Runs:
                 reason += f": {row.last_error}"
             await self.fail(row.id, clean(reason), own)
             return None
-        if row.unknown_outcomes > s.unknown_outcome_resends:
+        if row.unknown_outcomes > self.resends:
             await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
             return None
 
@@ -175,10 +176,10 @@ class Runs:
                 "re-send(s) used)",
                 row.id,
                 message,
-                min(sent, s.unknown_outcome_resends),
-                s.unknown_outcome_resends,
+                min(sent, self.resends),
+                self.resends,
             )
-            if sent > s.unknown_outcome_resends:
+            if sent > self.resends:
                 await self.fail(row.id, self.unknown_reason(sent) + f"; last: {message}", own)
                 return
         if row.attempts >= s.retry_max_attempts:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import trio
     from pydantic_settings import BaseSettings
 
     from listener.engine.ports import Provider, Traits
@@ -43,7 +42,9 @@ NAME_RULE = "^[a-z][a-z0-9]{0,31}$"
 class Connection:
     """What every provider's client is built from besides its own settings."""
 
-    limiter: trio.CapacityLimiter  # API_CONCURRENCY: every call to the provider holds one
+    # API_CONCURRENCY in effect (for sizing a connection pool). The engine holds one of
+    # these slots around every submit / outcome / probe: a provider takes none itself.
+    concurrency: int
     max_response_bytes: int  # MAX_RESPONSE_BYTES: a 2xx answer larger than this is refused
     retry_after_max: float  # a provider's Retry-After is capped at this (RETRY_BACKOFF_MAX)
     # The built-in emulator's base URL when the provider runs on it (no credentials set):

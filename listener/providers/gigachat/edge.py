@@ -1,6 +1,6 @@
 """GigaChat's HTTP edge: one httpx client for the token service and the API, hardened.
 
-The same rules as the Fusion Brain client's edge (listener.api.client), which this
+The same rules as the Fusion Brain client's edge (listener.providers.fusionbrain.client), which this
 module reuses for parsing: bodies read as they stream and abandoned past their cap (an
 error body far sooner), a whole-request deadline besides httpx's per-read timeout,
 strict models, every message built from outside text sanitized and stripped of the
@@ -28,8 +28,8 @@ import pydantic
 import stamina
 import trio
 
-from listener.api.client import parse_json, parse_retry_after
 from listener.errors import ApiMalformed, ApiOutcomeUnknown, ApiTransient, ConfigError
+from listener.providers.fusionbrain.client import parse_json, parse_retry_after
 from listener.sanitize import clean, redact, secret_forms
 
 log = logging.getLogger("listener.gigachat")

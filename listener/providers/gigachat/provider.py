@@ -20,33 +20,20 @@ from __future__ import annotations
 import base64
 import logging
 
-from listener.engine.ports import Outcome, Ready, Refused, Request, Submitted, Traits
+from listener.engine.ports import Outcome, Ready, Refused, Request, Submitted
 from listener.errors import ApiCredentials
 from listener.providers.gigachat.client import GigaChatClient
 from listener.providers.gigachat.edge import MalformedDraw, excerpt
 from listener.providers.gigachat.models import find_image, usable_file_id
-from listener.providers.gigachat.settings import DEFAULT_TIMEOUT, PROMPT_TEMPLATE
+from listener.providers.gigachat.settings import PROMPT_TEMPLATE
+from listener.providers.gigachat.spec import NAME, TITLE, traits
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.gigachat")
 
-NAME = "gigachat"
-TITLE = "GigaChat API"
 CREDENTIALS_HELP = "check GIGACHAT_CREDENTIALS and GIGACHAT_SCOPE (`listener provider check`)"
 # What the model said instead of drawing, kept in the row's reason.
 REFUSAL_EXCERPT = 160
-# Added to GIGACHAT_TIMEOUT for what precedes the draw (a token fetch).
-CALL_MARGIN = 10.0
-
-
-def traits(timeout: float = DEFAULT_TIMEOUT) -> Traits:
-    return Traits(
-        honours_size=False,
-        default_concurrency=1,  # individual accounts get one stream; a second is a 429
-        unknown_outcome_resends=0,  # a lost reply may have been drawn and paid for
-        call_timeout=timeout + CALL_MARGIN,
-        slot="call",
-    )
 
 
 class GigaChatProvider:

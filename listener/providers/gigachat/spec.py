@@ -5,14 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
+from listener.engine.ports import Traits
 from listener.errors import ApiCredentials, ApiError, ListenerError
-from listener.providers.gigachat.client import GigaChatClient
-from listener.providers.gigachat.edge import tls_context
-from listener.providers.gigachat.provider import NAME, TITLE, GigaChatProvider, traits
-from listener.providers.gigachat.settings import GigaChatSettings
+from listener.providers.gigachat.settings import DEFAULT_TIMEOUT, GigaChatSettings
 from listener.providers.registry import Connection, Spec
 from listener.sanitize import clean
+
+if TYPE_CHECKING:
+    # Imported when a provider is opened or checked: `listener status` and the emulator
+    # never need the HTTP client.
+    from listener.providers.gigachat.client import GigaChatClient
+    from listener.providers.gigachat.provider import GigaChatProvider
 
 log = logging.getLogger("listener.gigachat")
 
@@ -35,7 +40,26 @@ VARIABLES = (
 )
 
 
+NAME = "gigachat"
+TITLE = "GigaChat API"
+# Added to GIGACHAT_TIMEOUT for what precedes a draw (a token fetch).
+CALL_MARGIN = 10.0
+
+
+def traits(timeout: float = DEFAULT_TIMEOUT) -> Traits:
+    return Traits(
+        honours_size=False,
+        default_concurrency=1,  # individual accounts get one stream; a second is a 429
+        unknown_outcome_resends=0,  # a lost reply may have been drawn and paid for
+        call_timeout=timeout + CALL_MARGIN,
+        slot="call",
+    )
+
+
 def client_for(settings: GigaChatSettings, connection: Connection) -> GigaChatClient:
+    from listener.providers.gigachat.client import GigaChatClient
+    from listener.providers.gigachat.edge import tls_context
+
     if connection.emulator_url is not None:
         base = connection.emulator_url.rstrip("/") + "/"
         auth_url, base_url, key = base + AUTH_PATH, base + API_PATH, EMULATOR_CREDENTIALS
@@ -62,6 +86,8 @@ def client_for(settings: GigaChatSettings, connection: Connection) -> GigaChatCl
 async def open_provider(
     settings: GigaChatSettings, connection: Connection
 ) -> AsyncIterator[GigaChatProvider]:
+    from listener.providers.gigachat.provider import GigaChatProvider
+
     for line in settings.warnings():
         log.warning("%s", line)
     async with client_for(settings, connection) as client:

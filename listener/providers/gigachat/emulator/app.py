@@ -32,8 +32,14 @@ from urllib.parse import parse_qsl, unquote
 
 import trio
 
-from listener.emulator.app import Answer, Receive, Send, send_answer, wait_unless_gone
-from listener.emulator.config import ConfigInvalid
+from listener.providers.fusionbrain.emulator.app import (
+    Answer,
+    Receive,
+    Send,
+    send_answer,
+    wait_unless_gone,
+)
+from listener.providers.fusionbrain.emulator.config import ConfigInvalid
 from listener.providers.gigachat.emulator.images import JpegCache
 from listener.providers.gigachat.emulator.state import (
     BLACKLIST_TEXT,

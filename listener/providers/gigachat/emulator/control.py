@@ -7,7 +7,7 @@ control.expire_tokens(); control.revoke_tokens(); control.stats()["draws_by_prom
 
 from __future__ import annotations
 
-from listener.emulator.control import EmulatorControl
+from listener.providers.fusionbrain.emulator.control import EmulatorControl
 
 
 class GigaChatControl(EmulatorControl):

@@ -1,8 +1,9 @@
 """Serving the GigaChat emulator: hypercorn's trio server on a socket bound here.
 
-As the Fusion Brain emulator's server (listener.emulator.server): we own the accept loop,
-so port 0 works, the URL is exact, and the app gets each connection's server-side socket
-(the `drop` and `lost` faults close a connection without answering).
+As the Fusion Brain emulator's server (listener.providers.fusionbrain.emulator.server):
+we own the accept loop, so port 0 works, the URL is exact, and the app gets each
+connection's server-side socket (the `drop` and `lost` faults close a connection
+without answering).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from listener.emulator.server import _bind, url_for
+from listener.providers.fusionbrain.emulator.server import _bind, url_for
 from listener.providers.gigachat.emulator.app import GigaChatEmulatorApp
 from listener.providers.gigachat.emulator.state import GigaChatEmulatorConfig, GigaChatState
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from listener.emulator.config import ConfigInvalid
+from listener.providers.fusionbrain.emulator.config import ConfigInvalid
 
 ENDPOINTS = ("token", "chat", "download", "models", "balance", "any")
 STATUS_FAULTS = (400, 401, 402, 403, 404, 413, 422, 429, 500, 502, 503, 504)

@@ -43,9 +43,9 @@ import trio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from listener.emulator.config import ConfigInvalid
-from listener.emulator.images import ImageCache
-from listener.emulator.state import (
+from listener.providers.fusionbrain.emulator.config import ConfigInvalid
+from listener.providers.fusionbrain.emulator.images import ImageCache
+from listener.providers.fusionbrain.emulator.state import (
     BODY_FAULTS,
     CANCEL,
     CANCEL_DESCRIPTION,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from listener.emulator.config import ConfigInvalid, EmulatorConfig
+from listener.providers.fusionbrain.emulator.config import ConfigInvalid, EmulatorConfig
 
 ENDPOINTS = ("run", "status", "pipelines", "availability", "any")
 STATUS_FAULTS = {
