@@ -268,6 +268,9 @@ async def test_downloads_retry_transient_failures_and_404_is_not_found(api, emu)
     assert isinstance(await provider.outcome(submitted.handle), Ready)
     with pytest.raises(ApiNotFound):
         await provider.outcome("0b7a5b56-0000-4000-8000-000000000000")
+    await emu.fault("download", "429")
+    with pytest.raises(ApiTransient, match="429"):
+        await provider.outcome(submitted.handle)
     await emu.fault("download", "malformed")
     with pytest.raises(ApiMalformed, match="not a JPEG"):
         await provider.outcome(submitted.handle)
