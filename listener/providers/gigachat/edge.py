@@ -8,9 +8,11 @@ credentials and tokens. One TLS context serves both hosts: the default roots plu
 GIGACHAT_CA_BUNDLE_FILE (Sber's hosts chain to the Russian Trusted Root CA, which
 certifi and most systems lack).
 
-Network errors are told apart here by whether the request can have reached the server:
-`call(..., paid=True)` (the draw) reports a request that may have been received without
-a complete answer as ApiOutcomeUnknown, and repeats only one that certainly was not sent.
+A certificate that cannot be verified is ApiCredentials (a configuration error naming
+GIGACHAT_CA_BUNDLE_FILE), never retried. Other network errors are told apart by whether
+the request can have reached the server: `call(..., paid=True)` (the draw) reports a
+request that may have been received without a complete answer as ApiOutcomeUnknown, and
+repeats only one that certainly was not sent.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ import pydantic
 import stamina
 import trio
 
-from listener.errors import ApiMalformed, ApiOutcomeUnknown, ApiTransient, ConfigError
+from listener.errors import (
+    ApiCredentials,
+    ApiMalformed,
+    ApiOutcomeUnknown,
+    ApiTransient,
+    ConfigError,
+)
 from listener.providers.fusionbrain.client import parse_json, parse_retry_after
 from listener.sanitize import clean, redact, secret_forms
 
@@ -179,7 +187,10 @@ class Edge:
             with attempt:
                 try:
                     return await self._exchange(method, url, headers, content, deadline)
-                except NOT_SENT:
+                except NOT_SENT as exc:
+                    if untrusted(exc):
+                        # A configuration error, not a network one: no use repeating.
+                        raise ApiCredentials(self.say(f"{what}: {describe(exc)}")) from exc
                     raise
                 except httpx.HTTPError as exc:
                     kind = ApiOutcomeUnknown if paid else ApiTransient
@@ -294,6 +305,18 @@ def excerpt(value: Any, limit: int = EXCERPT) -> str:
         except (TypeError, ValueError, RecursionError):
             text = type(value).__name__
     return clean(" ".join(text.split()), limit=limit)
+
+
+def untrusted(exc: BaseException) -> bool:
+    """The TLS certificate could not be verified (somewhere in the cause chain)."""
+    cause: BaseException | None = exc
+    for _ in range(10):
+        if cause is None:
+            return False
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def describe(exc: BaseException) -> str:

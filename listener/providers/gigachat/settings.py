@@ -34,7 +34,6 @@ class GigaChatSettings(BaseSettings):
     """What the GigaChat provider can be told, from the environment or `.env`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GIGACHAT_",
         env_file=".env",
         env_file_encoding="utf-8",
         env_ignore_empty=True,
@@ -43,19 +42,21 @@ class GigaChatSettings(BaseSettings):
         case_sensitive=False,
     )
 
-    credentials: SecretStr | None = None
-    scope: str = SCOPES[0]
-    auth_url: HttpUrl = HttpUrl(AUTH_URL)
-    base_url: HttpUrl = HttpUrl(BASE_URL)
-    model: str = Field("GigaChat-2", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
-    ca_bundle_file: Path | None = None
-    verify_ssl_certs: bool = True
-    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, le=3600)
-    prompt_template: str = PROMPT_TEMPLATE
-    # Read from the shared variable: http:// to another machine sends the key in clear.
-    allow_insecure_api_url: bool = Field(False, validation_alias="ALLOW_INSECURE_API_URL")
+    gigachat_credentials: SecretStr | None = None
+    gigachat_scope: str = SCOPES[0]
+    gigachat_auth_url: HttpUrl = HttpUrl(AUTH_URL)
+    gigachat_base_url: HttpUrl = HttpUrl(BASE_URL)
+    gigachat_model: str = Field(
+        "GigaChat-2", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$"
+    )
+    gigachat_ca_bundle_file: Path | None = None
+    gigachat_verify_ssl_certs: bool = True
+    gigachat_timeout: float = Field(DEFAULT_TIMEOUT, gt=0, le=3600)
+    gigachat_prompt_template: str = PROMPT_TEMPLATE
+    # The shared variable: http:// to another machine sends the key or token in clear.
+    allow_insecure_api_url: bool = False
 
-    @field_validator("credentials")
+    @field_validator("gigachat_credentials")
     @classmethod
     def _key_shape(cls, value: SecretStr | None) -> SecretStr | None:
         """The key as the cabinet shows it: base64 text. Surrounding whitespace (a file's
@@ -75,7 +76,7 @@ class GigaChatSettings(BaseSettings):
             )
         return SecretStr(text)
 
-    @field_validator("scope")
+    @field_validator("gigachat_scope")
     @classmethod
     def _scope_word(cls, value: str) -> str:
         value = value.strip().upper()
@@ -83,14 +84,14 @@ class GigaChatSettings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(SCOPES)}")
         return value
 
-    @field_validator("timeout")
+    @field_validator("gigachat_timeout")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number of seconds")
         return value
 
-    @field_validator("prompt_template")
+    @field_validator("gigachat_prompt_template")
     @classmethod
     def _template(cls, value: str) -> str:
         if value.count("{prompt}") != 1 or len(value) > MAX_TEMPLATE:
@@ -100,7 +101,7 @@ class GigaChatSettings(BaseSettings):
             )
         return value
 
-    @field_validator("ca_bundle_file")
+    @field_validator("gigachat_ca_bundle_file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -109,7 +110,10 @@ class GigaChatSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _safe_urls(self) -> GigaChatSettings:
-        urls = (("GIGACHAT_AUTH_URL", self.auth_url), ("GIGACHAT_BASE_URL", self.base_url))
+        urls = (
+            ("GIGACHAT_AUTH_URL", self.gigachat_auth_url),
+            ("GIGACHAT_BASE_URL", self.gigachat_base_url),
+        )
         for name, url in urls:
             if url.username or url.password:
                 raise ValueError(f"{name}: must not contain user:password")
@@ -128,33 +132,33 @@ class GigaChatSettings(BaseSettings):
 
     @property
     def configured(self) -> bool:
-        return self.credentials is not None
+        return self.gigachat_credentials is not None
 
     @property
     def auth(self) -> str:
-        return str(self.auth_url)
+        return str(self.gigachat_auth_url)
 
     @property
     def base(self) -> str:
         """The API base, ending in a slash (both `.../api/v1` and `api.giga.chat/v1`)."""
-        text = str(self.base_url)
+        text = str(self.gigachat_base_url)
         return text if text.endswith("/") else text + "/"
 
     def warnings(self) -> list[str]:
         """Accepted but worth a line at start-up."""
         found = []
-        if self.timeout < SHORT_TIMEOUT:
+        if self.gigachat_timeout < SHORT_TIMEOUT:
             found.append(
-                f"GIGACHAT_TIMEOUT={self.timeout:g}s is under {SHORT_TIMEOUT:g}s: a draw takes "
-                "10-40 s and longer under load; draws cut by it may have been paid for and "
-                "are not repeated"
+                f"GIGACHAT_TIMEOUT={self.gigachat_timeout:g}s is under {SHORT_TIMEOUT:g}s: a "
+                "draw takes 10-40 s and longer under load; draws cut by it may have been paid "
+                "for and are not repeated"
             )
-        if self.scope not in SCOPES:
+        if self.gigachat_scope not in SCOPES:
             found.append(
-                f"GIGACHAT_SCOPE={self.scope} is none of {', '.join(SCOPES)}: the token "
+                f"GIGACHAT_SCOPE={self.gigachat_scope} is none of {', '.join(SCOPES)}: the token "
                 "service will probably refuse it"
             )
-        if not self.verify_ssl_certs:
+        if not self.gigachat_verify_ssl_certs:
             found.append(
                 "GIGACHAT_VERIFY_SSL_CERTS=false: TLS certificates are not checked (for "
                 "development only); set GIGACHAT_CA_BUNDLE_FILE to the Russian Trusted Root CA "
@@ -163,10 +167,14 @@ class GigaChatSettings(BaseSettings):
         return found
 
     def secrets(self) -> list[str]:
-        return [self.credentials.get_secret_value()] if self.credentials is not None else []
+        return (
+            [self.gigachat_credentials.get_secret_value()]
+            if self.gigachat_credentials is not None
+            else []
+        )
 
     def shown_hosts(self) -> list[str]:
-        return [h for h in (self.auth_url.host, self.base_url.host) if h]
+        return [h for h in (self.gigachat_auth_url.host, self.gigachat_base_url.host) if h]
 
 
 def _loopback(host: str) -> bool:

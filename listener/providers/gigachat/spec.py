@@ -64,21 +64,21 @@ def client_for(settings: GigaChatSettings, connection: Connection) -> GigaChatCl
         base = connection.emulator_url.rstrip("/") + "/"
         auth_url, base_url, key = base + AUTH_PATH, base + API_PATH, EMULATOR_CREDENTIALS
     else:
-        if settings.credentials is None:
+        if settings.gigachat_credentials is None:
             raise ListenerError("GIGACHAT_CREDENTIALS is not set")
         auth_url, base_url = settings.auth, settings.base
-        key = settings.credentials.get_secret_value()
+        key = settings.gigachat_credentials.get_secret_value()
     return GigaChatClient(
         auth_url=auth_url,
         base_url=base_url,
         credentials=key,
-        scope=settings.scope,
-        model=settings.model,
-        timeout=settings.timeout,
+        scope=settings.gigachat_scope,
+        model=settings.gigachat_model,
+        timeout=settings.gigachat_timeout,
         concurrency=connection.concurrency,
         max_response_bytes=connection.max_response_bytes,
         retry_after_max=connection.retry_after_max,
-        verify=tls_context(settings.ca_bundle_file, settings.verify_ssl_certs),
+        verify=tls_context(settings.gigachat_ca_bundle_file, settings.gigachat_verify_ssl_certs),
     )
 
 
@@ -91,7 +91,7 @@ async def open_provider(
     for line in settings.warnings():
         log.warning("%s", line)
     async with client_for(settings, connection) as client:
-        yield GigaChatProvider(client, prompt_template=settings.prompt_template)
+        yield GigaChatProvider(client, prompt_template=settings.gigachat_prompt_template)
 
 
 async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[str]:
@@ -99,14 +99,16 @@ async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[
     a ListenerError with one line naming the step when something is wrong."""
     lines = [f"{line} (warning)" for line in settings.warnings()]
     async with client_for(settings, connection) as client:
-        host = settings.auth_url.host if connection.emulator_url is None else "emulator"
+        host = settings.gigachat_auth_url.host if connection.emulator_url is None else "emulator"
         try:
             token = await client.tokens.get()
         except ApiError as exc:
             raise ListenerError(_failed(f"token service {host}", exc)) from None
         left = client.tokens.valid_for(token)
-        lines.append(f"token: granted for scope {settings.scope}, valid for {left / 60:.0f} min")
-        api = settings.base_url.host if connection.emulator_url is None else "emulator"
+        lines.append(
+            f"token: granted for scope {settings.gigachat_scope}, valid for {left / 60:.0f} min"
+        )
+        api = settings.gigachat_base_url.host if connection.emulator_url is None else "emulator"
         try:
             models = await client.models()
         except ApiError as exc:
@@ -114,11 +116,11 @@ async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[
         ids = [m.id for m in models.data]
         shown = ", ".join(clean(i, limit=40) for i in ids[:12]) or "none"
         lines.append(f"models: {len(ids)} listed ({shown})")
-        if settings.model in ids:
-            lines.append(f"GIGACHAT_MODEL {settings.model}: listed")
+        if settings.gigachat_model in ids:
+            lines.append(f"GIGACHAT_MODEL {settings.gigachat_model}: listed")
         else:
             lines.append(
-                f"GIGACHAT_MODEL {settings.model}: NOT listed by this host (drawing will "
+                f"GIGACHAT_MODEL {settings.gigachat_model}: NOT listed by this host (drawing will "
                 "probably answer 404 No such model)"
             )
         try:
@@ -137,10 +139,10 @@ async def check(settings: GigaChatSettings, connection: Connection) -> Sequence[
 def _failed(step: str, exc: ApiError) -> str:
     """One line: the step, what kind of trouble it is, and the details."""
     message = exc.message.removeprefix("GigaChat token service: ")
-    if isinstance(exc, ApiCredentials):
-        kind = "refused"
-    elif "not trusted" in message:
+    if "not trusted" in message:
         kind = "CA not trusted"
+    elif isinstance(exc, ApiCredentials):
+        kind = "refused"
     elif "cannot connect" in message:
         kind = "host unreachable"
     else:

@@ -112,7 +112,7 @@ class TokenSource:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _fetch_once(self) -> tuple[str, float]:
-        reply = await self._edge.call(
+        reply = await self._edge.send(
             "POST",
             self._auth_url,
             what="token",
