@@ -30,11 +30,11 @@ from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Polling, Wakeup
 from listener.engine.ports import Provider
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
-from listener.images import validate_image
+from listener.images import ImageInfo, validate_image
 from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
-from listener.providers.registry import Choice, Connection
+from listener.providers.registry import LEGACY, Choice, Connection
 from listener.store import PgStore
 
 log = logging.getLogger("listener")
@@ -93,13 +93,13 @@ def _check_database(conninfo: str, style: str) -> None:
 INLINE_VALIDATION = 64 * 1024
 
 
-async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -> None:
+async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -> ImageInfo:
     """Decoding megabytes of base64 and reading an image header takes milliseconds: in a
-    worker thread, so the event loop never waits for it (small images: at once)."""
+    worker thread, so the event loop never waits for it (small images: at once). Returns
+    what the image is (PNG or JPEG, its size), recorded with it."""
     if len(image) < INLINE_VALIDATION:
-        validate_image(image, expected_size=expected)
-        return
-    await trio.to_thread.run_sync(partial(validate_image, image, expected_size=expected))
+        return validate_image(image, expected_size=expected)
+    return await trio.to_thread.run_sync(partial(validate_image, image, expected_size=expected))
 
 
 class _StreamEvents:
@@ -168,7 +168,7 @@ class Service:
                 open_database(
                     self.conninfo,
                     s,
-                    application_name=f"fusionbrain-listener {self.worker}",
+                    application_name=self._pool_name(),
                     prepared=prepared,
                 ) as db,
                 self.provider.spec.open(
@@ -182,9 +182,25 @@ class Service:
                     ),
                 ) as api,
             ):
-                await self._serve(PgStore(db, self.worker, s.lease_timeout), api)
+                store = PgStore(
+                    db,
+                    self.worker,
+                    s.lease_timeout,
+                    provider=self.provider.spec.name,
+                    legacy=LEGACY,
+                    default_style=s.default_style,
+                )
+                await self._serve(store, api)
             top.cancel_scope.cancel()
         return self._stopped()
+
+    def _pool_name(self) -> str:
+        """'fusionbrain-listener <worker> <provider>': the view images_listeners reads the
+        provider from it. PostgreSQL keeps 63 bytes: a name that would be cut leaves the
+        provider out rather than show part of it."""
+        name = f"fusionbrain-listener {self.worker}"
+        full = f"{name} {self.provider.spec.name}"
+        return full if len(full.encode()) <= 63 else name
 
     def _stopped(self) -> int:
         reason = self.stop_reason

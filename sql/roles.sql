@@ -67,7 +67,8 @@ REVOKE ALL ON TABLE
     images_queue,
     images_in_flight,
     images_recent_failures,
-    images_listeners
+    images_listeners,
+    images_providers
 FROM images_writer, images_operator, images_listener;
 REVOKE ALL ON SEQUENCE images_id_seq FROM images_writer, images_operator, images_listener;
 REVOKE ALL ON FUNCTION
@@ -76,13 +77,15 @@ REVOKE ALL ON FUNCTION
     images_retry_failed(timestamptz),
     images_cancel(bigint),
     images_fail_blocked(),
-    images_prompt_is_blank(text)
+    images_prompt_is_blank(text),
+    images_requeue(text)
 FROM images_writer, images_operator, images_listener;
 
 -- images_writer: the user columns only (status is allowed so that the seed's
 -- `INSERT ... (prompt, status) VALUES (..., 'ReadyToGenerate')` works; any other status
 -- is refused by the images_insert_only_queued trigger), and every row to read.
-GRANT INSERT (prompt, status, style, width, height, negative_prompt) ON images TO images_writer;
+GRANT INSERT (prompt, status, style, width, height, negative_prompt, provider)
+    ON images TO images_writer;
 GRANT SELECT ON images TO images_writer;
 GRANT USAGE ON SEQUENCE images_id_seq TO images_writer;
 GRANT SELECT ON image_styles TO images_writer;
@@ -97,6 +100,7 @@ GRANT SELECT ON images_queue TO images_operator;
 GRANT SELECT ON images_in_flight TO images_operator;
 GRANT SELECT ON images_recent_failures TO images_operator;
 GRANT SELECT ON images_listeners TO images_operator;
+GRANT SELECT ON images_providers TO images_operator;
 GRANT SELECT ON image_statuses TO images_operator;
 GRANT SELECT ON images_upgrade_report TO images_operator;
 GRANT SELECT ON images_blocked TO images_operator;
@@ -105,8 +109,10 @@ GRANT EXECUTE ON FUNCTION images_prompt_is_blank(text) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_retry(bigint) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_retry_failed(timestamptz) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_cancel(bigint) TO images_operator;
+GRANT EXECUTE ON FUNCTION images_requeue(text) TO images_operator;
 -- ... and enqueue like an application (`listener enqueue`)
-GRANT INSERT (prompt, status, style, width, height, negative_prompt) ON images TO images_operator;
+GRANT INSERT (prompt, status, style, width, height, negative_prompt, provider)
+    ON images TO images_operator;
 GRANT USAGE ON SEQUENCE images_id_seq TO images_operator;
 GRANT EXECUTE ON FUNCTION images_enqueue(text, text, integer, integer, text) TO images_operator;
 
@@ -115,7 +121,8 @@ GRANT EXECUTE ON FUNCTION images_enqueue(text, text, integer, integer, text) TO 
 GRANT SELECT ON images TO images_listener;
 GRANT UPDATE (
     status, uuid, base64, last_error, attempts, not_before, locked_by, locked_until,
-    censored, generated_by, generation_started_at, generation_finished_at, unknown_outcomes
+    censored, generated_by, generation_started_at, generation_finished_at, unknown_outcomes,
+    provider, image_type, image_width, image_height
 ) ON images TO images_listener;
 GRANT SELECT ON image_styles TO images_listener;
 GRANT SELECT ON image_statuses TO images_listener;

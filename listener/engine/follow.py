@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -38,10 +39,14 @@ from listener.errors import (
 )
 from listener.sanitize import clean
 
+if TYPE_CHECKING:
+    from listener.images import ImageInfo
+
 log = logging.getLogger("listener.engine")
 
-# await validate(image_base64, expected (width, height) or None): raises InvalidImage
-Validate = Callable[[str, "tuple[int, int] | None"], Awaitable[object]]
+# await validate(image_base64, expected (width, height) or None) -> what the image is
+# (listener.images.ImageInfo: format "png" / "jpeg", width, height); raises InvalidImage
+Validate = Callable[[str, "tuple[int, int] | None"], Awaitable["ImageInfo"]]
 
 
 @dataclass
@@ -120,13 +125,20 @@ class Follow:
         if self.provider.traits.honours_size and gen.width and gen.height:
             expected = (gen.width, gen.height)
         try:
-            await self.validate(image, expected)
+            info = await self.validate(image, expected)
         except InvalidImage as exc:
             await self._fail(gen, own, clean(f"invalid image: {exc.message}"))
             return
         await self.guard.durable(
             f"Image ID {gen.id}: writing the image",
-            lambda: self.store.finalise(gen.id, gen.handle, image),
+            lambda: self.store.finalise(
+                gen.id,
+                gen.handle,
+                image,
+                image_type=info.format,
+                width=info.width,
+                height=info.height,
+            ),
         )
         own.settle()
         elapsed = trio.current_time() - (deadline - self.settings.default_generation_timeout)

@@ -37,6 +37,7 @@ class ReadyRow:
     attempts: int = 1  # this claim included
     last_error: str | None = None
     unknown_outcomes: int = 0  # runs sent whose outcome never came back
+    style_prompt: str | None = None  # image_styles.system_prompt of its (or the default) style
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,19 @@ class Store(Protocol):
     async def fail(
         self, id_: int, error: str, *, from_status: str, censored: bool = False
     ) -> None: ...
-    async def finalise(self, id_: int, handle: str, image: str) -> None: ...
+    async def finalise(
+        self,
+        id_: int,
+        handle: str,
+        image: str,
+        *,
+        image_type: str = "png",
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        """The image, with what validation found it to be (media type, size)."""
+        ...
+
     async def renew(self, owned: dict[int, str]) -> tuple[set[int], set[int]]:
         """Extend the leases of `owned` (id -> the status its task expects); return
         (renewed, lost). A row locked by someone else for now is in neither."""

@@ -70,6 +70,7 @@ class Runs:
             style=row.style or s.default_style,
             width=(row.width or s.default_image_width) if sized else None,
             height=(row.height or s.default_image_height) if sized else None,
+            style_prompt=row.style_prompt,
         )
 
     async def fail(self, row_id: int, reason: str, own: Ownership, censored: bool = False) -> None:

@@ -32,6 +32,9 @@ PROVIDERS: dict[str, str] = {
     "gigachat": "listener.providers.gigachat.spec:SPEC",
 }
 DEFAULT = "fusionbrain"
+# The seed's provider: a Generate row that names no provider was accepted by it (written
+# by a listener older than migration 0018, or by the seed service).
+LEGACY = "fusionbrain"
 
 # Also the CHECK of images.provider (sql/migrations/0018_providers.sql): a provider
 # name is lower-case ASCII letters and digits, at most 32 characters.

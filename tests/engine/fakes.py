@@ -26,6 +26,7 @@ from listener.engine.ports import (
     Traits,
 )
 from listener.errors import DatabaseUnavailable, LeaseLost
+from listener.images import ImageInfo
 
 
 def settings(**overrides) -> Settings:
@@ -54,12 +55,16 @@ class Row:
     started: float = 0.0
     width: int | None = None
     height: int | None = None
+    provider: str | None = None  # images.provider: NULL = any provider's, else pinned/accepted
+    image_type: str | None = None
+    image_size: tuple[int | None, int | None] | None = None
 
 
 @dataclass
 class FakeStore:
     worker: str = "me"
     lease: float = 30.0
+    provider: str = "fake"  # the provider this process runs (PgStore's `provider`)
     rows: dict[int, Row] = field(default_factory=dict)
     down: bool = False  # every call raises DatabaseUnavailable
     calls: Counter = field(default_factory=Counter)
@@ -67,6 +72,8 @@ class FakeStore:
 
     def add(self, n: int = 1, **kw) -> list[int]:
         ids = []
+        if kw.get("status") == "Generate":
+            kw.setdefault("provider", self.provider)  # accepted by our provider
         for _ in range(n):
             id_ = len(self.rows) + 1
             self.rows[id_] = Row(id_, **kw)
@@ -83,7 +90,14 @@ class FakeStore:
         """Claimable: no live lease, and not ours (a lapsed lease of ours is still held
         by a task of this process)."""
         lapsed = r.locked_until is None or r.locked_until < now
-        return lapsed and r.locked_by != self.worker
+        return lapsed and r.locked_by != self.worker and self._ours(r)
+
+    def _ours(self, r: Row) -> bool:
+        """The provider rule of the claims: a waiting row for any provider or pinned to
+        ours; a generation only if our provider accepted it."""
+        if r.status == "Generate":
+            return r.provider == self.provider
+        return r.provider in (None, self.provider)
 
     def _mine(self, id_: int, status: str) -> Row:
         r = self.rows.get(id_)
@@ -133,6 +147,7 @@ class FakeStore:
             for r in self.rows.values()
             if r.status == "ReadyToGenerate"
             and r.locked_by not in (None, self.worker)
+            and self._ours(r)
             and not self._free(r, now)
         ]
         return min(waits) if waits else None
@@ -158,7 +173,10 @@ class FakeStore:
         later = [
             r.locked_until - now
             for r in self.rows.values()
-            if r.status == "Generate" and not self._free(r, now) and r.locked_by != self.worker
+            if r.status == "Generate"
+            and self._ours(r)
+            and not self._free(r, now)
+            and r.locked_by != self.worker
         ]
         return Claimed(out, min(later) if later else None)
 
@@ -168,6 +186,7 @@ class FakeStore:
         now = self._call("record_accepted")
         r = self._mine(id_, "ReadyToGenerate")
         r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
+        r.provider = self.provider
         if not keep:
             r.locked_by = r.locked_until = None
 
@@ -196,10 +215,11 @@ class FakeStore:
         r.status, r.last_error, r.censored = "Failed", error, censored
         r.locked_by = r.locked_until = None
 
-    async def finalise(self, id_, handle, image) -> None:
+    async def finalise(self, id_, handle, image, *, image_type="png", width=None, height=None):
         self._call("finalise")
         r = self._mine(id_, "Generate")
         r.status, r.image, r.last_error = "ReadyToPublish", image, None
+        r.image_type, r.image_size = image_type, (width, height)
         r.locked_by = r.locked_until = None
 
     async def renew(self, owned: dict[int, str]):
@@ -289,5 +309,7 @@ class FakeProvider:
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-async def accept_all(image: str, expected) -> None:
-    """The engine's validate seam, accepting everything."""
+async def accept_all(image: str, expected) -> ImageInfo:
+    """The engine's validate seam, accepting everything (as the size asked for)."""
+    width, height = expected or (1, 1)
+    return ImageInfo("png", width, height, len(image))
