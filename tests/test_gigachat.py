@@ -70,8 +70,11 @@ async def test_fifty_rows_with_the_default_concurrency_never_overlap(
     listener = await start_gigachat_listener()
     await finished(database_url, 50, seconds=120)
     assert statuses(database_url) == Counter({"ReadyToPublish": 50})
-    for (image,) in rows(database_url, "SELECT base64 FROM images"):
+    for image, kind, width, height in rows(
+        database_url, "SELECT base64, image_type, image_width, image_height FROM images"
+    ):
         assert_jpeg(image)
+        assert (kind, width, height) == ("jpeg", 96, 96)  # the size GigaChat chose
     stats = gigachat.stats()
     assert stats["max_in_flight"] == 1
     assert stats["rejected_busy"] == 0
@@ -205,3 +208,18 @@ async def test_sigterm_during_a_draw_lets_it_finish_and_land(
     assert handle is not None  # the file id is durable: never drawn again
     assert status == "ReadyToPublish"
     assert gigachat.draws_for("drawn during shutdown") == 1
+
+
+async def test_styles_become_system_messages(
+    gigachat, start_gigachat_listener, database_url
+) -> None:
+    rows(database_url, "INSERT INTO images (prompt, style) VALUES ('a photo of a pier', 'UHD')")
+    rows(database_url, "INSERT INTO images (prompt, style) VALUES ('no style at all', 'DEFAULT')")
+    insert(database_url, "the default style")  # DEFAULT_STYLE: ANIME
+    await start_gigachat_listener()
+    await finished(database_url, 3)
+    assert statuses(database_url) == Counter({"ReadyToPublish": 3})
+    system = {d["prompt"]: d["system"] for d in gigachat.stats()["draws"]}
+    assert "фотограф" in system["Нарисуй: a photo of a pier"]
+    assert system["Нарисуй: no style at all"] is None
+    assert "аниме" in system["Нарисуй: the default style"]

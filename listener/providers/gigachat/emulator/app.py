@@ -290,7 +290,8 @@ class GigaChatEmulatorApp:
         ):
             return _completion(NO_IMAGE_TEXT.format(prompt=prompt[:200]), "stop")
         request_id = _headers(scope).get("x-request-id")
-        file_id = state.record_draw(prompt, request_id)  # paid from here on
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        file_id = state.record_draw(prompt, request_id, system)  # paid from here on
         if state.config.draw_time > 0:
             await trio.sleep(state.config.draw_time)  # drawn even if the client left
         if kind == "lost":

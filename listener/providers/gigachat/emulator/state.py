@@ -174,6 +174,8 @@ class Stats:
     draws_total: int = 0
     draws_by_prompt: dict[str, int] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)
+    # The last draws: {"prompt", "system" (the system message or null), "request_id"}.
+    draws: list[dict[str, Any]] = field(default_factory=list)
     downloads: int = 0
     rejected_busy: int = 0
     unauthorized: int = 0
@@ -186,6 +188,7 @@ class Stats:
         data["distinct_rquids"] = len(self.rquids)
         del data["rquids"]
         data["request_ids"] = self.request_ids[-200:]
+        data["draws"] = self.draws[-200:]
         return data
 
 
@@ -262,7 +265,7 @@ class GigaChatState:
 
     # -- draws ---------------------------------------------------------------------------
 
-    def record_draw(self, prompt: str, request_id: str | None) -> str:
+    def record_draw(self, prompt: str, request_id: str | None, system: str | None = None) -> str:
         file_id = secrets.token_hex(16)
         file_id = "-".join(
             (file_id[:8], file_id[8:12], file_id[12:16], file_id[16:20], file_id[20:])
@@ -274,6 +277,14 @@ class GigaChatState:
         stats.draws_by_prompt[prompt] = stats.draws_by_prompt.get(prompt, 0) + 1
         if request_id is not None:
             stats.request_ids.append(request_id[:200])
+        stats.draws.append(
+            {
+                "prompt": prompt[:1000],
+                "system": None if system is None else system[:2000],
+                "request_id": None if request_id is None else request_id[:200],
+            }
+        )
+        del stats.draws[:-1000]
         return file_id
 
     def file(self, file_id: str) -> File | None:
