@@ -72,6 +72,13 @@ def test_check_names_what_is_wrong(gigachat, tmp_path, overrides, expected) -> N
     assert "d3Jvbmc6a2V5" not in done.stdout + done.stderr
 
 
+def test_check_says_when_the_base_url_leads_nowhere(gigachat, tmp_path) -> None:
+    done = check(check_env(gigachat, GIGACHAT_BASE_URL=gigachat.url + "v1"), tmp_path)
+    assert done.returncode == 1
+    assert "FAILED: API 127.0.0.1 (models): refused: models: HTTP 404" in done.stdout
+    assert "check GIGACHAT_BASE_URL" in done.stdout
+
+
 def test_check_says_when_the_host_is_unreachable(gigachat, tmp_path) -> None:
     env = check_env(gigachat, GIGACHAT_AUTH_URL="http://127.0.0.1:9/api/v2/oauth")
     done = check(env, tmp_path)

@@ -21,7 +21,8 @@ errors (listener.errors), so the provider decides on types, never on HTTP detail
       401 / 403                refreshed once / ApiCredentials
       404                      ApiNotFound (unknown, expired, or another key's file)
       429                      ApiBusy; 5xx and network errors: ApiTransient
-    models, balance: as the download; balance's 403 (pay-as-you-go accounts) is None.
+    models, balance: as the download, but 404 is ApiCredentials (GIGACHAT_BASE_URL leads
+      nowhere); balance's 403 (pay-as-you-go accounts) is None.
 
 Individual accounts get one stream, and a second call at once is answered 429: the
 engine holds one place of API_CONCURRENCY around every submit, outcome and probe. A
@@ -258,6 +259,9 @@ class GigaChatClient:
         message = self.edge.say(f"{path}: HTTP {code}: {reply.message()}")
         if code == 403 and forbidden_ok:
             raise ApiPermanent(message, status_code=code)
+        if code == 404:
+            # The base URL leads nowhere (a missing or extra /api segment, say).
+            raise ApiCredentials(f"{message}: check GIGACHAT_BASE_URL")
         self._raise_common(reply, message)
         raise ApiPermanent(message, status_code=code)
 
