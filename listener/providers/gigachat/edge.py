@@ -126,7 +126,9 @@ class Edge:
         self.timeout = timeout
         self.max_bytes = max_response_bytes
         self.retry_after_max = retry_after_max
-        self._forms = secret_forms(secrets or [])
+        self._secrets = list(secrets or [])
+        self._tokens: list[str] = []
+        self._forms = secret_forms(self._secrets)
         self._http = httpx.AsyncClient(
             headers={"Accept-Encoding": "identity"},
             timeout=httpx.Timeout(timeout, connect=min(0.8 * timeout, 10.0), pool=0.8 * timeout),
@@ -152,8 +154,12 @@ class Edge:
             await self._http.__aexit__(exc_type, exc, tb)
 
     def add_secret(self, value: str) -> None:
-        """A token handed out at run time: never in a message either."""
-        self._forms = secret_forms([*self._forms, value])
+        """A token handed out at run time: never in a message either (the last few are
+        kept: a message may be about the one just replaced)."""
+        if value in self._tokens:
+            return
+        self._tokens = [*self._tokens[-3:], value]
+        self._forms = secret_forms([*self._secrets, *self._tokens])
 
     def say(self, text: str) -> str:
         return clean(redact(text, self._forms))
