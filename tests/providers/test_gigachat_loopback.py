@@ -298,3 +298,15 @@ async def test_the_token_service_down_is_busy_not_a_failure(emu) -> None:
         with pytest.raises(ApiBusy, match="token service"):
             await GigaChatProvider(api).submit(request())
     assert (await emu.stats())["draws_total"] == 0
+
+
+async def test_neither_the_key_nor_a_token_reaches_a_message(api, emu) -> None:
+    await emu.fault("token", "echo_headers")
+    with pytest.raises(ApiCredentials) as refused:
+        await api.models()
+    assert KEY not in refused.value.message and "***" in refused.value.message
+    token = await api.tokens.get()
+    await emu.fault("chat", "echo_headers")
+    with pytest.raises(ApiPermanent) as echoed:
+        await GigaChatProvider(api).submit(request())
+    assert token not in echoed.value.message and "Bearer ***" in echoed.value.message

@@ -324,6 +324,9 @@ class GigaChatEmulatorApp:
         if fault.kind == "drop":
             self._drop(scope)
             return None
+        if fault.kind == "echo_headers":  # a hostile or careless server: quotes secrets
+            seen = json.dumps(_headers(scope))
+            return Answer.json(400, {"status": 400, "code": 4, "message": f"Bad request {seen}"})
         if fault.kind == "malformed":
             return Answer(200, b"<html>oops</html>", content_type=b"text/html")
         if fault.kind.isdigit():

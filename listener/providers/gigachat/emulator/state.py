@@ -20,7 +20,7 @@ ENDPOINTS = ("token", "chat", "download", "models", "balance", "any")
 STATUS_FAULTS = (400, 401, 402, 403, 404, 413, 422, 429, 500, 502, 503, 504)
 # Faults of the draw (chat only): how the model answers, or what happens to its reply.
 DRAW_FAULTS = ("blacklist", "no_image", "lost", "bad_file_id")
-PLAIN_FAULTS = ("malformed", "drop", *DRAW_FAULTS)
+PLAIN_FAULTS = ("malformed", "drop", "echo_headers", *DRAW_FAULTS)
 SECONDS_FAULTS = ("delay",)
 MODELS = ("GigaChat", "GigaChat-2", "GigaChat-2-Pro", "GigaChat-2-Max")
 SCOPES = ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP")
