@@ -42,7 +42,8 @@ def handle(args: argparse.Namespace) -> int:
         in_flight = fetch_one(conn, "in_flight")
         failures = fetch_all(conn, "recent_failures")
         listeners = fetch_all(conn, "listeners")
-    print(render_summary(queue, in_flight or {}, failures, listeners))
+        providers = fetch_all(conn, "providers")
+    print(render_summary(queue, in_flight or {}, failures, listeners, providers))
     return EXIT_OK
 
 
@@ -55,7 +56,9 @@ def render_row(row: dict) -> str:
     return "\n".join(f"{k.ljust(width)}  {fmt(v)}" for k, v in shown.items())
 
 
-def render_summary(queue: list, in_flight: dict, failures: list, listeners: list) -> str:
+def render_summary(
+    queue: list, in_flight: dict, failures: list, listeners: list, providers: list | None = None
+) -> str:
     out = [
         format_table(
             ["status", "rows", "held", "due", "delayed", "oldest", "last change"],
@@ -99,12 +102,13 @@ def render_summary(queue: list, in_flight: dict, failures: list, listeners: list
         out.append(f"listeners: {connected} connected")
         out.append(
             format_table(
-                ["worker", "connected", "listening", "rows held", "lease until"],
+                ["worker", "connected", "listening", "provider", "rows held", "lease until"],
                 [
                     [
                         r["worker"],
                         r["connected"],
                         r["listening"],
+                        r.get("provider"),
                         r["rows_held"],
                         r["earliest_lease_until"],
                     ]
@@ -114,4 +118,44 @@ def render_summary(queue: list, in_flight: dict, failures: list, listeners: list
         )
     else:
         out.append("listeners: none connected")
+    out += render_providers(providers or [])
     return "\n".join(out)
+
+
+def render_providers(providers: list) -> list[str]:
+    """Rows that only one provider may take, and a warning for each provider that no
+    connected listener runs: those rows wait until one does (or are requeued)."""
+    waiting = [p for p in providers if p["pinned"] or p["generating"]]
+    if not waiting:
+        return []
+    out = ["", "rows for one provider:"]
+    out.append(
+        format_table(
+            ["provider", "pinned waiting", "generating", "listeners running it"],
+            [[p["provider"], p["pinned"], p["generating"], p["listeners"]] for p in waiting],
+        )
+    )
+    for p in waiting:
+        if p["listeners"]:
+            continue
+        unsure = (
+            f" ({p['unknown_listeners']} connected listener(s) do not say which provider they run)"
+            if p["unknown_listeners"]
+            else ""
+        )
+        what = []
+        if p["pinned"]:
+            what.append(f"{p['pinned']} pinned row(s) wait")
+        if p["generating"]:
+            what.append(f"{p['generating']} generation(s) wait to be followed")
+        out.append(
+            f"warning: no connected listener runs provider {p['provider']}{unsure}: "
+            f"{' and '.join(what)}; start one with IMAGE_PROVIDER={p['provider']}"
+            + (
+                f", or move its generations back to the queue with `listener requeue "
+                f"--provider {p['provider']}` (each costs a new paid draw)"
+                if p["generating"]
+                else ""
+            )
+        )
+    return out

@@ -2,9 +2,13 @@
 
 A row held by this process is in exactly one state: `claimed` (held, its run call not yet
 made), `submitting` (run call in flight) or `following` (its generation is being
-followed). `rows` bounds them all (MAX_IN_FLIGHT); `calls` bounds run calls in flight
-and, separately, status calls in flight (API_CONCURRENCY each). A claim first reserves
-its room synchronously (`reserve`), so two claim passes can never take more than there is.
+followed). `rows` bounds them all (MAX_IN_FLIGHT). `calls` (API_CONCURRENCY) is ONE
+limit on every call to the provider, whatever it is (a submission, a status check or a
+download, the credentials probe): `call()` holds one of its slots for the call's
+duration, so API_CONCURRENCY=1 means one call at a time. It also sizes how many
+ReadyToGenerate rows are claimed at once (no row waits long, claimed, for a slot). A
+claim first reserves its room synchronously (`reserve`), so two claim passes can never
+take more than there is.
 
 Every time room frees, the budget calls its subscribers: the claims loops look at
 waiting work again (claims and adoptions alike), so nothing waits for the next sweep.
@@ -45,8 +49,9 @@ class Budget:
         self.calls = calls
         self.counts: dict[str, int] = {"claimed": 0, "submitting": 0, "following": 0}
         self.reserved = 0
-        self.checking = 0
-        self._status_calls = trio.Semaphore(calls)
+        self.calling = 0  # calls to the provider in flight now
+        self.most_calling = 0  # the most ever in flight at once (tests, `make bench`)
+        self._calls = trio.CapacityLimiter(calls)
         self._subscribers: list[Callable[[], None]] = []
         self._change = trio.Event()
 
@@ -61,7 +66,7 @@ class Budget:
         return max(0, self.rows - self.held - self.reserved)
 
     def snapshot(self) -> dict[str, int]:
-        return {**self.counts, "checking": self.checking, "free": self.free}
+        return {**self.counts, "calling": self.calling, "free": self.free}
 
     def __str__(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.snapshot().items())
@@ -107,16 +112,18 @@ class Budget:
             self.counts[state] += 1
         self._changed()
 
-    # -- status calls ------------------------------------------------------------------
+    # -- calls to the provider -----------------------------------------------------------
 
     @asynccontextmanager
-    async def status_call(self) -> AsyncIterator[None]:
-        async with self._status_calls:
-            self.checking += 1
+    async def call(self) -> AsyncIterator[None]:
+        """One slot of API_CONCURRENCY for the duration of one call to the provider."""
+        async with self._calls:
+            self.calling += 1
+            self.most_calling = max(self.most_calling, self.calling)
             try:
                 yield
             finally:
-                self.checking -= 1
+                self.calling -= 1
 
     # -- waking ------------------------------------------------------------------------
 

@@ -122,6 +122,7 @@ class Engine:
                 self.guard,
                 follow_here=follow,
                 resends=self.resends,
+                budget=self.budget,
             )
             if generate
             else None
@@ -191,7 +192,7 @@ class Engine:
                     self._control = control.cancel_scope
                     if self.stop_reason is not None:
                         control.cancel_scope.cancel()
-                    await control.start(self.health.serve_credentials_probe, self.provider.probe)
+                    await control.start(self.health.serve_credentials_probe, self._probe)
                     if self.mode == "event":
                         await control.start(self.claims.serve)
                         control.start_soon(self._poll)
@@ -211,6 +212,12 @@ class Engine:
                 self.rows.cancel()
             # ... and once they have all ended, Leases releases what they left behind.
             outer.cancel_scope.cancel()
+
+    async def _probe(self) -> None:
+        """The credentials probe is a call to the provider like any other: it takes one
+        slot of API_CONCURRENCY."""
+        async with self.budget.call():
+            await self.provider.probe()
 
     async def _poll(self) -> None:
         """While the wake-up source is deaf: look at the table every POLL_INTERVAL."""

@@ -70,7 +70,7 @@ class Follow:
             await self.health.credentials_ok.wait()
             with self.guard.shielded() as scope:
                 try:
-                    async with self.budget.status_call():
+                    async with self.budget.call():
                         outcome = await self.provider.outcome(gen.handle)
                 except ApiNotFound:
                     await self._fail(

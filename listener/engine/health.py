@@ -93,8 +93,16 @@ class ApiHealth:
     async def serve_credentials_probe(
         self, probe, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """While the credentials are refused, ask the API until it accepts them again."""
+        """At start, one probe: a key the provider refuses (or a provider that is gone)
+        is said at once, in one line, before any row is claimed for it. Then, while the
+        credentials are refused, ask the API until it accepts them again."""
         task_status.started()
+        try:
+            await probe()
+        except ApiCredentials as exc:
+            self.credentials_refused(exc.message)
+        except ApiError:
+            pass  # anything else is the calls' business (busy, transient...)
         while True:
             await self._changed.wait()
             self._changed = trio.Event()

@@ -21,11 +21,20 @@ import logging
 from dataclasses import dataclass
 
 from listener.config import Settings
+from listener.engine.budget import Budget
 from listener.engine.doorbell import backoff_delay
 from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
-from listener.engine.ports import Generation, Provider, ReadyRow, Refused, Request, Store
+from listener.engine.ports import (
+    Generation,
+    Provider,
+    ReadyRow,
+    Refused,
+    Request,
+    Store,
+    Submitted,
+)
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
@@ -55,6 +64,7 @@ class Runs:
     guard: Guard
     follow_here: bool  # this process follows what it submits (it has the processor role)
     resends: int = 1  # UNKNOWN_OUTCOME_RESENDS in effect (the setting, or the provider's)
+    budget: Budget | None = None  # its call() slot is held around every submission
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
 
     def request_for(self, row: ReadyRow) -> Request:
@@ -103,7 +113,7 @@ class Runs:
         request = self.request_for(row)
         with self.guard.shielded() as scope:
             try:
-                accepted = await self.provider.submit(request)
+                accepted = await self._submit(request)
             except ApiBusy as exc:
                 delay = self.health.busy(exc.state or exc.message, exc.retry_after)
                 await self.store.release(
@@ -154,6 +164,12 @@ class Runs:
             height=request.height,
             attempts=row.attempts,
         )
+
+    async def _submit(self, request: Request) -> Submitted | Refused:
+        if self.budget is None:
+            return await self.provider.submit(request)
+        async with self.budget.call():
+            return await self.provider.submit(request)
 
     def unknown_reason(self, n: int) -> str:
         return (

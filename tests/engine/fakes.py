@@ -295,7 +295,12 @@ class FakeProvider:
 
     async def outcome(self, handle: str) -> Outcome:
         self.checks[handle] += 1
-        await trio.sleep(0.01)
+        self.in_flight += 1  # a status check is a call too (one API_CONCURRENCY limit)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(0.01)
+        finally:
+            self.in_flight -= 1
         if self.on_outcome is not None:
             return self.on_outcome(handle)
         if trio.current_time() - self.started.get(handle, 0) >= self.generation_time:
@@ -304,6 +309,58 @@ class FakeProvider:
 
     async def probe(self) -> None:
         return None
+
+
+class FakeDrawProvider(FakeProvider):
+    """The other shape (GigaChat's): `submit` is the blocking, paid draw and returns the
+    drawn file's handle; `outcome` downloads it: Ready at the first ask, never Pending.
+
+    The same knobs as FakeProvider, so one test runs with either: `run_time` + the
+    `generation_time` is the draw (one call), `download_time` the download. It draws at
+    its own size (honours_size False) and declares GigaChat's defaults: one call at a
+    time, no automatic re-send of a draw whose outcome is unknown."""
+
+    name = "fakedraw"
+    title = "Fake drawing API"
+    traits = Traits(
+        honours_size=False,
+        default_concurrency=1,
+        unknown_outcome_resends=0,
+        call_timeout=120.0,
+        slot="call",
+    )
+
+    def __init__(self, *, run_time: float = 0.1, generation_time: float = 1.0) -> None:
+        super().__init__(run_time=run_time, generation_time=generation_time)
+        self.download_time = 0.05
+        self.downloads: Counter = Counter()
+
+    async def submit(self, request) -> Submitted:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.run_time + self.generation_time)  # the draw
+            self.submitted.append(request.prompt)
+            if self.on_submit is not None:
+                return self.on_submit(request)
+            handle = f"file-{len(self.submitted)}"
+            self.started[handle] = trio.current_time() - self.generation_time
+            return Submitted(handle)
+        finally:
+            self.in_flight -= 1
+
+    async def outcome(self, handle: str) -> Outcome:
+        self.checks[handle] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.download_time)
+            if self.on_outcome is not None:
+                return self.on_outcome(handle)
+            self.downloads[handle] += 1
+            return Ready(PNG_B64)
+        finally:
+            self.in_flight -= 1
 
 
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

@@ -15,7 +15,7 @@ async def test_claims_are_sized_by_room_and_by_free_run_calls():
     assert budget.room_for_runs() == 4 and budget.free == 6
     more = budget.take(budget.reserve(6), 6, "following")
     assert budget.free == 0 and budget.room_for_runs() == 0
-    assert str(budget) == "claimed 0, submitting 0, following 10, checking 0, free 0"
+    assert str(budget) == "claimed 0, submitting 0, following 10, calling 0, free 0"
     for t in more:
         t.close()
     assert budget.snapshot()["free"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from listener.engine import Wakeup
@@ -21,6 +22,7 @@ async def test_rows_inserted_while_running_are_generated(store, provider, autoju
     assert all(r.locked_by is None for r in store.rows.values())
 
 
+@pytest.mark.shapes("poll")  # a draw in flight at stop: test_a_draw_in_flight_...
 async def test_soft_stop_lets_runs_in_flight_finish_then_releases_the_rest(
     store, provider, autojump_clock
 ):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from listener.errors import ApiCredentials, ApiOutcomeUnknown, ApiPermanent, ApiTransient
+from listener.engine.ports import Refused
+from listener.errors import (
+    ApiBusy,
+    ApiCredentials,
+    ApiOutcomeUnknown,
+    ApiPermanent,
+    ApiTransient,
+)
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -80,5 +87,82 @@ async def test_refused_credentials_touch_no_row_and_pause_generation(
         await trio.sleep(60)
         row = store.rows[id_]
         assert (row.status, row.attempts, row.locked_by) == ("ReadyToGenerate", 0, None)
-        assert len(provider.submitted) == 1
+        # the start-up probe found the key refused before anything was submitted
+        assert len(provider.submitted) == 0
         engine.stop("test")
+
+
+async def test_without_the_setting_the_provider_says_how_often_an_unknown_outcome_is_resent(
+    store, provider, autojump_clock
+):
+    """UNKNOWN_OUTCOME_RESENDS unset: the provider's default (Fusion Brain 1; a provider
+    that draws in one call, GigaChat, 0: a lost draw is never drawn again by itself)."""
+
+    def on_submit(request):
+        raise ApiOutcomeUnknown("draw: the connection dropped after sending")
+
+    provider.on_submit = on_submit
+    engine = make_engine(store, provider, settings={"retry_max_attempts": 9})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
+        engine.stop("test")
+    assert len(provider.submitted) == 1 + provider.traits.unknown_outcome_resends
+    assert "listener retry" in store.rows[id_].last_error
+
+
+async def test_a_refusal_known_at_submit_fails_the_row_and_is_not_followed(
+    store, provider, autojump_clock
+):
+    """GigaChat's `blacklist` answer to the draw itself: Refused, censored."""
+    provider.on_submit = lambda request: Refused("censored: the model declined", censored=True)
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed")
+        engine.stop("test")
+    row = store.rows[id_]
+    assert (row.last_error, row.censored, row.uuid) == (
+        "censored: the model declined",
+        True,
+        None,
+    )
+    assert not provider.checks, "nothing to follow"
+
+
+async def test_api_concurrency_is_one_limit_on_every_call(store, provider, autojump_clock):
+    """Submissions, status checks and downloads together: never more than
+    API_CONCURRENCY calls in flight (its default: the provider's)."""
+    provider.generation_time = 0.5
+    engine = make_engine(store, provider, settings={"api_concurrency": 2})
+    store.add(12)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 12)
+        engine.stop("test")
+    assert provider.max_in_flight == 2 == engine.budget.most_calling
+    default = make_engine(store, provider)
+    assert default.concurrency == provider.traits.default_concurrency
+
+
+async def test_busy_waits_at_least_the_providers_retry_after(store, provider, autojump_clock):
+    calls = []
+    real_submit = provider.submit
+
+    async def submit(request):
+        calls.append(trio.current_time())
+        if len(calls) == 1:
+            raise ApiBusy("busy: 429", retry_after=40)
+        return await real_submit(request)
+
+    provider.submit = submit
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish")
+        engine.stop("test")
+    assert calls[1] - calls[0] >= 40, "Retry-After honoured (capped by RETRY_BACKOFF_MAX)"
+    assert store.rows[id_].attempts == 1, "busy is never an attempt"

@@ -350,6 +350,8 @@ class EmulatorApp:
     ) -> Answer | None:
         state = self.state
         state.stats.requests_total += 1
+        if state.config.retired:
+            return spring_error(404, "Not Found", path)
         route = path.removeprefix(API_PREFIX).rstrip("/")
         found = _route(route)
         if found is None:
