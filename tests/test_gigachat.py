@@ -198,7 +198,8 @@ async def test_sigkill_after_the_draw_downloads_after_restart_without_drawing_ag
 async def test_sigterm_during_a_draw_lets_it_finish_and_land(
     gigachat, start_gigachat_listener, database_url
 ) -> None:
-    gigachat.configure(draw_time=3)
+    # Longer than the old fixed SHUTDOWN_GRACE of 5 s: the draw's own deadline counts.
+    gigachat.configure(draw_time=7)
     (id_,) = insert(database_url, "drawn during shutdown")
     listener = await start_gigachat_listener()
     await wait_until(lambda: gigachat.stats()["draws_total"] == 1, what="the draw to start")
