@@ -1,7 +1,7 @@
 """GigaChat's HTTP edge: one httpx client for the token service and the API, hardened.
 
-The same rules as the Fusion Brain client's edge (listener.providers.fusionbrain.client), which this
-module reuses for parsing: bodies read as they stream and abandoned past their cap (an
+The rules every provider's edge follows, with the parsing they share
+(listener.providers.http): bodies read as they stream and abandoned past their cap (an
 error body far sooner), a whole-request deadline besides httpx's per-read timeout,
 strict models, every message built from outside text sanitized and stripped of the
 credentials and tokens. One TLS context serves both hosts: the default roots plus
@@ -37,7 +37,7 @@ from listener.errors import (
     ApiTransient,
     ConfigError,
 )
-from listener.providers.fusionbrain.client import parse_json, parse_retry_after
+from listener.providers.http import excerpt, parse_json, parse_retry_after
 from listener.sanitize import clean, redact, secret_forms
 
 log = logging.getLogger("listener.gigachat")
@@ -295,22 +295,6 @@ class Edge:
             msg = errors[0]["msg"] if errors else "unexpected shape"
             message = f"{what}: malformed answer: {where or 'the answer'}: {msg}: {excerpt(body)}"
         raise error(self.say(message))
-
-
-def excerpt(value: Any, limit: int = EXCERPT) -> str:
-    """A short, safe excerpt of a body or a parsed value (never the whole of it)."""
-    import json
-
-    if isinstance(value, bytes | bytearray):
-        text = bytes(value[: limit * 4]).decode("utf-8", "replace")
-    elif isinstance(value, str):
-        text = value[: limit * 4]
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False)[: limit * 4]
-        except (TypeError, ValueError, RecursionError):
-            text = type(value).__name__
-    return clean(" ".join(text.split()), limit=limit)
 
 
 def untrusted(exc: BaseException) -> bool:
