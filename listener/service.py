@@ -342,9 +342,14 @@ class Service:
                 name = signal.Signals(signum).name
                 if self.stop_reason is None:
                     log.info(
-                        "Received %s: stopping; API calls in flight get up to %gs",
+                        "Received %s: stopping; claiming stopped. A paid call in flight "
+                        "is given until its own deadline (at most %gs); send %s again "
+                        "to cut it now (it may have been paid for)",
                         name,
-                        self.settings.shutdown_grace,
+                        self.engine.longest_stop()
+                        if self.engine is not None
+                        else self.settings.shutdown_grace,
+                        name,
                     )
                     self.stop(name)
                 else:

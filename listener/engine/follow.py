@@ -31,9 +31,11 @@ from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
 from listener.engine.ports import Generation, Pending, Provider, Ready, Refused, Store
 from listener.errors import (
+    ApiBusy,
     ApiCredentials,
     ApiNotFound,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
     InvalidImage,
 )
@@ -86,7 +88,9 @@ class Follow:
                 except ApiPermanent as exc:
                     await self._fail(gen, own, clean(f"status check refused: {exc.message}"))
                     return
-                except ApiTransient as exc:
+                except (ApiTransient, ApiBusy, ApiQuotaExhausted) as exc:
+                    # asked again at the next check (a download is not a draw: the quota
+                    # or a busy provider only delays it)
                     log.warning("Image ID %d: status check failed: %s", gen.id, clean(exc.message))
                     outcome = Pending()
                 else:

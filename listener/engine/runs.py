@@ -3,22 +3,34 @@
 Outcomes of a run:
 * accepted      -> status Generate + the handle, durable before anything else; then this
                    process follows it (or, generator-only, releases it to the processors);
-* busy          -> released uncounted, generation pauses (capped, jittered backoff);
+* refused at submit (Refused: censored, an answer without an image) -> Failed;
+* busy          -> released uncounted, generation pauses (capped, jittered backoff, at
+                   least the provider's Retry-After);
 * credentials   -> released uncounted, generation paused until the key works again;
+* quota used up -> released uncounted with the provider's words in last_error;
+                   drawing pauses, one draw is tried every RETRY_BACKOFF_MAX;
 * transient     -> attempt counted, reason kept, retried after a backoff; Failed with the
                    last reason after RETRY_MAX_ATTEMPTS;
 * outcome unknown (timeout after sending, dropped connection, garbled 2xx): the provider
                    may have generated it. Re-sent at most UNKNOWN_OUTCOME_RESENDS times
                    over the row's whole life (counted in the row), then Failed with a
                    reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
-                   runs, plus one per crash of the listener during its submission;
+                   runs, plus one per crash of the listener during its submission
+                   (UNKNOWN_OUTCOME_RESENDS defaults to the provider's own: Traits);
+
+At a stop, a paid call in flight keeps its own deadline (Traits.call_timeout), so a
+draw that was going to finish is not thrown away; a row claimed but not yet sent is
+released uncounted.
 * permanent     -> Failed with the provider's message.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+
+import trio
 
 from listener.config import Settings
 from listener.engine.budget import Budget
@@ -40,6 +52,7 @@ from listener.errors import (
     ApiCredentials,
     ApiOutcomeUnknown,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
     BlankPrompt,
 )
@@ -83,12 +96,21 @@ class Runs:
             style_prompt=row.style_prompt,
         )
 
-    async def fail(self, row_id: int, reason: str, own: Ownership, censored: bool = False) -> None:
+    async def fail(
+        self,
+        row_id: int,
+        reason: str,
+        own: Ownership,
+        censored: bool = False,
+        *,
+        until: float = -math.inf,
+    ) -> None:
         await self.guard.durable(
             f"Image ID {row_id}: recording failure",
             lambda: self.store.fail(
                 row_id, reason, from_status="ReadyToGenerate", censored=censored
             ),
+            until=until,
         )
         own.settle()
         log.info("Image ID %d failed: %s", row_id, reason)
@@ -109,9 +131,17 @@ class Runs:
             await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
             return None
 
+        if self.guard.stopping:
+            # Claimed, but the stop came first: nothing is sent now (nor paid for).
+            await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
+            own.settle()
+            return None
         log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
         request = self.request_for(row)
-        with self.guard.shielded() as scope:
+        # A paid call keeps its own deadline at a stop (the provider's call timeout), and
+        # the writes of its outcome the grace after it; a second signal cuts it.
+        until = trio.current_time() + self.provider.traits.call_timeout + s.shutdown_grace
+        with self.guard.shielded(until=until) as scope:
             try:
                 accepted = await self._submit(request)
             except ApiBusy as exc:
@@ -128,17 +158,30 @@ class Runs:
                 own.settle()
                 self._look_again()
                 return None
+            except ApiQuotaExhausted as exc:
+                delay = self.health.quota_exhausted(exc.message)
+                await self.store.release(
+                    row.id,
+                    status="ReadyToGenerate",
+                    delay=delay,
+                    uncount=True,
+                    error=self.health.quota_reason(),
+                )
+                own.settle()
+                self._look_again()
+                return None
             except BlankPrompt:
-                await self.fail(row.id, "blank prompt (not sent)", own)
+                await self.fail(row.id, "blank prompt (not sent)", own, until=until)
                 return None
             except ApiPermanent as exc:
-                await self.fail(row.id, clean(f"API refused the request: {exc.message}"), own)
+                reason = clean(f"API refused the request: {exc.message}")
+                await self.fail(row.id, reason, own, until=until)
                 return None
             except ApiTransient as exc:
-                await self._transient(row, exc, own)
+                await self._transient(row, exc, own, until=until)
                 return None
             if isinstance(accepted, Refused):
-                await self.fail(row.id, clean(accepted.reason), own, accepted.censored)
+                await self.fail(row.id, clean(accepted.reason), own, accepted.censored, until=until)
                 return None
             self.health.accepted()
             log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
@@ -148,6 +191,7 @@ class Runs:
                     lambda: self.store.record_accepted(
                         row.id, accepted.handle, keep=self.follow_here
                     ),
+                    until=until,
                 )
         if not self.follow_here:
             own.settle()  # released to the processors by record_accepted
@@ -182,7 +226,9 @@ class Runs:
         if callable(self.on_retry_scheduled):
             self.on_retry_scheduled()
 
-    async def _transient(self, row: ReadyRow, exc: ApiTransient, own: Ownership) -> None:
+    async def _transient(
+        self, row: ReadyRow, exc: ApiTransient, own: Ownership, *, until: float = -math.inf
+    ) -> None:
         s = self.settings
         message = clean(exc.message)
         unknown = isinstance(exc, ApiOutcomeUnknown)
@@ -197,10 +243,12 @@ class Runs:
                 self.resends,
             )
             if sent > self.resends:
-                await self.fail(row.id, self.unknown_reason(sent) + f"; last: {message}", own)
+                reason = self.unknown_reason(sent) + f"; last: {message}"
+                await self.fail(row.id, reason, own, until=until)
                 return
         if row.attempts >= s.retry_max_attempts:
-            await self.fail(row.id, f"gave up after {row.attempts} attempts: {message}", own)
+            reason = f"gave up after {row.attempts} attempts: {message}"
+            await self.fail(row.id, reason, own, until=until)
             return
         delay = backoff_delay(row.attempts, s.retry_backoff_base, s.retry_backoff_max)
         if exc.retry_after:
@@ -210,6 +258,7 @@ class Runs:
             lambda: self.store.retry_later(
                 row.id, delay=delay, error=message, unknown_outcome=unknown
             ),
+            until=until,
         )
         own.settle()
         self._look_again()

@@ -11,6 +11,7 @@ from listener.errors import (
     ApiCredentials,
     ApiOutcomeUnknown,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
 )
 from tests.engine.conftest import make_engine, run_until
@@ -166,3 +167,39 @@ async def test_busy_waits_at_least_the_providers_retry_after(store, provider, au
         engine.stop("test")
     assert calls[1] - calls[0] >= 40, "Retry-After honoured (capped by RETRY_BACKOFF_MAX)"
     assert store.rows[id_].attempts == 1, "busy is never an attempt"
+
+
+async def test_a_used_up_quota_pauses_drawing_one_try_per_backoff_and_fails_nothing(
+    store, provider, autojump_clock
+):
+    """402 (GigaChat): no row fails; after the first refusals, one draw is tried every
+    RETRY_BACKOFF_MAX with the provider's words kept in the waiting rows; drawing
+    resumes once a draw is accepted."""
+    tries = []
+    refusals = 6
+    real_submit = provider.submit
+
+    async def submit(request):
+        tries.append(trio.current_time())
+        if len(tries) <= refusals:
+            raise ApiQuotaExhausted("402: Payment Required: no tokens left")
+        return await real_submit(request)
+
+    provider.submit = submit
+    engine = make_engine(store, provider, settings={"api_concurrency": 4, "retry_backoff_max": 100})
+    ids = store.add(4)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: len(tries) > refusals - 1, seconds=3600)
+        waiting = [store.rows[i] for i in ids if store.rows[i].status == "ReadyToGenerate"]
+        assert any("paid quota used up" in (r.last_error or "") for r in waiting)
+        assert "no tokens left" in engine.health.quota_reason()
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 4, seconds=3600)
+        engine.stop("test")
+    assert not store.statuses()["Failed"]
+    assert all(r.attempts <= 1 for r in store.rows.values()), "a paused draw is no attempt"
+    burst = [t for t in tries if t - tries[0] < 1]  # the calls already under way
+    assert len(burst) <= 4
+    trials = tries[len(burst) : refusals + 1]  # one at a time, a pause apart
+    gaps = [b - a for a, b in zip([burst[-1], *trials[:-1]], trials, strict=True)]
+    assert gaps and all(gap >= 100 for gap in gaps), gaps
