@@ -14,6 +14,7 @@ import trio
 from PIL import Image
 
 from tests.fixtures.listener import rows, wait_until
+from tests.helpers import run_listener
 
 pytestmark = pytest.mark.slow
 
@@ -148,6 +149,10 @@ async def test_402_pauses_drawing_then_resumes(
     await trio.sleep(2)
     assert statuses(database_url)["Failed"] == 0
     assert statuses(database_url)["ReadyToGenerate"] == 2
+    shown = await trio.to_thread.run_sync(
+        lambda: run_listener("status", env=listener.env, cwd=listener.cwd)
+    )
+    assert "Payment Required" in shown.stdout, shown.stdout + shown.stderr
     gigachat.configure(quota_exhausted=False)
     await finished(database_url, 2, seconds=30)
     assert [row(database_url, i)[0] for i in ids] == ["ReadyToPublish"] * 2

@@ -310,3 +310,15 @@ async def test_neither_the_key_nor_a_token_reaches_a_message(api, emu) -> None:
     with pytest.raises(ApiPermanent) as echoed:
         await GigaChatProvider(api).submit(request())
     assert token not in echoed.value.message and "Bearer ***" in echoed.value.message
+
+
+async def test_the_first_probe_says_what_the_account_shows(api, emu, caplog) -> None:
+    caplog.set_level("INFO", logger="listener.gigachat")
+    await emu.configure(balance={"GigaChat-2": 900000})
+    provider = GigaChatProvider(api)
+    await provider.probe()
+    await provider.probe()
+    assert caplog.text.count("GigaChat balance (prepaid tokens left): GigaChat-2 900000") == 1
+    async with client_for(emu, model="GigaChat-9") as other:
+        await GigaChatProvider(other).probe()
+    assert "GIGACHAT_MODEL GigaChat-9 is not among the models" in caplog.text

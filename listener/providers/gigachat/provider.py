@@ -22,7 +22,7 @@ import base64
 import logging
 
 from listener.engine.ports import Outcome, Ready, Refused, Request, Submitted
-from listener.errors import ApiBusy, ApiCredentials, ApiTransient
+from listener.errors import ApiBusy, ApiCredentials, ApiError, ApiTransient
 from listener.providers.gigachat.client import GigaChatClient
 from listener.providers.gigachat.edge import MalformedDraw, excerpt
 from listener.providers.gigachat.models import find_image, usable_file_id
@@ -47,6 +47,7 @@ class GigaChatProvider:
         self.prompt_template = prompt_template
         self.traits = traits(client.timeout)
         self._model_refused = False
+        self._probed = False
 
     def messages(self, request: Request) -> list[dict[str, str]]:
         messages = []
@@ -91,8 +92,11 @@ class GigaChatProvider:
 
     async def probe(self) -> None:
         listed = await self.client.models()
+        ids = [m.id for m in listed.data]
+        if not self._probed:
+            self._probed = True
+            await self._first_look(ids)
         if self._model_refused:
-            ids = [m.id for m in listed.data]
             if self.client.model not in ids:
                 raise ApiCredentials(
                     clean(
@@ -101,3 +105,22 @@ class GigaChatProvider:
                     )
                 )
             self._model_refused = False
+
+    async def _first_look(self, ids: list[str]) -> None:
+        """At start: say what the account shows (never a reason to stop)."""
+        model = self.client.model
+        if model not in ids:
+            log.warning(
+                "GIGACHAT_MODEL %s is not among the models this host lists (%s): drawing "
+                "may answer 404 No such model",
+                clean(model, limit=100),
+                clean(", ".join(ids[:12]) or "none", limit=400),
+            )
+        try:
+            balance = await self.client.balance()
+        except ApiError as exc:
+            log.debug("GigaChat balance not read: %s", exc.message)
+            return
+        if balance is not None and balance.balance:
+            shown = ", ".join(f"{b.usage} {b.value:g}" for b in balance.balance[:12])
+            log.info("GigaChat balance (prepaid tokens left): %s", clean(shown, limit=400))
