@@ -233,3 +233,17 @@ async def test_styles_become_system_messages(
     assert "фотограф" in system["Нарисуй: a photo of a pier"]
     assert system["Нарисуй: no style at all"] is None
     assert "аниме" in system["Нарисуй: the default style"]
+
+
+async def test_make_run_with_gigachat_uses_its_built_in_emulator(
+    start_gigachat_listener, gigachat_env, database_url
+) -> None:
+    env = {k: v for k, v in gigachat_env.items() if not k.startswith("GIGACHAT_")}
+    (id_,) = insert(database_url, "a fox drawn by the built-in emulator")
+    listener = await start_gigachat_listener("--with-emulator", env=env)
+    await finished(database_url, 1, seconds=60)
+    assert row(database_url, id_)[0] == "ReadyToPublish"
+    image, kind = rows(database_url, "SELECT base64, image_type FROM images")[0]
+    assert_jpeg(image)
+    assert kind == "jpeg"
+    assert "built-in GigaChat emulator" in listener.log
