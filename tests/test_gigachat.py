@@ -13,6 +13,7 @@ import pytest
 import trio
 from PIL import Image
 
+from tests.fixtures.gigachat import GIGACHAT_KEY
 from tests.fixtures.listener import rows, wait_until
 from tests.helpers import run_listener
 
@@ -101,6 +102,8 @@ async def test_token_expiry_and_a_revoked_token_fail_no_row(
     assert stats["tokens_issued"] >= 3 and stats["unauthorized"] >= 2
     assert stats["draws_total"] == 12
     assert "refused the token" in listener.log
+    # Neither the key nor a token (the emulator's start "emu.") ever reaches the log.
+    assert GIGACHAT_KEY not in listener.log and "emu." not in listener.log
 
 
 async def test_blacklist_and_no_image_fail_with_the_models_words(
