@@ -34,8 +34,9 @@ SEED_NEGATIVE_PROMPT = (
     ",duplicate, ugly, monochrome, geometry, mutation, disgusting"
 )
 
-# The sides DEFAULT_IMAGE_WIDTH / DEFAULT_IMAGE_HEIGHT may take (Fusion Brain's limits,
-# the seed's; a provider that draws other sizes checks a row's own when it is claimed).
+# The sides DEFAULT_IMAGE_WIDTH / DEFAULT_IMAGE_HEIGHT may take (the seed's limits, also
+# the table's CHECK on a row's size; each provider checks a row's size when it submits
+# it, and one that cannot honour sizes draws at its own).
 MIN_SIDE = 64
 MAX_SIDE = 1024
 
@@ -99,7 +100,7 @@ class Settings(BaseSettings):
     generator_sweep_interval: float = Field(300, gt=0)
     processor_sweep_interval: float = Field(600, gt=0)
     # Calls in flight to the provider per process (draws, status checks, downloads: one
-    # limit). Unset: the provider's default (Fusion Brain 8, GigaChat 1).
+    # limit). Unset: the provider's default (its Traits.default_concurrency).
     api_concurrency: int | None = Field(None, ge=1, le=64)
     max_in_flight: int = Field(100, ge=1)
     retry_max_attempts: int = Field(5, ge=1)
@@ -111,7 +112,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
 
     # -- engine (issue 11) ----------------------------------------------------------------
-    # Unset: the provider's default (Fusion Brain 1, GigaChat 0).
+    # Unset: the provider's default (its Traits.unknown_outcome_resends).
     unknown_outcome_resends: int | None = Field(None, ge=0, le=10)
     db_statement_timeout: float = Field(30, gt=0)
     db_max_idle_time: float = Field(30, gt=0)
@@ -137,14 +138,14 @@ class Settings(BaseSettings):
 
     # -- providers (issue 20) -------------------------------------------------------------
     # Which image provider this process runs (listener.providers.registry). Unset: the
-    # one whose credentials are set (Fusion Brain first), else Fusion Brain.
+    # first registered provider whose credentials are set, else the registry's default.
     image_provider: str | None = None
 
     @field_validator("default_num_images")
     @classmethod
     def _one_image(cls, value: int) -> int:
         if value != 1:
-            raise ValueError("the Fusion Brain API generates exactly 1 image per request")
+            raise ValueError("a row is exactly 1 image (one request draws one)")
         return value
 
     @field_validator("default_style")

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from listener.db import Database
 from listener.engine.ports import Claimed, Generation, ReadyRow
 from listener.errors import LeaseLost, RuleBroken
+from listener.providers.registry import DEFAULT, LEGACY
 from listener.sanitize import clean
 from listener.sqlfiles import queries
 
@@ -49,8 +50,8 @@ class PgStore:
         worker: str,
         lease: float,
         *,
-        provider: str = "fusionbrain",
-        legacy: str = "fusionbrain",
+        provider: str = DEFAULT,
+        legacy: str = LEGACY,
         default_style: str = "ANIME",
     ) -> None:
         self.db, self.worker, self.lease = db, worker, lease

@@ -27,6 +27,16 @@ SELECT reason, failures, latest, latest_ids FROM images_recent_failures
 SELECT worker, connected, listening, rows_held, earliest_lease_until, provider
 FROM images_listeners
 
+-- Why rows wait (a retry's reason, a paused provider's words: "waiting: ... paid quota
+-- used up"), most frequent first; only rows still waiting for a later try.
+-- name: waiting_reasons
+SELECT last_error AS reason, count(*) AS rows, min(not_before) AS next_try
+FROM images
+WHERE status = 'ReadyToGenerate' AND last_error IS NOT NULL AND not_before > now()
+GROUP BY last_error
+ORDER BY rows DESC
+LIMIT 10
+
 -- Rows that wait for one provider, and how many connected listeners run it (0018).
 -- name: providers
 SELECT provider, pinned, generating, listeners, unknown_listeners FROM images_providers

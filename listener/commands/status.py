@@ -43,7 +43,8 @@ def handle(args: argparse.Namespace) -> int:
         failures = fetch_all(conn, "recent_failures")
         listeners = fetch_all(conn, "listeners")
         providers = fetch_all(conn, "providers")
-    print(render_summary(queue, in_flight or {}, failures, listeners, providers))
+        waiting = fetch_all(conn, "waiting_reasons")
+    print(render_summary(queue, in_flight or {}, failures, listeners, providers, waiting))
     return EXIT_OK
 
 
@@ -57,7 +58,12 @@ def render_row(row: dict) -> str:
 
 
 def render_summary(
-    queue: list, in_flight: dict, failures: list, listeners: list, providers: list | None = None
+    queue: list,
+    in_flight: dict,
+    failures: list,
+    listeners: list,
+    providers: list | None = None,
+    waiting: list | None = None,
 ) -> str:
     out = [
         format_table(
@@ -85,6 +91,15 @@ def render_summary(
             line += f", {in_flight['unfollowed']} without a live lease"
         line += ")"
     out.append(line)
+    if waiting:
+        # a retry's reason, or a paused provider's words (its paid quota used up...)
+        out.append("waiting for a later try:")
+        out.append(
+            format_table(
+                ["rows", "next try", "reason"],
+                [[w["rows"], w["next_try"], w["reason"]] for w in waiting],
+            )
+        )
     out.append("")
     if failures:
         out.append("failures in the last hour:")

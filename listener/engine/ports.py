@@ -5,9 +5,9 @@ in-memory fake in the engine's own tests). `Provider` is an image API seen from 
 engine: submit a request, learn its outcome, nothing more. Two shapes fit, and neither
 leaks into the engine:
 
-* submit-then-poll (Fusion Brain): `submit` starts a generation and returns its handle;
+* submit-then-poll: `submit` starts a generation and returns its handle;
   `outcome` asks about it until it is final;
-* draw-then-download (GigaChat): `submit` is the blocking, paid draw and returns the
+* draw-then-download: `submit` is the blocking, paid draw and returns the
   handle of the drawn file; `outcome` downloads it (Ready at the first ask).
 
 In both, the handle is made durable in the row (its `uuid` column: "the provider's
@@ -174,8 +174,8 @@ class Provider(Protocol):
     ApiCredentials, ApiQuotaExhausted. Every call (submit, outcome, probe) goes through
     the provider's one concurrency limit (API_CONCURRENCY), held inside the provider."""
 
-    name: str  # the registry key, stored in rows: "fusionbrain", "gigachat"
-    title: str  # for log lines: "Fusion Brain API"
+    name: str  # the registry key, stored in rows (images.provider)
+    title: str  # for log lines: "<Name> API"
     credentials_help: str  # what to check when the key is refused: names its variables
     traits: Traits
 

@@ -21,14 +21,14 @@
 --   live listener holds) back to ReadyToGenerate, unpinned; each costs a new paid draw.
 
 ALTER TABLE images
-    ADD COLUMN IF NOT EXISTS provider text,
-    ADD COLUMN IF NOT EXISTS provider_pinned boolean NOT NULL DEFAULT false,
+    ADD COLUMN provider text,
+    ADD COLUMN provider_pinned boolean NOT NULL DEFAULT false,
     -- 'png' for every existing row at once, with no rewrite of the table (a constant
     -- default is stored in the catalog); new rows get NULL (the default is dropped
     -- below) until an image is written.
-    ADD COLUMN IF NOT EXISTS image_type text DEFAULT 'png',
-    ADD COLUMN IF NOT EXISTS image_width integer,
-    ADD COLUMN IF NOT EXISTS image_height integer;
+    ADD COLUMN image_type text DEFAULT 'png',
+    ADD COLUMN image_width integer,
+    ADD COLUMN image_height integer;
 ALTER TABLE images ALTER COLUMN image_type DROP DEFAULT;
 
 -- Rows with no image have no media type (a scan; it writes only rows without an image).
@@ -38,16 +38,12 @@ UPDATE images SET image_type = NULL WHERE base64 IS NULL AND image_type IS NOT N
 UPDATE images SET provider = 'fusionbrain' WHERE status = 'Generate' AND provider IS NULL;
 
 ALTER TABLE images
-    DROP CONSTRAINT IF EXISTS provider_is_a_provider_name,
     ADD CONSTRAINT provider_is_a_provider_name
         CHECK (provider ~ '^[a-z][a-z0-9]{0,31}$') NOT VALID,
-    DROP CONSTRAINT IF EXISTS pinned_rows_name_their_provider,
     ADD CONSTRAINT pinned_rows_name_their_provider
         CHECK (NOT provider_pinned OR provider IS NOT NULL) NOT VALID,
-    DROP CONSTRAINT IF EXISTS image_type_is_png_or_jpeg,
     ADD CONSTRAINT image_type_is_png_or_jpeg
         CHECK (image_type IN ('png', 'jpeg')) NOT VALID,
-    DROP CONSTRAINT IF EXISTS image_size_is_positive,
     ADD CONSTRAINT image_size_is_positive
         CHECK (image_width > 0 AND image_height > 0) NOT VALID;
 -- The new columns hold nothing that could break these: validated (a scan that does not
@@ -58,9 +54,8 @@ ALTER TABLE images VALIDATE CONSTRAINT image_type_is_png_or_jpeg;
 ALTER TABLE images VALIDATE CONSTRAINT image_size_is_positive;
 
 ALTER TABLE image_styles
-    ADD COLUMN IF NOT EXISTS system_prompt text;
+    ADD COLUMN system_prompt text;
 ALTER TABLE image_styles
-    DROP CONSTRAINT IF EXISTS system_prompt_is_at_most_2000_characters,
     ADD CONSTRAINT system_prompt_is_at_most_2000_characters
         CHECK (pg_catalog.char_length(system_prompt) <= 2000);
 
@@ -73,7 +68,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-DROP TRIGGER IF EXISTS images_pin_provider ON images;
 CREATE TRIGGER images_pin_provider
     BEFORE INSERT ON images
     FOR EACH ROW WHEN (NEW.provider IS NOT NULL)
@@ -268,22 +262,3 @@ FROM images
 WHERE status = 'Generate'
    OR (status = 'ReadyToGenerate' AND locked_by IS NOT NULL)
 ORDER BY coalesce(generation_started_at, updated_at), id;
-
--- The fixed search_path, and EXECUTE for nobody but the owner (0012's rule; sql/roles.sql
--- grants it), on the functions this migration creates or replaces.
-DO $$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOREACH f IN ARRAY ARRAY[
-        'images_pin_provider()'::regprocedure,
-        'images_reset_failed(timestamptz, bigint)'::regprocedure,
-        'images_requeue(text)'::regprocedure
-    ] LOOP
-        EXECUTE format(
-            'ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema()
-        );
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-END
-$$;
