@@ -235,3 +235,17 @@ def test_only_gigachat_credentials_choose_gigachat(monkeypatch, tmp_path) -> Non
     choice = registry.choose(None, env_file=None)
     assert choice.spec.name == "gigachat" and choice.configured
     assert "only its credentials are set" in choice.why
+
+
+def test_check_on_fusion_brain_asks_its_pipeline_without_a_run(emulator, tmp_path) -> None:
+    env = clean_env(
+        FUSION_BRAIN_URL=emulator.url,
+        FUSION_BRAIN_API_KEY=emulator.api_key,
+        FUSION_BRAIN_SECRET_KEY=emulator.secret_key,
+    )
+    done = check(env, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok: pipeline availability: ACTIVE" in done.stdout
+    done = check({**env, "FUSION_BRAIN_API_KEY": "wrong-key"}, tmp_path)
+    assert done.returncode == 1 and "FAILED: API 127.0.0.1:" in done.stdout
+    assert emulator.stats()["run_requests"] == 0
