@@ -21,6 +21,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from listener.errors import ConfigError
+
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
 
@@ -85,7 +87,6 @@ class Spec:
         from pydantic import ValidationError
 
         from listener.config import format_validation_error
-        from listener.errors import ConfigError
 
         try:
             return self.settings_class(_env_file=env_file)
@@ -113,7 +114,7 @@ def available() -> list[str]:
     for name in PROVIDERS:
         try:
             spec(name)
-        except ModuleNotFoundError:
+        except ProviderMissing:
             continue
         found.append(name)
     return found
@@ -122,10 +123,12 @@ def available() -> list[str]:
 _loaded: dict[str, Spec] = {}
 
 
+class ProviderMissing(ConfigError):
+    """A registry line whose package is not installed (yet)."""
+
+
 def spec(name: str) -> Spec:
     """The provider called `name`; ConfigError for a name nobody registered."""
-    from listener.errors import ConfigError
-
     if name in _loaded:
         return _loaded[name]
     where = PROVIDERS.get(name)
@@ -135,7 +138,16 @@ def spec(name: str) -> Spec:
             f"(known: {', '.join(PROVIDERS)})"
         )
     module, _, attr = where.partition(":")
-    found = getattr(importlib.import_module(module), attr)
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise  # a dependency of the provider is missing: say which, loudly
+        raise ProviderMissing(
+            f"configuration error: IMAGE_PROVIDER: provider {name!r} is registered but its "
+            f"package ({module}) is not installed"
+        ) from None
+    found = getattr(imported, attr)
     if not isinstance(found, Spec) or found.name != name:
         raise TypeError(f"{where} is not the Spec of {name!r}")
     _loaded[name] = found
