@@ -250,3 +250,18 @@ async def test_make_run_with_gigachat_uses_its_built_in_emulator(
     assert_jpeg(image)
     assert kind == "jpeg"
     assert "built-in GigaChat emulator" in listener.log
+
+
+async def test_two_listeners_on_one_stream_wait_out_the_429s(
+    gigachat, start_gigachat_listener, database_url
+) -> None:
+    # Several listeners on one individual key share its one stream: 429 is routine.
+    gigachat.configure(streams=1, draw_time=0.2)
+    insert(database_url, *(f"shared key {i}" for i in range(12)))
+    await start_gigachat_listener()
+    await start_gigachat_listener()
+    await finished(database_url, 12, seconds=90)
+    assert statuses(database_url) == Counter({"ReadyToPublish": 12})
+    stats = gigachat.stats()
+    assert stats["draws_total"] == 12  # a 429 is refused before drawing: none paid twice
+    assert stats["rejected_busy"] > 0  # the two did collide, and it cost nothing
