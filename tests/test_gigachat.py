@@ -265,3 +265,15 @@ async def test_two_listeners_on_one_stream_wait_out_the_429s(
     stats = gigachat.stats()
     assert stats["draws_total"] == 12  # a 429 is refused before drawing: none paid twice
     assert stats["rejected_busy"] > 0  # the two did collide, and it cost nothing
+
+
+async def test_an_expired_file_fails_the_row_and_is_not_drawn_again(
+    gigachat, start_gigachat_listener, database_url
+) -> None:
+    gigachat.fault("download", "404")
+    (id_,) = insert(database_url, "a file that expired")
+    await start_gigachat_listener()
+    await finished(database_url, 1)
+    status, _, reason, handle, _ = row(database_url, id_)
+    assert status == "Failed" and "404" in reason and handle in reason
+    assert gigachat.draws_for("a file that expired") == 1
