@@ -27,8 +27,9 @@ _UNSAFE = re.compile(
 )
 # Header-shaped credentials an error page may echo back, whatever its format:
 # `X-Key: Key abc`, `"x-key": "Key abc"`, `'X-Secret': 'Secret abc'`, `x-key=abc`.
+# No two unbounded repetitions can share a run of spaces, so a hostile text costs one pass.
 _HEADER = re.compile(
-    r"(?i)(x-(?:key|secret)[\"']?\s*[:=]\s*[\"']?\s*(?:(?:key|secret)\s+)?)[^\s,;\"'}<&]+"
+    r"(?i)(x-(?:key|secret)[\"']?\s*[:=]\s*(?:[\"']\s*)?(?:(?:key|secret)\s+)?)[^\s,;\"'}<&]+"
 )
 
 

@@ -56,16 +56,10 @@ from listener.errors import (
     ApiTransient,
     BlankPrompt,
 )
+from listener.prompt import cap_negative_prompt, for_log, sendable, truncate_prompt
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
-
-PROMPT_IN_LOG = 80
-
-
-def short(prompt: str) -> str:
-    prompt = clean(" ".join(prompt.split()), limit=PROMPT_IN_LOG * 2)
-    return prompt if len(prompt) <= PROMPT_IN_LOG else prompt[: PROMPT_IN_LOG - 1] + "…"
 
 
 @dataclass
@@ -81,15 +75,18 @@ class Runs:
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
 
     def request_for(self, row: ReadyRow) -> Request:
-        """The row as any provider is asked it: the configured defaults filled in (sizes
-        only for a provider that honours them: the others draw at their own)."""
+        """The row as any provider is asked it: the prompt without its blank edges and
+        cut to 999 characters (whole graphemes; BlankPrompt when nothing is left), the
+        configured defaults filled in (sizes only for a provider that honours them: the
+        others draw at their own)."""
         s = self.settings
         sized = self.provider.traits.honours_size
+        negative = cap_negative_prompt(row.negative_prompt or s.default_negative_prompt or "")
         return Request(
             row_id=row.id,
             attempt=row.attempts,
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt or s.default_negative_prompt or None,
+            prompt=truncate_prompt(row.prompt),
+            negative_prompt=negative or None,
             style=row.style or s.default_style,
             width=(row.width or s.default_image_width) if sized else None,
             height=(row.height or s.default_image_height) if sized else None,
@@ -136,8 +133,12 @@ class Runs:
             await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
             own.settle()
             return None
-        log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
-        request = self.request_for(row)
+        log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
+        try:
+            request = self.request_for(row)
+        except BlankPrompt:
+            await self.fail(row.id, "blank prompt (not sent)", own)
+            return None
         # A paid call keeps its own deadline at a stop (the provider's call timeout), and
         # the writes of its outcome the grace after it; a second signal cuts it.
         until = trio.current_time() + self.provider.traits.call_timeout + s.shutdown_grace
@@ -201,7 +202,7 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            row.prompt,
+            sendable(row.prompt),  # what was sent, nothing more
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,

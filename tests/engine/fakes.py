@@ -65,6 +65,8 @@ class FakeStore:
     worker: str = "me"
     lease: float = 30.0
     provider: str = "fake"  # the provider this process runs (PgStore's `provider`)
+    styles: dict[str, str] = field(default_factory=dict)  # image_styles.system_prompt
+    default_style: str = "UHD"
     rows: dict[int, Row] = field(default_factory=dict)
     down: bool = False  # every call raises DatabaseUnavailable
     calls: Counter = field(default_factory=Counter)
@@ -131,6 +133,7 @@ class FakeStore:
                     unknown_outcomes=r.unknown_outcomes,
                     width=r.width,
                     height=r.height,
+                    style_prompt=self.styles.get(self.default_style),
                 )
             )
         return out
@@ -272,6 +275,7 @@ class FakeProvider:
         self.run_time = run_time
         self.generation_time = generation_time
         self.submitted: list[str] = []
+        self.requests: list = []  # the Request of each submission
         self.checks: Counter = Counter()
         self.started: dict[str, float] = {}
         self.on_submit = None  # callable(request) -> Submitted | raise
@@ -285,6 +289,7 @@ class FakeProvider:
         try:
             await trio.sleep(self.run_time)
             self.submitted.append(request.prompt)
+            self.requests.append(request)
             if self.on_submit is not None:
                 return self.on_submit(request)
             handle = f"uuid-{len(self.submitted)}"
@@ -341,6 +346,7 @@ class FakeDrawProvider(FakeProvider):
         try:
             await trio.sleep(self.run_time + self.generation_time)  # the draw
             self.submitted.append(request.prompt)
+            self.requests.append(request)
             if self.on_submit is not None:
                 return self.on_submit(request)
             handle = f"file-{len(self.submitted)}"

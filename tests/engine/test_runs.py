@@ -203,3 +203,27 @@ async def test_a_used_up_quota_pauses_drawing_one_try_per_backoff_and_fails_noth
     trials = tries[len(burst) : refusals + 1]  # one at a time, a pause apart
     gaps = [b - a for a, b in zip([burst[-1], *trials[:-1]], trials, strict=True)]
     assert gaps and all(gap >= 100 for gap in gaps), gaps
+
+
+async def test_the_request_is_neutral_and_carries_what_an_idempotency_key_needs(
+    store, provider, autojump_clock
+):
+    engine = make_engine(store, provider, settings={"default_style": "UHD"})
+    (id_,) = store.add(1, prompt="  " + "fox " * 400, width=512, height=256)
+    store.styles = {"UHD": "Draw a detailed photo."}
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish")
+        engine.stop("test")
+    (request,) = provider.requests
+    assert (request.row_id, request.attempt) == (id_, 1)
+    assert (
+        len(request.prompt) <= 999
+        and request.prompt.startswith("fox")
+        and (request.prompt == request.prompt.strip())
+    )
+    assert request.style == "UHD" and request.style_prompt == "Draw a detailed photo."
+    if provider.traits.honours_size:
+        assert (request.width, request.height) == (512, 256)
+    else:  # it draws at its own size: none is asked
+        assert (request.width, request.height) == (None, None)
