@@ -36,6 +36,8 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -64,14 +66,6 @@ from listener.providers.fusionbrain.models import (
     RunAnswer,
     StatusAnswer,
 )
-from listener.providers.http import (
-    MAX_JSON_DEPTH,
-    RETRY_AFTER_MAX,
-    json_depth_exceeds,
-    parse_json,
-    parse_retry_after,
-)
-from listener.providers.http import excerpt as _excerpt
 from listener.sanitize import clean, redact, secret_forms
 
 log = logging.getLogger("listener.api")
@@ -87,9 +81,13 @@ RETRY_WAIT_MAX = 2.0
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # An error body is read only for its message.
 MAX_ERROR_BYTES = 64 * 1024
+# The deepest JSON nesting accepted; the documented answers are 3 levels deep.
+MAX_JSON_DEPTH = 64
 # Seconds a status read may take in all: a result is handed out once, so a slow but
 # honest transfer of it must be allowed to finish.
 RESULT_TIMEOUT = 120.0
+# Retry-After is obeyed up to this many seconds (RETRY_BACKOFF_MAX in the service).
+RETRY_AFTER_MAX = 300.0
 # Bodies above this many bytes are parsed in a worker thread, off the event loop.
 THREAD_PARSE_BYTES = 256 * 1024
 EXCERPT = 200
@@ -417,6 +415,50 @@ async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
 # -- parsing ---------------------------------------------------------------------------------
 
 
+def json_depth_exceeds(body: bytes | bytearray, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when `body` nests arrays/objects deeper than `limit` (brackets inside strings
+    are not counted). Cheap for real answers: with at most `limit` opening brackets in
+    the whole body, no nesting can be deeper, and nothing is scanned."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = False
+    skip_at = -1  # the position of a character escaped by a backslash
+    for match in re.finditer(rb'[\[\]{}"\\]', body):
+        if match.start() == skip_at:
+            continue
+        char = match.group()
+        if in_string:
+            if char == b"\\":
+                skip_at = match.end()
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(body: bytes | bytearray) -> Any:
+    """The JSON value of a body already bounded in size: depth checked before parsing,
+    NaN and Infinity refused. Raises ValueError with a short reason and excerpt."""
+    if json_depth_exceeds(body):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"a body that is not JSON: {_excerpt(body)}") from exc
+
+
 async def _parse(body: bytes | bytearray) -> Any:
     if len(body) > THREAD_PARSE_BYTES:
         return await trio.to_thread.run_sync(parse_json, body)
@@ -474,6 +516,29 @@ def parse_status(uuid: str, body: Any) -> GenerationStatus:
     return answer.to_status(uuid)
 
 
+def parse_retry_after(value: str | None, *, cap: float = RETRY_AFTER_MAX) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date, at most
+    `cap`; None when absent or unreadable (garbage, inf, nan, a negative number)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or len(text) > 64:
+        return None
+    if re.fullmatch(r"\d{1,15}(\.\d{1,6})?", text):
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is read as such
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, cap)
+
+
 def _version(value: Any) -> tuple[float, ...]:
     try:
         parts = tuple(float(part) for part in str(value).split("."))
@@ -495,6 +560,20 @@ def _server_message(reply: _Reply) -> str:
     return _excerpt(body)
 
 
+def _excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """A short, safe excerpt of a body or a parsed value (never the whole of it)."""
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value[: limit * 4]).decode("utf-8", "replace")
+    elif isinstance(value, str):
+        text = value[: limit * 4]
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False)[: limit * 4]
+        except (TypeError, ValueError, RecursionError):
+            text = type(value).__name__
+    return clean(" ".join(text.split()), limit=limit)
+
+
 def _describe(exc: httpx.HTTPError) -> str:
     """httpx's message names the URL only; headers (the credentials) never appear."""
     detail = str(exc) or type(exc).__name__
@@ -502,14 +581,11 @@ def _describe(exc: httpx.HTTPError) -> str:
 
 
 __all__ = [
-    "MAX_JSON_DEPTH",
     "MAX_RESPONSE_BYTES",
     "RESULT_TIMEOUT",
-    "RETRY_AFTER_MAX",
     "ApiError",
     "FusionBrainClient",
     "choose_pipeline",
-    "json_depth_exceeds",
     "parse_json",
     "parse_retry_after",
     "parse_status",
