@@ -33,6 +33,7 @@ from listener.engine.ports import Generation, Pending, Provider, Ready, Refused,
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
+    ApiMalformed,
     ApiNotFound,
     ApiPermanent,
     ApiQuotaExhausted,
@@ -68,6 +69,7 @@ class Follow:
         if gen.check_after > 0:
             await trio.sleep(min(gen.check_after, max(0.0, deadline - trio.current_time())))
         checks = 0
+        failed: ApiTransient | None = None  # what went wrong with the previous check
         while True:
             await self.health.credentials_ok.wait()
             with self.guard.shielded() as scope:
@@ -75,12 +77,7 @@ class Follow:
                     async with self.budget.call():
                         outcome = await self.provider.outcome(gen.handle)
                 except ApiNotFound:
-                    await self._fail(
-                        gen,
-                        own,
-                        f"the API no longer knows generation {clean(gen.handle)} "
-                        "(404): its result expired or was fetched elsewhere",
-                    )
+                    await self._fail(gen, own, gone_reason(gen.handle, failed))
                     return
                 except ApiCredentials as exc:
                     self.health.credentials_refused(exc.message)
@@ -93,8 +90,10 @@ class Follow:
                     # or a busy provider only delays it)
                     log.warning("Image ID %d: status check failed: %s", gen.id, clean(exc.message))
                     outcome = Pending()
+                    failed = exc if isinstance(exc, ApiTransient) else None
                 else:
                     checks += 1
+                    failed = None
                 if isinstance(outcome, Ready):
                     await self._publish(gen, own, outcome.image, deadline)
                     return
@@ -157,3 +156,21 @@ class Follow:
         )
         own.settle()
         log.info("Image ID %d failed: %s", gen.id, reason)
+
+
+def gone_reason(handle: str, failed: ApiTransient | None) -> str:
+    """Why a generation answered 404, as far as the listener can tell: the API hands a
+    result out once, so a check whose answer could not be read may have carried it."""
+    gone = f"the API no longer knows generation {clean(handle)} (404)"
+    if isinstance(failed, ApiMalformed):
+        return clean(
+            f"{gone} right after an answer the listener could not read ({failed.message}): "
+            "the result was most likely in that answer (the API hands a result out once)"
+        )
+    if failed is not None:
+        return clean(
+            f"{gone} right after a status check that failed ({failed.message}): the "
+            "result was in that answer if the API sent one, else it expired or was "
+            "fetched elsewhere"
+        )
+    return f"{gone}: its result expired or was fetched elsewhere"

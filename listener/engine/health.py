@@ -1,8 +1,8 @@
 """What the service knows about the provider as a whole, shared by every in-flight call.
 
-* Busy (the provider says "wait": ApiBusy): the generator pauses with capped, jittered
-  exponential backoff, at least the provider's own (capped) Retry-After; the first
-  accepted submission resets it.
+* Busy (the provider says "wait": ApiBusy) or not taken (ApiNotTaken: 408, 425, 429):
+  the generator pauses with capped, jittered exponential backoff, at least as long as a
+  Retry-After asks (up to RETRY_BACKOFF_MAX); the first accepted submission resets it.
 * Quota used up (ApiQuotaExhausted): drawing pauses for RETRY_BACKOFF_MAX, then one
   draw (one row) is tried; until one is accepted, every pause admits one draw. No row
   fails because of it; the rows it held wait with the provider's words in last_error.
@@ -95,8 +95,8 @@ class ApiHealth:
         self.busy_until = max(self.busy_until, trio.current_time() + self.backoff_max)
         return 1
 
-    def busy(self, what: str, retry_after: float | None = None) -> float:
-        """Record a busy answer; return how long the generator pauses."""
+    def busy(self, what: str, *, retry_after: float | None = None) -> float:
+        """Record a busy (or not taken) answer; return how long the generator pauses."""
         now = trio.current_time()
         if now < self.busy_until:  # another call of the same burst already backed off
             return self.busy_until - now

@@ -6,12 +6,16 @@ Outcomes of a run:
 * refused at submit (Refused: censored, an answer without an image) -> Failed;
 * busy          -> released uncounted, generation pauses (capped, jittered backoff, at
                    least the provider's Retry-After);
+* not taken (408, 425, 429: the provider says it did not take the request) -> released
+                   uncounted with the reason, generation pauses like busy, at least as
+                   long as its Retry-After; a storm of them fails nothing;
 * credentials   -> released uncounted, generation paused until the key works again;
 * quota used up -> released uncounted with the provider's words in last_error;
                    drawing pauses, one draw is tried every RETRY_BACKOFF_MAX;
 * transient     -> attempt counted, reason kept, retried after a backoff; Failed with the
                    last reason after RETRY_MAX_ATTEMPTS;
-* outcome unknown (timeout after sending, dropped connection, garbled 2xx): the provider
+* outcome unknown (timeout after sending, dropped connection, a 5xx, a 2xx that cannot be
+                   read: docs/api-answers.md): the provider
                    may have generated it. Re-sent at most UNKNOWN_OUTCOME_RESENDS times
                    over the row's whole life (counted in the row), then Failed with a
                    reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
@@ -50,6 +54,7 @@ from listener.engine.ports import (
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiQuotaExhausted,
@@ -146,9 +151,21 @@ class Runs:
             try:
                 accepted = await self._submit(request)
             except ApiBusy as exc:
-                delay = self.health.busy(exc.state or exc.message, exc.retry_after)
+                delay = self.health.busy(exc.state or exc.message, retry_after=exc.retry_after)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
+                )
+                own.settle()
+                self._look_again()
+                return None
+            except ApiNotTaken as exc:
+                delay = self.health.busy(clean(exc.message, limit=120), retry_after=exc.retry_after)
+                await self.store.release(
+                    row.id,
+                    status="ReadyToGenerate",
+                    delay=delay,
+                    error=clean(exc.message),
+                    uncount=True,
                 )
                 own.settle()
                 self._look_again()
