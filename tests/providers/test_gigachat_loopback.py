@@ -21,6 +21,7 @@ from listener.errors import (
     ApiCredentials,
     ApiMalformed,
     ApiNotFound,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiQuotaExhausted,
@@ -198,10 +199,11 @@ async def test_a_wrong_key_and_a_wrong_scope_say_which(emu) -> None:
 @pytest.mark.parametrize(
     ("kind", "error"),
     [
-        ("429", ApiBusy),
+        ("429", ApiNotTaken),
+        ("408", ApiNotTaken),
         ("402", ApiQuotaExhausted),
-        ("500", ApiTransient),
-        ("503", ApiTransient),
+        ("500", ApiOutcomeUnknown),
+        ("503", ApiOutcomeUnknown),
         ("502", ApiOutcomeUnknown),
         ("504", ApiOutcomeUnknown),
         ("422", ApiPermanent),
@@ -215,7 +217,7 @@ async def test_draw_failures_map_to_the_engines_words(api, emu, kind, error) -> 
     await emu.fault("chat", kind)
     with pytest.raises(error) as caught:
         await GigaChatProvider(api).submit(request())
-    if error is ApiTransient:
+    if error is ApiNotTaken:
         assert not isinstance(caught.value, ApiOutcomeUnknown)
     if kind == "429":
         assert caught.value.retry_after == 1
@@ -269,7 +271,7 @@ async def test_downloads_retry_transient_failures_and_404_is_not_found(api, emu)
     with pytest.raises(ApiNotFound):
         await provider.outcome("0b7a5b56-0000-4000-8000-000000000000")
     await emu.fault("download", "429")
-    with pytest.raises(ApiTransient, match="429"):
+    with pytest.raises(ApiNotTaken, match="429"):
         await provider.outcome(submitted.handle)
     await emu.fault("download", "malformed")
     with pytest.raises(ApiMalformed, match="not a JPEG"):

@@ -11,16 +11,16 @@ errors (listener.errors), so the provider decides on types, never on HTTP detail
       404 (No such model)      ApiCredentials: a configuration error (GIGACHAT_MODEL,
                                GIGACHAT_BASE_URL), no row fails for it
       402                      ApiQuotaExhausted with the API's words
-      429                      ApiBusy, honouring a capped Retry-After
-      400, 413, 422, other 4xx ApiPermanent
-      500, 503, other 5xx      ApiTransient (repeated by the engine within its budget)
-      502, 504, timeout after sending, connection lost, unreadable 2xx
+      408, 425, 429            ApiNotTaken (not drawn, free), honouring a capped Retry-After
+      3xx, 400, 413, 422, other 4xx  ApiPermanent (redirects are not followed)
+      5xx, timeout after sending, connection lost, unreadable 2xx
                                ApiOutcomeUnknown: the image may exist and be paid for
+                               (listener.edge's classes, docs/api-answers.md)
     download (GET files/{id}/content; idempotent and free)
       200 with a JPEG          its bytes (checked: FF D8 FF)
       401 / 403                refreshed once / ApiCredentials
       404                      ApiNotFound (unknown, expired, or another key's file)
-      429                      ApiBusy; 5xx and network errors: ApiTransient
+      408, 425, 429            ApiNotTaken; 5xx and network errors: ApiTransient
     models, balance: as the download, but 404 is ApiCredentials (GIGACHAT_BASE_URL leads
       nowhere); balance's 403 (pay-as-you-go accounts) is None.
 
@@ -44,11 +44,12 @@ import httpx
 import trio
 
 from listener import __version__
+from listener.edge import Answer, classify
 from listener.errors import (
-    ApiBusy,
     ApiCredentials,
     ApiMalformed,
     ApiNotFound,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiQuotaExhausted,
@@ -146,8 +147,6 @@ class GigaChatClient:
             answer: ChatAnswer = await self.edge.parse(reply, ChatAnswer, "draw", MalformedDraw)
             return answer
         message = self.edge.say(f"draw: HTTP {code}: {reply.message()}")
-        if code in (502, 504):
-            raise ApiOutcomeUnknown(message)
         if code == 404:
             raise ApiCredentials(
                 self.edge.say(
@@ -155,7 +154,7 @@ class GigaChatClient:
                     f"({self.model}) and GIGACHAT_BASE_URL"
                 )
             )
-        self._raise_common(reply, message)
+        self._raise_common(reply, message, paid=True)
         raise ApiPermanent(message, status_code=code)
 
     async def download(self, file_id: str) -> bytes:
@@ -265,10 +264,11 @@ class GigaChatClient:
         self._raise_common(reply, message)
         raise ApiPermanent(message, status_code=code)
 
-    def _raise_common(self, reply: Reply, message: str) -> None:
-        """The answers every API call shares."""
+    def _raise_common(self, reply: Reply, message: str, *, paid: bool = False) -> None:
+        """The answers every API call shares, by the class listener.edge gives them."""
         code = reply.status_code
-        if code in (401, 403):
+        kind = classify(code)
+        if kind is Answer.CREDENTIALS:
             raise ApiCredentials(
                 self.edge.say(
                     f"GigaChat API refused the credentials (HTTP {code}: {reply.message()}): "
@@ -279,10 +279,19 @@ class GigaChatClient:
             raise ApiQuotaExhausted(
                 self.edge.say(f"GigaChat: {reply.message()} (HTTP 402: the paid quota is used up)")
             )
-        if code == 429:
-            raise ApiBusy(message, retry_after=self.edge.retry_after(reply), state="429")
-        if code >= 500:
-            raise ApiTransient(message, retry_after=self.edge.retry_after(reply))
+        retry_after = self.edge.retry_after(reply)
+        if kind is Answer.NOT_TAKEN:
+            raise ApiNotTaken(message, retry_after=retry_after)
+        if kind is Answer.REDIRECT:
+            where = self.edge.say(reply.headers.get("location", "")[:200]) or "elsewhere"
+            raise ApiPermanent(
+                f"{message}: redirected to {where}; redirects are not followed: check "
+                "GIGACHAT_BASE_URL",
+                status_code=code,
+            )
+        if kind is Answer.SERVER_ERROR:
+            # After a draw was sent, a server error does not say it was not carried out.
+            raise (ApiOutcomeUnknown if paid else ApiTransient)(message, retry_after=retry_after)
 
 
 __all__ = ["GigaChatClient"]

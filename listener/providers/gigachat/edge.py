@@ -1,7 +1,7 @@
 """GigaChat's HTTP edge: one httpx client for the token service and the API, hardened.
 
-The rules every provider's edge follows, with the parsing they share
-(listener.providers.http): bodies read as they stream and abandoned past their cap (an
+The rules every provider's edge follows, with the reading and parsing they share
+(listener.edge): bodies read as they stream and abandoned past their cap (an
 error body far sooner), a whole-request deadline besides httpx's per-read timeout,
 strict models, every message built from outside text sanitized and stripped of the
 credentials and tokens. One TLS context serves both hosts: the default roots plus
@@ -30,6 +30,14 @@ import pydantic
 import stamina
 import trio
 
+from listener.edge import (
+    TooLarge,
+    excerpt,
+    parse_json,
+    parse_json_async,
+    parse_retry_after,
+    read_capped,
+)
 from listener.errors import (
     ApiCredentials,
     ApiMalformed,
@@ -37,7 +45,6 @@ from listener.errors import (
     ApiTransient,
     ConfigError,
 )
-from listener.providers.http import excerpt, parse_json, parse_retry_after
 from listener.sanitize import clean, redact, secret_forms
 
 log = logging.getLogger("listener.gigachat")
@@ -47,7 +54,6 @@ EXCERPT = 200
 CONNECT_ATTEMPTS = 3
 RETRY_WAIT_INITIAL = 0.2
 RETRY_WAIT_MAX = 2.0
-THREAD_PARSE_BYTES = 256 * 1024
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -58,10 +64,6 @@ class MalformedDraw(ApiOutcomeUnknown, ApiMalformed):
 
 class _Late(Exception):
     """No complete answer within the deadline."""
-
-
-class _TooLarge(Exception):
-    """A 2xx body past its cap."""
 
 
 @dataclass
@@ -204,7 +206,7 @@ class Edge:
                 except _Late as exc:
                     kind = ApiOutcomeUnknown if paid else ApiTransient
                     raise kind(self.say(f"{what}: {exc}")) from None
-                except _TooLarge as exc:
+                except TooLarge as exc:
                     kind = MalformedDraw if paid else ApiMalformed
                     raise kind(self.say(f"{what}: malformed answer: {exc}")) from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -240,32 +242,7 @@ class Edge:
         raise _Late(f"the answer was not complete within {total:g}s")
 
     async def _read_body(self, response: httpx.Response) -> Reply:
-        ok = response.is_success
-        cap = self.max_bytes if ok else MAX_ERROR_BYTES
-        body = bytearray()
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        declared = response.headers.get("content-length", "")
-        if encoding not in ("", "identity"):
-            if ok:
-                raise _TooLarge(f"a {clean(encoding, limit=40)}-compressed body was not asked for")
-        elif declared.isdigit() and int(declared) > cap:
-            if ok:
-                raise _TooLarge(f"a body of {int(declared)} bytes (the limit is {cap})")
-        else:
-            over = False
-            with trio.CancelScope() as abandon:
-                async for chunk in response.aiter_bytes():
-                    if over:
-                        continue
-                    if len(body) + len(chunk) > cap:
-                        over = True
-                        body += chunk[: cap - len(body)]
-                        abandon.cancel()
-                        continue
-                    body += chunk
-            if over and ok:
-                body.clear()
-                raise _TooLarge(f"a body over {cap} bytes, abandoned")
+        body = await read_capped(response, cap=self.max_bytes, error_cap=MAX_ERROR_BYTES)
         return Reply(response.status_code, response.headers, body, response.reason_phrase)
 
     # -- parsing -------------------------------------------------------------------------
@@ -279,10 +256,7 @@ class Edge:
     ) -> Any:
         """The reply's JSON body as `model`; `error` (with a short excerpt) otherwise."""
         try:
-            if len(reply.body) > THREAD_PARSE_BYTES:
-                body = await trio.to_thread.run_sync(parse_json, reply.body)
-            else:
-                body = parse_json(reply.body)
+            body = await parse_json_async(reply.body)
         except ValueError as exc:
             raise error(
                 self.say(f"{what}: malformed answer: HTTP {reply.status_code}, {exc}")

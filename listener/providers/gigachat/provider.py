@@ -11,8 +11,7 @@ downloads instead of drawing again.
     no image tag                   Refused with a short excerpt of what the model said
     unreadable reply, unusable id  ApiOutcomeUnknown (MalformedDraw): it may have drawn
 
-outcome = the free download of that file: Ready(base64 of the JPEG) at the first ask; a
-429 there is reported as transient (asked again at the next check).
+outcome = the free download of that file: Ready(base64 of the JPEG) at the first ask.
 probe = the models list: a token and an authenticated call, never a draw.
 """
 
@@ -22,7 +21,7 @@ import base64
 import logging
 
 from listener.engine.ports import Outcome, Ready, Refused, Request, Submitted
-from listener.errors import ApiBusy, ApiCredentials, ApiError, ApiTransient
+from listener.errors import ApiCredentials, ApiError
 from listener.providers.gigachat.client import GigaChatClient
 from listener.providers.gigachat.edge import MalformedDraw, excerpt
 from listener.providers.gigachat.models import find_image, usable_file_id
@@ -82,12 +81,7 @@ class GigaChatProvider:
         return Submitted(handle=file_id)
 
     async def outcome(self, handle: str) -> Outcome:
-        try:
-            data = await self.client.download(handle)
-        except ApiBusy as exc:
-            # A download is free and idempotent: "wait" (429) is asked again at the next
-            # check like any transient failure; nothing is counted against the row.
-            raise ApiTransient(exc.message, retry_after=exc.retry_after) from None
+        data = await self.client.download(handle)
         return Ready(base64.b64encode(data).decode("ascii"))
 
     async def probe(self) -> None:

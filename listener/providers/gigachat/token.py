@@ -127,7 +127,14 @@ class TokenSource:
         code = reply.status_code
         if code in (400, 401, 403):
             raise ApiCredentials(self._edge.say(f"GigaChat token service: {_refusal(reply)}"))
-        if code == 429 or code >= 500:
+        if 300 <= code < 400:
+            raise ApiCredentials(
+                self._edge.say(
+                    f"GigaChat token service: HTTP {code}: redirects are not followed: check "
+                    "GIGACHAT_AUTH_URL"
+                )
+            )
+        if code in (408, 425, 429) or code >= 500:
             raise ApiTransient(
                 self._edge.say(f"token: HTTP {code}: {reply.message()}"),
                 retry_after=self._edge.retry_after(reply),

@@ -75,6 +75,8 @@ STATUS_MESSAGES = {
     402: "Payment Required",
     403: "Permission denied",
     404: "Not Found",
+    408: "Request Timeout",
+    425: "Too Early",
     413: "Request Entity Too Large",
     422: "Invalid params",
     429: "Too many requests",

@@ -17,7 +17,7 @@ from typing import Any
 from listener.providers.fusionbrain.emulator.config import ConfigInvalid
 
 ENDPOINTS = ("token", "chat", "download", "models", "balance", "any")
-STATUS_FAULTS = (400, 401, 402, 403, 404, 413, 422, 429, 500, 502, 503, 504)
+STATUS_FAULTS = (400, 401, 402, 403, 404, 408, 413, 422, 425, 429, 500, 502, 503, 504)
 # Faults of the draw (chat only): how the model answers, or what happens to its reply.
 DRAW_FAULTS = ("blacklist", "no_image", "lost", "bad_file_id")
 PLAIN_FAULTS = ("malformed", "drop", "echo_headers", *DRAW_FAULTS)
