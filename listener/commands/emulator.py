@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "emulator",
         parents=[common],
-        help="serve a local emulator of the Fusion Brain API (real images, injectable faults)",
+        help="serve a local emulator of an image API (Fusion Brain's; --provider gigachat "
+        "for GigaChat's): real images, injectable faults",
         description="Serve a local emulator of the Fusion Brain API: the same endpoints, "
         "real PNG images of the requested size, configurable timings and faults, and a "
         "control endpoint under /_emulator/ (see docs/emulator.md).",
