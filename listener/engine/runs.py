@@ -230,7 +230,7 @@ class Runs:
     async def _submit(self, request: Request) -> Submitted | Refused:
         if self.budget is None:
             return await self.provider.submit(request)
-        async with self.budget.call():
+        async with self.budget.call(submission=True):
             return await self.provider.submit(request)
 
     def unknown_reason(self, n: int) -> str:
