@@ -2,6 +2,8 @@
 # so a fresh clone needs nothing but python3 (>= 3.11) and make.
 
 PYTHON ?= python3
+# make run / make emulator: which API (fusionbrain, gigachat); empty = the default choice
+PROVIDER ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
@@ -24,10 +26,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its dev tools
 
-run: $(STAMP) ## migrate, then run the listener (embedded database and API emulator when nothing is configured) with the gallery on http://127.0.0.1:8090/ (HTTP=host:port); Ctrl-C stops it
+run: $(STAMP) ## migrate, then run the listener (embedded database and API emulator when nothing is configured; PROVIDER=gigachat for GigaChat's) with the gallery on http://127.0.0.1:8090/ (HTTP=host:port); Ctrl-C stops it
 	$(BIN)/listener migrate
 	@echo "Gallery, /metrics, /healthz, /readyz: http://$(HTTP)/"
-	$(BIN)/listener --with-emulator --http $(HTTP) $(ARGS)
+	$(if $(PROVIDER),IMAGE_PROVIDER=$(PROVIDER) )$(BIN)/listener --with-emulator --http $(HTTP) $(ARGS)
 
 stop: $(STAMP) ## stop the embedded PostgreSQL that make run leaves running (listener embedded stop)
 	$(BIN)/listener embedded stop
@@ -50,8 +52,8 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix listener tests
 	$(BIN)/ruff format listener tests
 
-emulator: $(STAMP) ## run the Fusion Brain API emulator on 127.0.0.1:8089
-	$(BIN)/listener emulator $(ARGS)
+emulator: $(STAMP) ## run an API emulator on 127.0.0.1:8089 (Fusion Brain's; PROVIDER=gigachat for GigaChat's)
+	$(BIN)/listener emulator $(if $(PROVIDER),--provider $(PROVIDER) )$(ARGS)
 
 bench: $(STAMP) ## benchmarks vs procrastinate, ~12 min (ARGS=--quick for a short check); writes bench/RESULTS.md
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

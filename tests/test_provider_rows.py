@@ -85,7 +85,7 @@ async def test_the_image_is_recorded_with_its_type_and_size(db, conn):
 
 async def test_the_style_words_travel_with_the_claim(db, conn):
     conn.execute("UPDATE image_styles SET system_prompt = 'Draw as anime.' WHERE name = 'ANIME'")
-    (styled,) = insert(conn, style="UHD")
+    (styled,) = insert(conn, style="DEFAULT")  # "No style": no words (0019)
     (default,) = insert(conn)
     store = Store(db, "w", 30, default_style="ANIME")
     got = {r.id: r.style_prompt for r in await store.claim_ready(10)}

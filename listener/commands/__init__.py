@@ -10,6 +10,7 @@ from listener.commands import (
     enqueue,
     export,
     migrate,
+    provider,
     psql,
     requeue,
     retry,
@@ -34,4 +35,5 @@ COMMANDS = (
     psql,
     embedded,
     roles,
+    provider,
 )
