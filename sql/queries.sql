@@ -19,15 +19,23 @@ FROM (
       -- out a database outage): that task renews or releases it. The process names
       -- them (Leases); a lapsed lease of ours that no task holds is claimable.
       AND id <> ALL (%(held)s::bigint[])
+      -- for any provider, or pinned to ours (0018_providers.sql)
+      AND (provider IS NULL OR provider = %(provider)s)
     ORDER BY not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          -- the style's words, for a provider that expresses styles in words (0018)
+          (SELECT st.system_prompt FROM image_styles AS st
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- The same claim, leaving out every row that breaks a rule of the table: used only after
 -- the claim above failed on one (a rule re-added NOT VALID after an operator changed a
@@ -47,6 +55,8 @@ FROM (
       -- out a database outage): that task renews or releases it. The process names
       -- them (Leases); a lapsed lease of ours that no task holds is claimable.
       AND id <> ALL (%(held)s::bigint[])
+      -- for any provider, or pinned to ours (0018_providers.sql)
+      AND (provider IS NULL OR provider = %(provider)s)
       -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
       -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
       -- at most 100000 / 10000 characters (0016), decided from octet_length first
@@ -68,10 +78,16 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          -- the style's words, for a provider that expresses styles in words (0018)
+          (SELECT st.system_prompt FROM image_styles AS st
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
 -- not_before, or a lease running out; the leases of rows our live tasks hold do not run
@@ -81,6 +97,7 @@ SELECT least(
     (SELECT not_before FROM images
       WHERE status = 'ReadyToGenerate' AND (locked_until IS NULL OR locked_until < now())
         AND id <> ALL (%(held)s::bigint[])
+        AND (provider IS NULL OR provider = %(provider)s)
         -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
         -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
         -- at most 100000 / 10000 characters (0016), decided from octet_length first
@@ -100,7 +117,8 @@ SELECT least(
       ORDER BY not_before LIMIT 1),
     (SELECT min(locked_until) FROM images
       WHERE locked_by IS NOT NULL AND id <> ALL (%(held)s::bigint[])
-        AND status = 'ReadyToGenerate' AND locked_until >= now())
+        AND status = 'ReadyToGenerate' AND locked_until >= now()
+        AND (provider IS NULL OR provider = %(provider)s))
 ) AS at, now() AS now
 
 -- Generations that nobody follows: left by a stopped or crashed listener (lease expired
@@ -114,6 +132,9 @@ FROM (
     SELECT id FROM images
     WHERE status = 'Generate' AND (locked_until IS NULL OR locked_until < now())
       AND id <> ALL (%(held)s::bigint[])  -- see claim_ready
+      -- only generations our provider accepted (a row written by a listener older than
+      -- 0018 names none: the seed's provider's, %(legacy)s)
+      AND coalesce(provider, %(legacy)s) = %(provider)s
       -- a row that breaks a rule cannot move on: left out (view images_blocked)
       AND uuid IS NOT NULL AND attempts >= 0
     ORDER BY locked_until NULLS FIRST, id
@@ -133,6 +154,7 @@ RETURNING i.id, i.uuid AS handle, i.width, i.height, i.attempts,
 SELECT min(locked_until) AS at, now() AS now FROM images
 WHERE status = 'Generate' AND locked_until >= now()
   AND id <> ALL (%(held)s::bigint[])
+  AND coalesce(provider, %(legacy)s) = %(provider)s
 
 -- The fenced writes. Each is one statement that either writes the row (`written`: it is
 -- still ours, in the status its task expects) or, when the row changed under this
@@ -149,6 +171,7 @@ WHERE status = 'Generate' AND locked_until >= now()
 WITH written AS (
     UPDATE images
     SET status = 'Generate', uuid = %(uuid)s, last_error = NULL, generated_by = %(worker)s,
+        provider = %(provider)s,  -- the handle means something to this provider only
         generation_started_at = now(), generation_finished_at = NULL,
         -- kept when this process follows the generation itself; released (which wakes
         -- the processors elsewhere) when it runs the generator role only
@@ -231,11 +254,14 @@ SELECT EXISTS (SELECT FROM written) AS written, EXISTS (SELECT FROM let_go) AS l
        i.status, i.uuid, i.locked_by
 FROM (VALUES (true)) AS asked (x) LEFT JOIN images AS i ON i.id = %(id)s
 
--- The result, handed out once by the API, in one transaction with the status.
+-- The result, handed out once by the API, in one transaction with the status; with what
+-- the validation found it to be (media type, size in pixels).
 -- name: finalise
 WITH written AS (
     UPDATE images
     SET status = 'ReadyToPublish', base64 = %(base64)s, uuid = %(uuid)s, last_error = NULL,
+        image_type = %(image_type)s, image_width = %(image_width)s,
+        image_height = %(image_height)s,
         censored = false, locked_by = NULL, locked_until = NULL, generation_finished_at = now()
     WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'Generate'
     RETURNING id
@@ -289,8 +315,8 @@ LEFT JOIN images AS i ON i.id = mine.id
 
 -- Rows whose tasks ended without settling them (shutdown, a database that was down):
 -- back to the queue, at once, so other listeners (or the next start) resume them. The
--- rows in `unknown` had a run call cut off by the shutdown deadline: it may have been
--- accepted and paid for, so it counts towards UNKNOWN_OUTCOME_RESENDS. Two disjoint
+-- rows in `unknown` had a paid call cut off at a stop (a second signal, or its own
+-- deadline): it may have been accepted and paid for, so it counts towards UNKNOWN_OUTCOME_RESENDS. Two disjoint
 -- UPDATEs, so that only a counted row's updated_at moves.
 -- name: release_rows
 WITH counted AS (

@@ -3,7 +3,7 @@
 An operator's repair while a generation runs (by hand as the table's owner, and with
 images_regenerate as images_operator), a row deleted or handed to another application
 while its image arrives, a listener killed while it follows a generation, the answer to
-a write's COMMIT lost on the way, a run call cut off by the shutdown deadline. Whatever
+a write's COMMIT lost on the way, a paid run call cut off by a second signal. Whatever
 happens, a row belongs to exactly one live task or to nobody."""
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ async def test_a_write_whose_commit_answer_is_lost_is_found_done_and_the_row_mov
             f"postgresql://{params.get('user', 'postgres')}@127.0.0.1:{proxy.port}/"
             f"{params['dbname']}?sslmode=disable&gssencmode=disable"
         )
-        emulator.fault("run", "503", 1)  # a transient error: retry_later
+        emulator.fault("run", "503", 1)  # a 5xx after sending: retry_later, counted
         listener = await start_listener(DATABASE_URL=url, RETRY_BACKOFF_MAX="1")
         (id_,) = insert_many(database_url, 1, "lost commit")
         begun = trio.current_time()
@@ -252,7 +252,8 @@ async def test_a_write_whose_commit_answer_is_lost_is_found_done_and_the_row_mov
         )
         assert trio.current_time() - begun < 10
         assert proxy.dropped.is_set(), "the proxy dropped no COMMIT answer"
-        assert state(database_url, id_)[1:] == (None, state(database_url, id_)[2], 0, 2)
+        # counted once, though the write was sent twice
+        assert state(database_url, id_)[1:] == (None, state(database_url, id_)[2], 1, 2)
         log = listener.log
         assert "scheduling a retry" in log  # the write was retried ...
         assert "write refused" not in log and "changed under" not in log  # ... and found done
@@ -261,21 +262,25 @@ async def test_a_write_whose_commit_answer_is_lost_is_found_done_and_the_row_mov
 
 
 @pytest.mark.parametrize("roles", [["-generator"], []], ids=["generator only", "both roles"])
-async def test_a_run_call_longer_than_the_grace_is_released_and_counted(
+async def test_a_run_call_cut_by_a_second_signal_is_released_and_counted(
     start_listener, database_url, emulator, roles
 ) -> None:
     """Regression (generator only): the row was taken for settled though nothing was
     written, and stayed leased until its lease ran out; in neither role was the abandoned
-    (possibly paid) call counted."""
+    (possibly paid) call counted. A paid call keeps its own deadline at the first signal
+    (API_TIMEOUT): the second one cuts it."""
     url = database_url
-    emulator.fault("run", "delay:4", 1)  # recorded (paid), answered 4 s later
+    emulator.fault("run", "delay:20", 1)  # recorded (paid), answered 20 s later
     listener = await start_listener(*roles, SHUTDOWN_GRACE="1", LEASE_TIMEOUT="60")
     (id_,) = insert_many(url, 1, "cut off")
     await listener.wait_for_log(f"Processing image ID {id_}")
     await trio.sleep(0.3)
+    listener.proc.send_signal(signal.SIGTERM)
+    await trio.sleep(1.5)  # past SHUTDOWN_GRACE: still waiting for the paid call
+    assert listener.proc.poll() is None
     begun = time.monotonic()
     assert await listener.stop(signal.SIGTERM, seconds=10) == 0
-    assert time.monotonic() - begun < 1 + 2
+    assert time.monotonic() - begun < 3
     assert state(url, id_)[:4] == ("ReadyToGenerate", None, None, 1)
     assert "counted as an unknown outcome" in listener.log
     assert emulator.stats()["runs_total"] == 1

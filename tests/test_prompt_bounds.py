@@ -22,7 +22,16 @@ from listener.sqlfiles import migrations, queries
 from tests.fixtures.listener import rows
 from tests.helpers import clean_env, run_listener
 
-PARAMS = {"worker": "w", "lease": 30, "limit": 100, "held": []}
+PARAMS = {
+    "worker": "w",
+    "lease": 30,
+    "limit": 100,
+    "held": [],  # the rows live tasks of this process hold (Leases)
+    # the claims' provider rule and style words (0018): what PgStore passes
+    "provider": "fusionbrain",
+    "legacy": "fusionbrain",
+    "default_style": "ANIME",
+}
 
 
 def insert(conn, prompt: str, negative: str | None = None) -> int:

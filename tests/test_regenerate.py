@@ -1,5 +1,6 @@
 """images_regenerate(id) and `listener regenerate ID`: the operator's "generate this image
-again", for a Generate, Failed or ReadyToPublish row, at any moment (0015_regenerate.sql).
+again", for a Generate, Failed or ReadyToPublish row, at any moment (0015_regenerate.sql,
+re-created with the provider columns by 0018b_regenerate_providers.sql).
 The repair with a listener following the row is in tests/test_let_go.py."""
 
 from __future__ import annotations
@@ -37,6 +38,32 @@ def test_regenerate_puts_the_row_back_with_its_reason_and_wakes_the_listeners(
         assert drain(waiter) == [("images_wakeup", "ReadyToGenerate")]
     row = conn.execute(ROW + " WHERE id = %s", (image_id,)).fetchone()
     assert row == ("ReadyToGenerate", 0, 0, "timeout: no result", None, None, None)
+
+
+def test_regenerate_forgets_the_provider_and_the_image_it_drew_but_keeps_a_pin(conn):
+    """0018b: generated again, a row starts over as a retry does (images_reset_failed):
+    the provider that drew it and what its image was are forgotten; a pin is kept."""
+    drawn = insert(conn, status="ReadyToPublish", uuid="u-1", base64="aGk=")
+    conn.execute(
+        "UPDATE images SET provider = 'gigachat', image_type = 'jpeg', image_width = 1024,"
+        " image_height = 768 WHERE id = %s",
+        (drawn,),
+    )
+    pinned = insert(conn, status="Failed", provider="gigachat", last_error="HTTP 400")
+    conn.execute(
+        "UPDATE images SET image_type = 'png', image_width = 64, image_height = 64 WHERE id = %s",
+        (pinned,),
+    )
+    for image_id in (drawn, pinned):
+        assert one(conn, "SELECT images_regenerate(%s)", (image_id,)) == image_id
+    rows = conn.execute(
+        "SELECT status, provider, provider_pinned, image_type, image_width, image_height"
+        " FROM images ORDER BY id"
+    ).fetchall()
+    assert rows == [
+        ("ReadyToGenerate", None, False, None, None, None),
+        ("ReadyToGenerate", "gigachat", True, None, None, None),
+    ]
 
 
 def test_regenerate_refuses_what_it_cannot_do(conn):

@@ -33,7 +33,17 @@ from tests.engine.fakes import FakeStore, Row
 from tests.fixtures.database import _create_db, _drop_db, with_dbname
 
 LEASE = 30.0
-COLUMNS = ("status", "uuid", "attempts", "locked_by", "last_error", "unknown_outcomes")
+COLUMNS = (
+    "status",
+    "uuid",
+    "attempts",
+    "locked_by",
+    "last_error",
+    "unknown_outcomes",
+    "provider",
+    "image_type",
+)
+PROVIDER = "fusionbrain"  # the provider the stores run (also the legacy one: PgStore's default)
 
 
 class FakeBackend:
@@ -43,9 +53,24 @@ class FakeBackend:
         self.rows: dict[int, Row] = {}
         self.row_locks: set[int] = set()
         self.last_id = 0  # ids are never reused, as with a sequence
+        self.styles: dict[str, str] = {}  # image_styles.system_prompt
 
-    def store(self, worker: str = "w") -> FakeStore:
-        return FakeStore(worker=worker, lease=LEASE, rows=self.rows, locked=self.row_locks)
+    def store(self, worker: str = "w", provider: str = PROVIDER) -> FakeStore:
+        return FakeStore(
+            worker=worker,
+            lease=LEASE,
+            rows=self.rows,
+            locked=self.row_locks,
+            provider=provider,
+            default_style="ANIME",
+            styles=self.styles,
+        )
+
+    def style_words(self, name: str, words: str | None) -> None:
+        if words is None:
+            self.styles.pop(name, None)
+        else:
+            self.styles[name] = words
 
     def add(
         self, *, lease_in: float | None = None, not_before_in: float = -1.0, **cols: Any
@@ -58,6 +83,7 @@ class FakeBackend:
             not_before=now + not_before_in,
             locked_until=locked_until,
             started=now,
+            created=now,
             **{"prompt": "a fox", **cols},
         )
         return id_
@@ -80,6 +106,7 @@ class FakeBackend:
             "not_before_in": r.not_before - now,
             "image": r.image,
             "censored": r.censored,
+            "image_size": r.image_size or (None, None),
         }
 
     def add_status(self, name: str) -> None:
@@ -104,8 +131,13 @@ class PgBackend:
     def close(self) -> None:
         self.conn.close()
 
-    def store(self, worker: str = "w") -> PgStore:
-        return PgStore(self.db, worker, LEASE)
+    def store(self, worker: str = "w", provider: str = PROVIDER) -> PgStore:
+        return PgStore(self.db, worker, LEASE, provider=provider, default_style="ANIME")
+
+    def style_words(self, name: str, words: str | None) -> None:
+        self.conn.execute(
+            "UPDATE image_styles SET system_prompt = %s WHERE name = %s", (words, name)
+        )
 
     def add(
         self, *, lease_in: float | None = None, not_before_in: float = -1.0, **cols: Any
@@ -137,9 +169,11 @@ class PgBackend:
             f"SELECT {', '.join(COLUMNS)}, "
             "extract(epoch FROM locked_until - now())::float8 AS lease_left, "
             "extract(epoch FROM not_before - now())::float8 AS not_before_in, "
-            "base64 AS image, censored FROM images WHERE id = %s",
+            "base64 AS image, censored, image_width, image_height FROM images WHERE id = %s",
             (id_,),
         ).fetchone()
+        if row is not None:
+            row["image_size"] = (row.pop("image_width"), row.pop("image_height"))
         return row
 
     def add_status(self, name: str) -> None:
@@ -326,6 +360,58 @@ async def test_next_generating_in_counts_every_lease_but_those_of_held_rows(back
     assert near(await s.next_generating_in(held=[ours_no_task]), 25)
 
 
+# -- the provider rule (0018) and what a claim returns besides the row ------------------
+
+
+async def test_the_claims_take_rows_for_any_provider_or_pinned_to_ours(backend):
+    anyone = backend.add()
+    pinned_ours = backend.add(provider=PROVIDER)
+    pinned_other = backend.add(provider="gigachat")
+    others_lease = backend.add(provider="gigachat", locked_by="x", lease_in=20)
+    s = backend.store()
+    assert await s.next_ready_in() == 0.0
+    claimed = await s.claim_ready(10)
+    assert sorted(r.id for r in claimed) == [anyone, pinned_ours]
+    held = [anyone, pinned_ours]
+    assert await s.next_ready_in(held=held) is None  # the other provider's rows: not ours
+    assert backend.get(pinned_other)["locked_by"] is None
+    assert backend.get(others_lease)["locked_by"] == "x"
+    other = backend.store("v", provider="gigachat")
+    assert near(await other.next_ready_in(), 0.0)
+    assert [r.id for r in await other.claim_ready(10)] == [pinned_other]
+
+
+async def test_claim_generating_takes_only_the_generations_our_provider_accepted(backend):
+    ours = backend.add(status="Generate", uuid="a", provider=PROVIDER)
+    legacy = backend.add(status="Generate", uuid="b")  # written before 0018: the legacy's
+    theirs = backend.add(status="Generate", uuid="c", provider="gigachat")
+    backend.add(status="Generate", uuid="d", provider="gigachat", locked_by="x", lease_in=20)
+    claimed = await backend.store().claim_generating(10)
+    assert sorted(g.id for g in claimed.rows) == [ours, legacy]
+    # its own new leases (30 s), not the other provider's (20 s): not ours to wait for
+    assert near(claimed.next_due_in, LEASE)
+    assert await backend.store().next_generating_in(held=[ours, legacy]) is None
+    other = backend.store("v", provider="gigachat")
+    assert near(await other.next_generating_in(), 20)
+    assert [g.id for g in (await other.claim_generating(10)).rows] == [theirs]
+
+
+async def test_claim_ready_returns_the_style_words_and_how_long_the_row_waited(backend):
+    backend.style_words("UHD", "Draw a detailed photo.")
+    backend.style_words("ANIME", None)
+    styled = backend.add(style="UHD", not_before_in=-40)
+    plain = backend.add(not_before_in=-10)
+    claimed = {r.id: r for r in await backend.store().claim_ready(10)}
+    assert claimed[styled].style_prompt == "Draw a detailed photo."
+    assert claimed[plain].style_prompt is None  # DEFAULT_STYLE's words: none
+    assert near(claimed[styled].waited, 40) and near(claimed[plain].waited, 10)
+    assert all(near(r.age, 0.0) for r in claimed.values())
+    backend.style_words("ANIME", "Draw it as anime.")  # a row naming no style: the default's
+    later = backend.add()
+    (row,) = await backend.store().claim_ready(10)
+    assert (row.id, row.style_prompt) == (later, "Draw it as anime.")
+
+
 # -- the fenced writes -----------------------------------------------------------------
 
 # name -> (the status the task expects, the call, the row's state after it landed)
@@ -333,12 +419,25 @@ WRITES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "record_accepted keep": (
         "ReadyToGenerate",
         lambda s, i: s.record_accepted(i, "u1", keep=True),
-        {"status": "Generate", "uuid": "u1", "locked_by": "w", "last_error": None},
+        # the handle means something to the provider that accepted it only: named
+        {
+            "status": "Generate",
+            "uuid": "u1",
+            "locked_by": "w",
+            "last_error": None,
+            "provider": PROVIDER,
+        },
     ),
     "record_accepted release": (
         "ReadyToGenerate",
         lambda s, i: s.record_accepted(i, "u1", keep=False),
-        {"status": "Generate", "uuid": "u1", "locked_by": None, "lease_left": None},
+        {
+            "status": "Generate",
+            "uuid": "u1",
+            "locked_by": None,
+            "lease_left": None,
+            "provider": PROVIDER,
+        },
     ),
     "retry_later": (
         "ReadyToGenerate",
@@ -380,11 +479,13 @@ WRITES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     ),
     "finalise": (
         "Generate",
-        lambda s, i: s.finalise(i, "u1", "AAAA"),
+        lambda s, i: s.finalise(i, "u1", "AAAA", image_type="jpeg", width=640, height=480),
         {
             "status": "ReadyToPublish",
             "uuid": "u1",
             "image": "AAAA",
+            "image_type": "jpeg",
+            "image_size": (640, 480),
             "locked_by": None,
             "lease_left": None,
             "last_error": None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,19 +31,25 @@ from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
 from listener.engine.ports import Generation, Pending, Provider, Ready, Refused, Store
 from listener.errors import (
+    ApiBusy,
     ApiCredentials,
     ApiMalformed,
     ApiNotFound,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
     InvalidImage,
 )
 from listener.sanitize import clean
 
+if TYPE_CHECKING:
+    from listener.images import ImageInfo
+
 log = logging.getLogger("listener.engine")
 
-# await validate(image_base64, expected (width, height) or None): raises InvalidImage
-Validate = Callable[[str, "tuple[int, int] | None"], Awaitable[object]]
+# await validate(image_base64, expected (width, height) or None) -> what the image is
+# (listener.images.ImageInfo: format "png" / "jpeg", width, height); raises InvalidImage
+Validate = Callable[[str, "tuple[int, int] | None"], Awaitable["ImageInfo"]]
 
 
 @dataclass
@@ -67,21 +74,23 @@ class Follow:
             await self.health.credentials_ok.wait()
             with self.guard.shielded() as scope:
                 try:
-                    async with self.budget.status_call():
+                    async with self.budget.call():
                         outcome = await self.provider.outcome(gen.handle)
                 except ApiNotFound:
                     await self._fail(gen, own, gone_reason(gen.handle, failed))
                     return
-                except ApiCredentials:
-                    self.health.credentials_refused()
+                except ApiCredentials as exc:
+                    self.health.credentials_refused(exc.message)
                     continue
                 except ApiPermanent as exc:
                     await self._fail(gen, own, clean(f"status check refused: {exc.message}"))
                     return
-                except ApiTransient as exc:
+                except (ApiTransient, ApiBusy, ApiQuotaExhausted) as exc:
+                    # asked again at the next check (a download is not a draw: the quota
+                    # or a busy provider only delays it)
                     log.warning("Image ID %d: status check failed: %s", gen.id, clean(exc.message))
                     outcome = Pending()
-                    failed = exc
+                    failed = exc if isinstance(exc, ApiTransient) else None
                 else:
                     checks += 1
                     failed = None
@@ -116,16 +125,23 @@ class Follow:
 
     async def _publish(self, gen: Generation, own: Ownership, image: str, deadline: float) -> None:
         expected = None
-        if self.provider.honours_size and gen.width and gen.height:
+        if self.provider.traits.honours_size and gen.width and gen.height:
             expected = (gen.width, gen.height)
         try:
-            await self.validate(image, expected)
+            info = await self.validate(image, expected)
         except InvalidImage as exc:
             await self._fail(gen, own, clean(f"invalid image: {exc.message}"))
             return
         await self.guard.durable(
             f"Image ID {gen.id}: writing the image",
-            lambda: self.store.finalise(gen.id, gen.handle, image),
+            lambda: self.store.finalise(
+                gen.id,
+                gen.handle,
+                image,
+                image_type=info.format,
+                width=info.width,
+                height=info.height,
+            ),
         )
         own.settle()
         log.info(

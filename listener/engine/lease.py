@@ -17,8 +17,8 @@ work again, and only now do the claims, which leave out every row a live task ho
 What a task leaves behind when it ends without settling (it was cancelled, or its own
 release could not be written) stays registered; it is released in one statement at the
 next tick, and by `serve` when it stops, so the next start or another listener takes
-over at once. A run call cut off by the shutdown deadline (`unknown_outcome`) is counted
-in that statement: it may have been accepted and paid for.
+over at once. A paid call cut off at a stop (`unknown_outcome`: by a second signal, or at
+its own deadline) is counted in that statement: it may have been accepted and paid for.
 """
 
 from __future__ import annotations

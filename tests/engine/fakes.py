@@ -24,8 +24,11 @@ from listener.engine.ports import (
     Ready,
     ReadyRow,
     Submitted,
+    Traits,
 )
 from listener.errors import DatabaseUnavailable, LeaseLost, RuleBroken
+from listener.images import ImageInfo
+from listener.providers.registry import LEGACY
 
 
 def settings(**overrides) -> Settings:
@@ -56,6 +59,10 @@ class Row:
     height: int | None = None
     style: str | None = None
     negative_prompt: str | None = None
+    provider: str | None = None  # images.provider: NULL = any provider's, else pinned/accepted
+    image_type: str | None = None
+    created: float = 0.0  # images.created_at
+    image_size: tuple[int | None, int | None] | None = None
 
     def breaks_a_rule(self, status: str | None = None, attempts: int | None = None) -> bool:
         """The table's CHECKs that an old row (or a rule re-added NOT VALID) may break,
@@ -76,6 +83,10 @@ class FakeStore:
 
     worker: str = "me"
     lease: float = 30.0
+    provider: str = "fake"  # the provider this process runs (PgStore's `provider`)
+    legacy: str = LEGACY  # whose a Generate row naming no provider is (PgStore's `legacy`)
+    styles: dict[str, str] = field(default_factory=dict)  # image_styles.system_prompt
+    default_style: str = "UHD"
     rows: dict[int, Row] = field(default_factory=dict)
     down: bool = False  # every call raises DatabaseUnavailable
     calls: Counter = field(default_factory=Counter)
@@ -85,6 +96,8 @@ class FakeStore:
 
     def add(self, n: int = 1, **kw) -> list[int]:
         ids = []
+        if kw.get("status") == "Generate":
+            kw.setdefault("provider", self.provider)  # accepted by our provider
         for _ in range(n):
             id_ = self.last_id = max(self.last_id, *self.rows, 0) + 1  # like a sequence
             self.rows[id_] = Row(id_, **kw)
@@ -101,7 +114,14 @@ class FakeStore:
         """Claimable: no live lease, and not held by a live task of this process (whose
         lease may have lapsed); a lapsed lease of ours that no task holds is free."""
         lapsed = r.locked_until is None or r.locked_until < now
-        return lapsed and r.id not in held and r.id not in self.locked
+        return lapsed and r.id not in held and r.id not in self.locked and self._ours(r)
+
+    def _ours(self, r: Row) -> bool:
+        """The provider rule of the claims: a waiting row for any provider or pinned to
+        ours; a generation only if our provider accepted it."""
+        if r.status == "Generate":
+            return (r.provider or self.legacy) == self.provider
+        return r.provider in (None, self.provider)
 
     def _check(self, r: Row, status: str | None = None, attempts: int | None = None) -> None:
         """Any UPDATE of a row is checked against every rule, whatever it changes."""
@@ -158,6 +178,9 @@ class FakeStore:
                     unknown_outcomes=r.unknown_outcomes,
                     width=r.width,
                     height=r.height,
+                    style_prompt=self.styles.get(r.style or self.default_style),
+                    waited=now - r.not_before,
+                    age=now - r.created,
                 )
             )
         return out
@@ -170,6 +193,7 @@ class FakeStore:
             if r.status == "ReadyToGenerate"
             and (r.locked_until is None or r.locked_until < now)
             and r.id not in held
+            and self._ours(r)
             and not r.breaks_a_rule()
         ]
         waits += [
@@ -180,6 +204,7 @@ class FakeStore:
             and r.id not in held
             and r.locked_until is not None
             and r.locked_until >= now
+            and self._ours(r)
         ]
         return min(waits) if waits else None
 
@@ -191,6 +216,7 @@ class FakeStore:
             and r.locked_until is not None
             and r.locked_until >= now
             and r.id not in held
+            and self._ours(r)
         ]
         return min(later) if later else None
 
@@ -241,6 +267,7 @@ class FakeStore:
         r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
         r.locked_until = now + self.lease if keep else None
         r.locked_by = self.worker if keep else None
+        r.provider = self.provider
 
     async def retry_later(self, id_, *, delay, error, unknown_outcome=False) -> None:
         now = self._call("retry_later")
@@ -290,7 +317,7 @@ class FakeStore:
         r.status, r.last_error, r.censored = "Failed", error, censored
         r.locked_by = r.locked_until = None
 
-    async def finalise(self, id_, handle, image) -> None:
+    async def finalise(self, id_, handle, image, *, image_type="png", width=None, height=None):
         self._call("finalise")
 
         def done(r: Row) -> bool:
@@ -306,6 +333,7 @@ class FakeStore:
             None,
             False,
         )
+        r.image_type, r.image_size = image_type, (width, height)
         r.locked_by = r.locked_until = None
 
     async def renew(self, owned: dict[int, str]):
@@ -351,12 +379,17 @@ class FakeProvider:
     `generation_time` seconds. `on_submit` / `on_outcome` may raise or return instead."""
 
     name = "fake"
-    honours_size = True
+    title = "Fake API"
+    credentials_help = "check FAKE_KEY"
+    traits = Traits(
+        honours_size=True, default_concurrency=8, unknown_outcome_resends=1, call_timeout=30.0
+    )
 
     def __init__(self, *, run_time: float = 0.1, generation_time: float = 1.0) -> None:
         self.run_time = run_time
         self.generation_time = generation_time
         self.submitted: list[str] = []
+        self.requests: list = []  # the Request of each submission
         self.checks: Counter = Counter()
         self.started: dict[str, float] = {}
         self.on_submit = None  # callable(request) -> Submitted | raise
@@ -370,6 +403,7 @@ class FakeProvider:
         try:
             await trio.sleep(self.run_time)
             self.submitted.append(request.prompt)
+            self.requests.append(request)
             if self.on_submit is not None:
                 return self.on_submit(request)
             handle = f"uuid-{len(self.submitted)}"
@@ -380,7 +414,12 @@ class FakeProvider:
 
     async def outcome(self, handle: str) -> Outcome:
         self.checks[handle] += 1
-        await trio.sleep(0.01)
+        self.in_flight += 1  # a status check is a call too (one API_CONCURRENCY limit)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(0.01)
+        finally:
+            self.in_flight -= 1
         if self.on_outcome is not None:
             return self.on_outcome(handle)
         if trio.current_time() - self.started.get(handle, 0) >= self.generation_time:
@@ -391,8 +430,63 @@ class FakeProvider:
         return None
 
 
+class FakeDrawProvider(FakeProvider):
+    """The other shape (GigaChat's): `submit` is the blocking, paid draw and returns the
+    drawn file's handle; `outcome` downloads it: Ready at the first ask, never Pending.
+
+    The same knobs as FakeProvider, so one test runs with either: `run_time` + the
+    `generation_time` is the draw (one call), `download_time` the download. It draws at
+    its own size (honours_size False) and declares GigaChat's defaults: one call at a
+    time, no automatic re-send of a draw whose outcome is unknown."""
+
+    name = "fakedraw"
+    title = "Fake drawing API"
+    traits = Traits(
+        honours_size=False,
+        default_concurrency=1,
+        unknown_outcome_resends=0,
+        call_timeout=120.0,
+        slot="call",
+    )
+
+    def __init__(self, *, run_time: float = 0.1, generation_time: float = 1.0) -> None:
+        super().__init__(run_time=run_time, generation_time=generation_time)
+        self.download_time = 0.05
+        self.downloads: Counter = Counter()
+
+    async def submit(self, request) -> Submitted:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.run_time + self.generation_time)  # the draw
+            self.submitted.append(request.prompt)
+            self.requests.append(request)
+            if self.on_submit is not None:
+                return self.on_submit(request)
+            handle = f"file-{len(self.submitted)}"
+            self.started[handle] = trio.current_time() - self.generation_time
+            return Submitted(handle)
+        finally:
+            self.in_flight -= 1
+
+    async def outcome(self, handle: str) -> Outcome:
+        self.checks[handle] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.download_time)
+            if self.on_outcome is not None:
+                return self.on_outcome(handle)
+            self.downloads[handle] += 1
+            return Ready(PNG_B64)
+        finally:
+            self.in_flight -= 1
+
+
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-async def accept_all(image: str, expected) -> None:
-    """The engine's validate seam, accepting everything."""
+async def accept_all(image: str, expected) -> ImageInfo:
+    """The engine's validate seam, accepting everything (as the size asked for)."""
+    width, height = expected or (1, 1)
+    return ImageInfo("png", width, height, len(image))

@@ -138,8 +138,8 @@ async def test_a_busy_answer_pauses_every_run_call_for_the_back_off(
     engine = make_engine(store, provider, settings={"api_concurrency": 1, "retry_backoff_base": 10})
     real_busy = engine.health.busy
 
-    def busy_answer(state):
-        pauses.append(real_busy(state))
+    def busy_answer(state, **kw):
+        pauses.append(real_busy(state, **kw))
         return pauses[-1]
 
     engine.health.busy = busy_answer

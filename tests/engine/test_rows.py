@@ -101,7 +101,8 @@ async def test_a_database_error_releases_the_row_with_its_reason(store, provider
         released_at = trio.current_time()
         store.record_accepted = real
         # due at once (no back-off), and the claims are told: claimed again at once
-        await run_until(lambda: len(provider.submitted) == 2, seconds=1, every=0.001)
+        draw = provider.run_time + provider.generation_time  # a draw's own time (draw shape)
+        await run_until(lambda: len(provider.submitted) == 2, seconds=1 + draw, every=0.001)
         engine.stop("test")
     assert released[0][:3] == ("ReadyToGenerate", None, "database error: value too long")
     assert released[0][3] <= released_at
