@@ -60,8 +60,6 @@ class Wakeups(Protocol):
 class Connected:
     """The wake-up source is (again) in place: what happened meanwhile was not heard."""
 
-    first: bool = True
-
 
 @dataclass(frozen=True)
 class Polling:
@@ -147,7 +145,11 @@ class Engine:
             rows=self.rows,
             generate=generate,
             adopt=follow,
+            refresh=s.lease_timeout / 3,
         )
+        # A task that let go of a row it lost: the row may be work again, and the claims
+        # see it only now that no task of ours holds it.
+        self.leases.on_let_go = self.claims.look
         if runs is not None:
             runs.on_retry_scheduled = self.claims.ready.ring
         self.sweeps = Sweeps(

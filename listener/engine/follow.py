@@ -144,8 +144,11 @@ class Follow:
             ),
         )
         own.settle()
-        elapsed = trio.current_time() - (deadline - self.settings.default_generation_timeout)
-        log.info("Image ID %d ready (ReadyToPublish) in %.1fs", gen.id, elapsed)
+        log.info(
+            "Image ID %d ready (ReadyToPublish) in %.1fs",
+            gen.id,
+            trio.current_time() - (deadline - self.settings.default_generation_timeout),
+        )
 
     async def _fail(
         self, gen: Generation, own: Ownership, reason: str, *, censored: bool = False
