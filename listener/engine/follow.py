@@ -132,17 +132,18 @@ class Follow:
         except InvalidImage as exc:
             await self._fail(gen, own, clean(f"invalid image: {exc.message}"))
             return
-        await self.guard.durable(
-            f"Image ID {gen.id}: writing the image",
-            lambda: self.store.finalise(
-                gen.id,
-                gen.handle,
-                image,
-                image_type=info.format,
-                width=info.width,
-                height=info.height,
-            ),
-        )
+        with own.settling():
+            await self.guard.durable(
+                f"Image ID {gen.id}: writing the image",
+                lambda: self.store.finalise(
+                    gen.id,
+                    gen.handle,
+                    image,
+                    image_type=info.format,
+                    width=info.width,
+                    height=info.height,
+                ),
+            )
         own.settle()
         log.info(
             "Image ID %d ready (ReadyToPublish) in %.1fs",
@@ -153,10 +154,11 @@ class Follow:
     async def _fail(
         self, gen: Generation, own: Ownership, reason: str, *, censored: bool = False
     ) -> None:
-        await self.guard.durable(
-            f"Image ID {gen.id}: recording failure",
-            lambda: self.store.fail(gen.id, reason, from_status="Generate", censored=censored),
-        )
+        with own.settling():
+            await self.guard.durable(
+                f"Image ID {gen.id}: recording failure",
+                lambda: self.store.fail(gen.id, reason, from_status="Generate", censored=censored),
+            )
         own.settle()
         log.info("Image ID %d failed: %s", gen.id, reason)
 

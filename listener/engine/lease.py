@@ -59,6 +59,17 @@ class Ownership:
         finally:
             self.moving = False
 
+    @contextmanager
+    def settling(self) -> Iterator[None]:
+        """Around a write that settles the row (written or released): renewal leaves the
+        row alone until the write has landed. A retried write whose first try landed
+        (its COMMIT's answer lost) would otherwise look like a row taken from us."""
+        self.moving = True
+        try:
+            yield
+        finally:
+            self.moving = False
+
     def settle(self) -> None:
         """Written to its next state and released: nothing left to renew or release."""
         self.settled = True

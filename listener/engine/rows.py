@@ -127,12 +127,13 @@ class Rows:
         if count:
             delay = backoff_delay(2, s.retry_backoff_base, s.retry_backoff_max)
         try:
-            await self.guard.durable(
-                f"Image ID {own.id}: releasing it",
-                lambda: self.store.release(
-                    own.id, status=own.status, delay=delay, error=reason, count=count
-                ),
-            )
+            with own.settling():
+                await self.guard.durable(
+                    f"Image ID {own.id}: releasing it",
+                    lambda: self.store.release(
+                        own.id, status=own.status, delay=delay, error=reason, count=count
+                    ),
+                )
         except LeaseLost:
             own.lose()
             return

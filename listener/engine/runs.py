@@ -108,13 +108,14 @@ class Runs:
         *,
         until: float = -math.inf,
     ) -> None:
-        await self.guard.durable(
-            f"Image ID {row_id}: recording failure",
-            lambda: self.store.fail(
-                row_id, reason, from_status="ReadyToGenerate", censored=censored
-            ),
-            until=until,
-        )
+        with own.settling():
+            await self.guard.durable(
+                f"Image ID {row_id}: recording failure",
+                lambda: self.store.fail(
+                    row_id, reason, from_status="ReadyToGenerate", censored=censored
+                ),
+                until=until,
+            )
         own.settle()
         log.info("Image ID %d failed: %s", row_id, reason)
 
@@ -289,13 +290,14 @@ class Runs:
         delay = backoff_delay(row.attempts, s.retry_backoff_base, s.retry_backoff_max)
         if exc.retry_after:
             delay = max(delay, min(exc.retry_after, s.retry_backoff_max))
-        await self.guard.durable(
-            f"Image ID {row.id}: scheduling a retry",
-            lambda: self.store.retry_later(
-                row.id, delay=delay, error=message, unknown_outcome=unknown
-            ),
-            until=until,
-        )
+        with own.settling():
+            await self.guard.durable(
+                f"Image ID {row.id}: scheduling a retry",
+                lambda: self.store.retry_later(
+                    row.id, delay=delay, error=message, unknown_outcome=unknown
+                ),
+                until=until,
+            )
         own.settle()
         self._look_again()
         log.warning(

@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from listener.engine import Connected, Wakeup
+from listener.engine.lease import Leases
 from listener.errors import ApiTransient, DatabaseUnavailable
 from tests.engine.conftest import long_generation, make_engine, run_until
 
@@ -179,3 +180,26 @@ async def test_a_retry_whose_commit_answer_was_lost_finds_it_done_and_looks_agai
         engine.stop("test")
     assert store.calls["retry_later"] == 2
     assert store.rows[id_].unknown_outcomes == 0 and store.rows[id_].attempts == 2
+
+
+class _EveryRowLost:
+    """A store whose renewal finds every row taken: what a renewal sees while a settling
+    write's retry is in flight after its first try landed (the row is released already)."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[int, str]] = []
+
+    async def renew(self, owned: dict[int, str]) -> tuple[set[int], set[int]]:
+        self.asked.append(dict(owned))
+        return set(), set(owned)
+
+
+async def test_a_renewal_during_a_settling_write_leaves_the_row_to_that_write(autojump_clock):
+    store = _EveryRowLost()
+    leases = Leases(store, lease=3)  # type: ignore[arg-type]
+    with leases.own(7, "ReadyToGenerate") as own:
+        with own.settling():
+            await leases.renew_once()
+            assert store.asked == [] and not own.lost  # not asked about, not given up
+        await leases.renew_once()  # the write has landed (or failed): renewed again
+        assert store.asked == [{7: "ReadyToGenerate"}] and own.lost
