@@ -150,11 +150,15 @@ RETURNING i.id, i.uuid AS handle, i.width, i.height, i.attempts,
 -- listener's generations are adopted then, not at the sweep). Asked after a pass and at
 -- least every LEASE_TIMEOUT / 3 in between: a row enters Generate leased, which rings
 -- nobody, and each renewal moves its lease on.
+-- A generation nobody holds already (a lapsed or no lease) is due now: a claim may have
+-- skipped it (locked by a dying listener's backend, or by an operator), and a loop that
+-- asked only for leases still to run out would never look at it again before the sweep.
 -- name: next_generating_at
-SELECT min(locked_until) AS at, now() AS now FROM images
-WHERE status = 'Generate' AND locked_until >= now()
+SELECT min(coalesce(locked_until, now())) AS at, now() AS now FROM images
+WHERE status = 'Generate'
   AND id <> ALL (%(held)s::bigint[])
   AND coalesce(provider, %(legacy)s) = %(provider)s
+  AND uuid IS NOT NULL AND attempts >= 0  -- as claim_generating: rows that can move on
 
 -- The fenced writes. Each is one statement that either writes the row (`written`: it is
 -- still ours, in the status its task expects) or, when the row changed under this

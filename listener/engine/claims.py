@@ -47,6 +47,9 @@ ADOPT_BATCH = 100
 # this long before the next claim, so ten listeners do not stampede one row.
 CONTENDED_JITTER = 0.003
 RETRY_AFTER_DB_ERROR = 1.0
+# A generation due now that a claim skipped (its row locked by someone for the moment)
+# is asked for again after this long.
+SKIPPED_RETRY = 1.0
 # A lease seen running out is looked at this long after it did, plus a random spread of
 # up to ADOPT_SPREAD, so that many listeners do not all claim at the same instant.
 ADOPT_AFTER = 0.05
@@ -219,7 +222,12 @@ class Claims:
                 log.warning("Processor: cannot claim generations: %s", exc.message)
                 self._due("generating", RETRY_AFTER_DB_ERROR)
                 return total
-            self._due("generating", claimed.next_due_in)
+            due = claimed.next_due_in
+            if due is not None and due <= 0 and len(claimed.rows) < want:
+                # due now, yet not taken: a row this claim skipped (locked elsewhere for
+                # the moment): looked at again shortly, not in a tight loop
+                due = SKIPPED_RETRY
+            self._due("generating", due)
             started = self.budget.take(want, len(claimed.rows), "following")
             for gen, ticket in zip(claimed.rows, started, strict=True):
                 # the uuid comes from the row, which other roles may have written

@@ -209,14 +209,15 @@ class FakeStore:
         return min(waits) if waits else None
 
     def _generating_due(self, now: float, held: Collection[int]) -> float | None:
+        # a generation nobody holds already (lapsed or no lease) is due now
         later = [
-            r.locked_until - now
+            max(0.0, r.locked_until - now) if r.locked_until is not None else 0.0
             for r in self.rows.values()
             if r.status == "Generate"
-            and r.locked_until is not None
-            and r.locked_until >= now
             and r.id not in held
             and self._ours(r)
+            and r.uuid is not None
+            and r.attempts >= 0
         ]
         return min(later) if later else None
 
