@@ -207,3 +207,92 @@ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s
 -- name: style_exists
 SELECT EXISTS (SELECT 1 FROM image_styles WHERE name = %(style)s) AS known,
        (SELECT string_agg(name, ', ' ORDER BY name) FROM image_styles) AS known_styles
+
+-- ---------------------------------------------------------------------------------------
+-- The shared concurrency budget (0021_flow_control.sql, docs/flow-control.md).
+
+-- A listener starting: the account's row. An explicit PROVIDER_CONCURRENCY sets the limit
+-- (and undoes an operator's change); the provider's default only fills a missing row.
+-- name: limits_register
+INSERT INTO listener_limits AS l (account, provider, configured, effective, reason, set_by)
+VALUES (%(account)s, %(provider)s, %(limit)s, %(limit)s, 'configured', 'setting')
+ON CONFLICT (account) DO UPDATE
+SET configured = EXCLUDED.configured, effective = EXCLUDED.effective, ceiling = NULL,
+    reason = 'configured', set_by = 'setting', changed_at = now()
+WHERE %(explicit)s
+  AND (l.configured <> EXCLUDED.configured OR l.set_by <> 'setting'
+       OR l.effective <> EXCLUDED.configured)
+
+-- name: slots_fill
+INSERT INTO listener_slots (account, slot)
+SELECT %(account)s, g::integer
+FROM generate_series(0, (SELECT configured FROM listener_limits WHERE account = %(account)s) - 1) AS g
+ON CONFLICT DO NOTHING
+
+-- The account's limit as it is now.
+-- name: limits_read
+SELECT configured, effective, ceiling, reason, set_by,
+       extract(epoch FROM now() - changed_at)::float8 AS changed_ago
+FROM listener_limits WHERE account = %(account)s
+
+-- Take up to `n` free slots below the effective limit. Free: no live lease on it, and the
+-- row it was taken for is not generating (a holder that died leaves its generation's slot
+-- taken until the generation ends). SKIP LOCKED: listeners never wait for each other.
+-- name: slots_take
+UPDATE listener_slots AS s
+SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8),
+    image_id = NULL
+FROM (
+    SELECT f.slot FROM listener_slots AS f
+    WHERE f.account = %(account)s
+      AND f.slot < (SELECT effective FROM listener_limits WHERE account = %(account)s)
+      AND (f.holder IS NULL OR f.held_until < now())
+      AND NOT EXISTS (
+          SELECT 1 FROM images AS i WHERE i.id = f.image_id AND i.status = 'Generate')
+    ORDER BY f.slot
+    LIMIT %(n)s
+    FOR UPDATE OF f SKIP LOCKED
+) AS free
+WHERE s.account = %(account)s AND s.slot = free.slot
+RETURNING s.slot
+
+-- The rows the slots were taken for (one statement for a claim's batch).
+-- name: slots_bind
+UPDATE listener_slots AS s SET image_id = b.image_id
+FROM unnest(%(slots)s::integer[], %(ids)s::bigint[]) AS b (slot, image_id)
+WHERE s.account = %(account)s AND s.slot = b.slot AND s.holder = %(worker)s
+
+-- A generation adopted from a listener that stopped or died: its slot is ours now.
+-- name: slots_inherit
+UPDATE listener_slots AS s
+SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8)
+WHERE s.account = %(account)s AND s.image_id = %(id)s
+  AND (s.holder IS NULL OR s.held_until < now() OR s.holder = %(worker)s)
+RETURNING s.slot
+
+-- image_id stays: a generation that goes on without us (handed to the processors, or
+-- left at shutdown) keeps its slot taken until it ends (see slots_take).
+-- name: slots_release
+UPDATE listener_slots SET holder = NULL, held_until = NULL
+WHERE account = %(account)s AND slot = ANY(%(slots)s::integer[]) AND holder = %(worker)s
+
+-- The heartbeat: every slot this process holds lives on.
+-- name: slots_renew
+UPDATE listener_slots SET held_until = now() + make_interval(secs => %(lease)s::float8)
+WHERE holder = %(worker)s AND account = %(account)s
+
+-- Adapting: a refusal lowers the effective value (once per burst: not again within
+-- `cooldown` seconds of the last change); successes raise it one at a time.
+-- name: limits_lower
+UPDATE listener_limits
+SET effective = greatest(1, least(effective, %(value)s)), ceiling = effective,
+    reason = %(reason)s, changed_at = now()
+WHERE account = %(account)s AND effective > greatest(1, %(value)s)
+  AND changed_at < now() - make_interval(secs => %(cooldown)s::float8)
+RETURNING effective
+
+-- name: limits_raise
+UPDATE listener_limits
+SET effective = least(configured, effective + 1), reason = %(reason)s, changed_at = now()
+WHERE account = %(account)s AND effective = %(from)s AND effective < configured
+RETURNING effective

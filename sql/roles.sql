@@ -67,7 +67,9 @@ REVOKE ALL ON TABLE
     images_queue,
     images_in_flight,
     images_recent_failures,
-    images_listeners
+    images_listeners,
+    listener_limits,
+    listener_slots
 FROM images_writer, images_operator, images_listener;
 REVOKE ALL ON SEQUENCE images_id_seq FROM images_writer, images_operator, images_listener;
 REVOKE ALL ON FUNCTION
@@ -76,13 +78,14 @@ REVOKE ALL ON FUNCTION
     images_retry_failed(timestamptz),
     images_cancel(bigint),
     images_fail_blocked(),
-    images_prompt_is_blank(text)
+    images_prompt_is_blank(text),
+    images_set_concurrency(integer, text)
 FROM images_writer, images_operator, images_listener;
 
 -- images_writer: the user columns only (status is allowed so that the seed's
 -- `INSERT ... (prompt, status) VALUES (..., 'ReadyToGenerate')` works; any other status
 -- is refused by the images_insert_only_queued trigger), and every row to read.
-GRANT INSERT (prompt, status, style, width, height, negative_prompt) ON images TO images_writer;
+GRANT INSERT (prompt, status, style, width, height, negative_prompt, priority) ON images TO images_writer;
 GRANT SELECT ON images TO images_writer;
 GRANT USAGE ON SEQUENCE images_id_seq TO images_writer;
 GRANT SELECT ON image_styles TO images_writer;
@@ -105,8 +108,12 @@ GRANT EXECUTE ON FUNCTION images_prompt_is_blank(text) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_retry(bigint) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_retry_failed(timestamptz) TO images_operator;
 GRANT EXECUTE ON FUNCTION images_cancel(bigint) TO images_operator;
+-- the shared concurrency budget: read it, and change the limit at run time
+GRANT SELECT ON listener_limits TO images_operator;
+GRANT SELECT ON listener_slots TO images_operator;
+GRANT EXECUTE ON FUNCTION images_set_concurrency(integer, text) TO images_operator;
 -- ... and enqueue like an application (`listener enqueue`)
-GRANT INSERT (prompt, status, style, width, height, negative_prompt) ON images TO images_operator;
+GRANT INSERT (prompt, status, style, width, height, negative_prompt, priority) ON images TO images_operator;
 GRANT USAGE ON SEQUENCE images_id_seq TO images_operator;
 GRANT EXECUTE ON FUNCTION images_enqueue(text, text, integer, integer, text) TO images_operator;
 
@@ -120,3 +127,7 @@ GRANT UPDATE (
 GRANT SELECT ON image_styles TO images_listener;
 GRANT SELECT ON image_statuses TO images_listener;
 GRANT SELECT ON listener_migrations TO images_listener;
+-- the shared concurrency budget (0021_flow_control.sql): its account row is created at
+-- start, its slots taken and given back, its effective value adapted
+GRANT SELECT, INSERT, UPDATE ON listener_limits TO images_listener;
+GRANT SELECT, INSERT, UPDATE ON listener_slots TO images_listener;

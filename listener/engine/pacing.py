@@ -1,0 +1,87 @@
+"""When to ask again whether a generation is done: spaced from what generations took.
+
+Every status check costs a request against the provider's quota, so checks are placed
+where an answer is likely, not every DEFAULT_CHECK_INTERVAL:
+
+* The first check is at the provider's hint (`status_time`), as before.
+* With observed generation times (the last HISTORY finished ones, this process), the
+  next check is at the first of the median, the 75th, 90th and 99th percentile that is
+  still ahead; past all of them, every `spread` seconds (p90 - p50).
+* Without any, the next check is a quarter of the time elapsed so far later: an answer
+  is found at most 25% after it was ready, in a handful of checks.
+* Never sooner than DEFAULT_CHECK_INTERVAL after the previous check (the fastest rate).
+
+The time limit is separate and unchanged in length (`Follow.time_limit`).
+
+`checks` and `finished` count status checks and finished generations (for /metrics and
+the benchmark: status checks per image = checks / finished).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+HISTORY = 100
+QUANTILES = (0.5, 0.75, 0.9, 0.99)
+UNKNOWN_SHARE = 0.25
+
+
+class Pacing:
+    def __init__(self, *, interval: float, history: int = HISTORY) -> None:
+        self.interval = interval
+        self._times: deque[float] = deque(maxlen=history)
+        self._marks: tuple[float, ...] = ()
+        self._spread = interval
+        self.checks = 0  # status checks made
+        self.finished = 0  # generations followed to their end (image or refusal)
+
+    # -- learning ----------------------------------------------------------------------
+
+    def observe(self, seconds: float) -> None:
+        """A generation finished `seconds` after the provider accepted it."""
+        if not seconds >= 0 or seconds == float("inf"):
+            return
+        self._times.append(seconds)
+        ordered = sorted(self._times)
+        if len(ordered) == 1:
+            self._marks, self._spread = (ordered[0],), self.interval
+            return
+        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+        marks = [statistics.median(ordered)] + [cuts[round(q * 100) - 1] for q in QUANTILES[1:]]
+        self._marks = tuple(sorted(set(marks)))
+        self._spread = max(self.interval, marks[2] - marks[0])
+
+    def checked(self) -> None:
+        self.checks += 1
+
+    def ended(self) -> None:
+        self.finished += 1
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def observed(self) -> int:
+        return len(self._times)
+
+    @property
+    def median(self) -> float | None:
+        return self._marks[0] if self._marks else None
+
+    @property
+    def spread(self) -> float:
+        return self._spread
+
+    @property
+    def checks_per_image(self) -> float | None:
+        return self.checks / self.finished if self.finished else None
+
+    def delay(self, elapsed: float) -> float:
+        """Seconds from now (`elapsed` seconds after acceptance, a check just answered
+        "not yet") to the next check."""
+        if not self._marks:
+            return max(self.interval, elapsed * UNKNOWN_SHARE)
+        for mark in self._marks:
+            if mark > elapsed:
+                return max(self.interval, mark - elapsed)
+        return max(self.interval, self._spread)
