@@ -2,7 +2,7 @@
 
 Every exception the service raises on purpose derives from `ListenerError`; the class
 docstring is the default message. Driver and HTTP errors are translated into these in one
-place each (`listener.db` for psycopg, `listener.api.client` for httpx), always with
+place each (`listener.db` for psycopg, each provider's client for httpx), always with
 ``raise ... from exc`` so the cause survives for debugging but never reaches a user-facing
 line (which could carry a connection string).
 
@@ -19,15 +19,19 @@ line (which could carry a connection string).
     │   ├── SchemaNotMigrated    the images schema is missing or older than this release
     │   └── LeaseLost            another worker now owns the row; our write was refused
     ├── InvalidImage             an image that is not a PNG or JPEG of sane dimensions
-    └── ApiError                 the Fusion Brain API did not give what we asked for
-        ├── ApiTransient         network, timeout, 5xx, 429, unexpected body: try again
-        │   ├── ApiOutcomeUnknown  a run request may have reached the API (read timeout)
+    └── ApiError                 the image provider's API did not give what we asked for
+        ├── ApiTransient         network, timeout, 5xx, unexpected body: try again
+        │   ├── ApiOutcomeUnknown  a paid request may have reached the API (read timeout)
         │   └── ApiMalformed     an answer of the wrong shape, too large or too deep
-        ├── ApiBusy              2xx with DISABLED_BY_QUEUE / DISABLED_MANUALLY: back off
+        ├── ApiBusy              the provider says "wait": never an attempt, never a failure
         ├── ApiPermanent         400, 404, 415...: retrying cannot help
-        │   ├── ApiNotFound      the uuid is unknown (result fetched already or expired)
+        │   ├── ApiNotFound      the handle is unknown (result fetched already or expired)
         │   └── BlankPrompt      nothing but white space or invisible characters: not sent
-        └── ApiCredentials       401 / 403: stop generating, say so loudly
+        ├── ApiCredentials       key refused: stop generating, say so loudly, probe
+        └── ApiQuotaExhausted    the paid quota is used up: drawing pauses, rows wait
+
+Each provider's client says which of its answers is which (its module docstring); the
+words here are the engine's, never one provider's.
 """
 
 from __future__ import annotations
@@ -99,11 +103,11 @@ class LeaseLost(DatabaseError):
 
 
 class ApiError(ListenerError):
-    """The Fusion Brain API request failed."""
+    """The image provider's API request failed."""
 
 
 class ApiTransient(ApiError):
-    """The Fusion Brain API is temporarily unavailable."""
+    """The image provider's API is temporarily unavailable."""
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -111,19 +115,30 @@ class ApiTransient(ApiError):
 
 
 class ApiOutcomeUnknown(ApiTransient):
-    """The run request may have reached the API, but no answer came back."""
+    """The paid request may have reached the API, but no answer came back."""
 
 
 class ApiBusy(ApiError):
-    """The Fusion Brain pipeline is busy or switched off."""
+    """The image provider is busy: wait before asking again.
 
-    def __init__(self, message: str | None = None, *, state: str = "DISABLED_BY_QUEUE") -> None:
+    Never counted as an attempt and never fails a row. `retry_after` is the provider's
+    own hint (seconds, capped by the engine); `state` its word for it, already
+    sanitized (for the log line only)."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        state: str | None = None,
+    ) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
         self.state = state
 
 
 class ApiPermanent(ApiError):
-    """The Fusion Brain API refused the request."""
+    """The image provider's API refused the request."""
 
     def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -131,11 +146,21 @@ class ApiPermanent(ApiError):
 
 
 class ApiNotFound(ApiPermanent):
-    """The Fusion Brain API no longer knows this generation."""
+    """The image provider's API no longer knows this generation."""
 
 
 class ApiCredentials(ApiError):
-    """The Fusion Brain API rejected the API key or secret."""
+    """The image provider's API refused the credentials.
+
+    Nothing fails because of it: generation pauses, a probe asks every few seconds, one
+    line a minute says so (with this message: the provider's likely cause)."""
+
+
+class ApiQuotaExhausted(ApiError):
+    """The paid quota of the image provider's account is used up.
+
+    Drawing pauses with the provider's words (the message) and is tried again with one
+    draw every RETRY_BACKOFF_MAX seconds; no row fails because of it."""
 
 
 class BlankPrompt(ApiPermanent):
@@ -143,7 +168,7 @@ class BlankPrompt(ApiPermanent):
 
 
 class ApiMalformed(ApiTransient):
-    """The Fusion Brain API sent an answer of the wrong shape (malformed answer)."""
+    """The image provider's API sent an answer of the wrong shape (malformed answer)."""
 
 
 class InvalidImage(ListenerError):

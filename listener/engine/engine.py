@@ -92,7 +92,12 @@ class Engine:
         self.mode = mode
         self.guard = Guard()
         self.budget = Budget(rows=s.max_in_flight, calls=s.api_concurrency)
-        self.health = ApiHealth(backoff_base=s.retry_backoff_base, backoff_max=s.retry_backoff_max)
+        self.health = ApiHealth(
+            backoff_base=s.retry_backoff_base,
+            backoff_max=s.retry_backoff_max,
+            title=provider.title,
+            credentials_help=provider.credentials_help,
+        )
         self.leases = Leases(store, lease=s.lease_timeout)
         self.provider = provider
         follower = (

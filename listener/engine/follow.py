@@ -75,8 +75,8 @@ class Follow:
                         "(404): its result expired or was fetched elsewhere",
                     )
                     return
-                except ApiCredentials:
-                    self.health.credentials_refused()
+                except ApiCredentials as exc:
+                    self.health.credentials_refused(exc.message)
                     continue
                 except ApiPermanent as exc:
                     await self._fail(gen, own, clean(f"status check refused: {exc.message}"))
@@ -117,7 +117,7 @@ class Follow:
 
     async def _publish(self, gen: Generation, own: Ownership, image: str, deadline: float) -> None:
         expected = None
-        if self.provider.honours_size and gen.width and gen.height:
+        if self.provider.traits.honours_size and gen.width and gen.height:
             expected = (gen.width, gen.height)
         try:
             await self.validate(image, expected)

@@ -1,10 +1,15 @@
-"""What the service knows about the API as a whole, shared by every in-flight call.
+"""What the service knows about the provider as a whole, shared by every in-flight call.
 
-* Busy (DISABLED_BY_QUEUE / DISABLED_MANUALLY in a 2xx answer): the generator pauses with
-  capped, jittered exponential backoff; the first accepted run resets it.
-* Credentials refused (401/403): nothing is failed because of a bad key. Generation stops,
-  a probe asks the API every few seconds, one clear line is logged per minute, and work
-  resumes by itself once the key works again.
+* Busy (the provider says "wait": ApiBusy): the generator pauses with capped, jittered
+  exponential backoff, at least the provider's own (capped) Retry-After; the first
+  accepted submission resets it.
+* Credentials refused (ApiCredentials): nothing is failed because of a bad key.
+  Generation stops, a probe asks the API every few seconds, one clear line is logged per
+  minute (the provider's likely cause and what to check), and work resumes by itself
+  once the key works again.
+
+Every line names the provider by its title and says what to check in its own words
+(`Provider.title`, `Provider.credentials_help`): no provider is named here.
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ CREDENTIALS_LOG_INTERVAL = 60.0
 
 
 class ApiHealth:
-    def __init__(self, *, backoff_base: float, backoff_max: float) -> None:
+    def __init__(
+        self,
+        *,
+        backoff_base: float,
+        backoff_max: float,
+        title: str = "The image API",
+        credentials_help: str = "check the provider's credentials",
+    ) -> None:
+        self.title = title
+        self.credentials_help = credentials_help
+        self.refusal = ""  # the provider's words for the last refusal of the key
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.busy_streak = 0
@@ -37,22 +52,26 @@ class ApiHealth:
 
     def accepted(self) -> None:
         if self.busy_streak:
-            log.info("Fusion Brain API accepts runs again; generation resumed")
+            log.info("%s accepts requests again; generation resumed", self.title)
         self.busy_streak = 0
         self.busy_until = -math.inf
 
-    def busy(self, state: str) -> float:
+    def busy(self, what: str, retry_after: float | None = None) -> float:
         """Record a busy answer; return how long the generator pauses."""
         now = trio.current_time()
         if now < self.busy_until:  # another call of the same burst already backed off
             return self.busy_until - now
         self.busy_streak += 1
         delay = backoff_delay(self.busy_streak, self.backoff_base, min(self.backoff_max, 60.0))
+        if retry_after:
+            delay = max(delay, min(retry_after, self.backoff_max))
         self.busy_until = now + delay
-        log.warning("Fusion Brain API busy (%s): generation paused for %.1fs", state, delay)
+        log.warning("%s busy (%s): generation paused for %.1fs", self.title, what, delay)
         return delay
 
-    def credentials_refused(self) -> None:
+    def credentials_refused(self, why: str = "") -> None:
+        if why:
+            self.refusal = why
         if self.credentials_ok.is_set():
             self.credentials_ok = trio.Event()
             self._changed.set()
@@ -84,18 +103,21 @@ class ApiHealth:
                 now = trio.current_time()
                 if now - last_log >= CREDENTIALS_LOG_INTERVAL:
                     log.error(
-                        "Fusion Brain API refused the credentials (401/403): generation is "
-                        "paused and no row is changed; check FUSION_BRAIN_API_KEY and "
-                        "FUSION_BRAIN_SECRET_KEY (retrying every %.0fs)",
+                        "%s refused the credentials%s: generation is paused and no row "
+                        "is changed; %s (retrying every %.0fs)",
+                        self.title,
+                        f" ({self.refusal})" if self.refusal else "",
+                        self.credentials_help,
                         CREDENTIALS_PROBE_INTERVAL,
                     )
                     last_log = now
                 await trio.sleep(CREDENTIALS_PROBE_INTERVAL)
                 try:
                     await probe()
-                except ApiCredentials:
+                except ApiCredentials as exc:
+                    self.refusal = exc.message
                     continue
                 except ApiError:
                     pass  # any other answer means the key itself was accepted
-                log.info("Fusion Brain API accepts the credentials again; work resumed")
+                log.info("%s accepts the credentials again; work resumed", self.title)
                 self.credentials_ok.set()

@@ -2,9 +2,17 @@
 
 `Store` is where rows live (PostgreSQL in production, `listener.store.PgStore`; a small
 in-memory fake in the engine's own tests). `Provider` is an image API seen from the
-engine: submit a request, learn its outcome, nothing more. Fusion Brain submits and is
-polled; a provider that draws in one blocking call (GigaChat) returns its outcome from
-`submit` already known and is "polled" once; neither shape leaks into the engine.
+engine: submit a request, learn its outcome, nothing more. Two shapes fit, and neither
+leaks into the engine:
+
+* submit-then-poll (Fusion Brain): `submit` starts a generation and returns its handle;
+  `outcome` asks about it until it is final;
+* draw-then-download (GigaChat): `submit` is the blocking, paid draw and returns the
+  handle of the drawn file; `outcome` downloads it (Ready at the first ask).
+
+In both, the handle is made durable in the row (its `uuid` column: "the provider's
+handle") the moment `submit` returns, before anything else: after a crash the
+generation is followed again, never submitted again.
 
 Every write a `Store` makes for a row is fenced on the lease: it raises `LeaseLost` when
 this worker no longer owns the row.
@@ -13,9 +21,7 @@ this worker no longer owns the row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-from listener.api.models import GenerationRequest
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,42 @@ class Store(Protocol):
 
 
 @dataclass(frozen=True)
+class Request:
+    """One generation as the engine asks it of any provider (no provider's wire format).
+
+    `prompt` is already cut to what every provider accepts and stripped; `row_id` and
+    `attempt` let a provider derive an idempotency key (the same row and attempt is the
+    same request). None means "the provider's own default" for the optional parts;
+    `style_prompt` is the style's system message from `image_styles` for providers
+    that express styles in words (NULL there: None here)."""
+
+    row_id: int
+    attempt: int
+    prompt: str
+    negative_prompt: str | None = None
+    style: str | None = None
+    width: int | None = None
+    height: int | None = None
+    style_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What the engine must respect, declared by each provider."""
+
+    honours_size: bool  # the image comes back with the requested width and height
+    default_concurrency: int  # default of API_CONCURRENCY: calls in flight per process
+    unknown_outcome_resends: int  # default of UNKNOWN_OUTCOME_RESENDS
+    call_timeout: float  # longest one paid call may take: shutdown waits this long for it
+    slot: Literal["generation", "call"] = "call"  # what a shared concurrency slot counts
+
+
+@dataclass(frozen=True)
 class Submitted:
     """The provider took the request: it is paid for from now on."""
 
     handle: str
-    check_after: float = 0.0
+    check_after: float = 0.0  # no point asking for the outcome before this (seconds)
 
 
 @dataclass(frozen=True)
@@ -100,14 +137,16 @@ class Pending:
 
 @dataclass(frozen=True)
 class Ready:
-    """Finished: the image, base64-encoded, as the provider handed it out (once)."""
+    """Finished: the image, base64-encoded, as the provider handed it out (once). PNG or
+    JPEG: the engine's validation finds out which, and its size."""
 
     image: str
 
 
 @dataclass(frozen=True)
 class Refused:
-    """Finished without an image: the reason, and whether it was censorship."""
+    """Finished without an image (or refused at submit, before anything was paid for):
+    the reason, and whether it was censorship."""
 
     reason: str
     censored: bool = False
@@ -117,10 +156,17 @@ Outcome = Pending | Ready | Refused
 
 
 class Provider(Protocol):
-    name: str
-    honours_size: bool  # the image comes back with the requested width and height
+    """An image API seen from the engine. Errors are `listener.errors.Api*`:
+    ApiTransient / ApiOutcomeUnknown / ApiMalformed, ApiBusy, ApiPermanent / ApiNotFound,
+    ApiCredentials, ApiQuotaExhausted. Every call (submit, outcome, probe) goes through
+    the provider's one concurrency limit (API_CONCURRENCY), held inside the provider."""
 
-    async def submit(self, request: GenerationRequest) -> Submitted: ...
+    name: str  # the registry key, stored in rows: "fusionbrain", "gigachat"
+    title: str  # for log lines: "Fusion Brain API"
+    credentials_help: str  # what to check when the key is refused: names its variables
+    traits: Traits
+
+    async def submit(self, request: Request) -> Submitted | Refused: ...
     async def outcome(self, handle: str) -> Outcome: ...
     async def probe(self) -> None:
         """Any cheap authenticated call: raises ApiCredentials while the key is refused."""

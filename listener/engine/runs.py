@@ -20,13 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from listener.api.models import GenerationRequest
 from listener.config import Settings
 from listener.engine.doorbell import backoff_delay
 from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
-from listener.engine.ports import Generation, Provider, ReadyRow, Store
+from listener.engine.ports import Generation, Provider, ReadyRow, Refused, Request, Store
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
@@ -57,20 +56,27 @@ class Runs:
     follow_here: bool  # this process follows what it submits (it has the processor role)
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
 
-    def request_for(self, row: ReadyRow) -> GenerationRequest:
+    def request_for(self, row: ReadyRow) -> Request:
+        """The row as any provider is asked it: the configured defaults filled in (sizes
+        only for a provider that honours them: the others draw at their own)."""
         s = self.settings
-        return GenerationRequest(
+        sized = self.provider.traits.honours_size
+        return Request(
+            row_id=row.id,
+            attempt=row.attempts,
             prompt=row.prompt,
-            width=row.width or s.default_image_width,
-            height=row.height or s.default_image_height,
+            negative_prompt=row.negative_prompt or s.default_negative_prompt or None,
             style=row.style or s.default_style,
-            negative_prompt=row.negative_prompt or s.default_negative_prompt,
+            width=(row.width or s.default_image_width) if sized else None,
+            height=(row.height or s.default_image_height) if sized else None,
         )
 
-    async def fail(self, row_id: int, reason: str, own: Ownership) -> None:
+    async def fail(self, row_id: int, reason: str, own: Ownership, censored: bool = False) -> None:
         await self.guard.durable(
             f"Image ID {row_id}: recording failure",
-            lambda: self.store.fail(row_id, reason, from_status="ReadyToGenerate"),
+            lambda: self.store.fail(
+                row_id, reason, from_status="ReadyToGenerate", censored=censored
+            ),
         )
         own.settle()
         log.info("Image ID %d failed: %s", row_id, reason)
@@ -97,15 +103,15 @@ class Runs:
             try:
                 accepted = await self.provider.submit(request)
             except ApiBusy as exc:
-                delay = self.health.busy(exc.state)
+                delay = self.health.busy(exc.state or exc.message, exc.retry_after)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
                 )
                 own.settle()
                 self._look_again()
                 return None
-            except ApiCredentials:
-                self.health.credentials_refused()
+            except ApiCredentials as exc:
+                self.health.credentials_refused(exc.message)
                 await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
                 own.settle()
                 self._look_again()
@@ -118,6 +124,9 @@ class Runs:
                 return None
             except ApiTransient as exc:
                 await self._transient(row, exc, own)
+                return None
+            if isinstance(accepted, Refused):
+                await self.fail(row.id, clean(accepted.reason), own, accepted.censored)
                 return None
             self.health.accepted()
             log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))

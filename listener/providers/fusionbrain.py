@@ -6,22 +6,53 @@ from __future__ import annotations
 
 from listener.api.client import FusionBrainClient
 from listener.api.models import GenerationRequest
-from listener.engine.ports import Outcome, Pending, Ready, Refused, Submitted
+from listener.engine.ports import Outcome, Pending, Ready, Refused, Request, Submitted, Traits
 from listener.errors import ApiOutcomeUnknown
 from listener.sanitize import clean
 
 MAX_HANDLE = 128
 
+# What the API accepts per side (its "Limits"), and what it draws when a row says nothing.
+MIN_SIDE = 64
+MAX_SIDE = 1024
+DEFAULT_SIDE = 1024
+DEFAULT_STYLE = "DEFAULT"
+
+TRAITS = Traits(
+    honours_size=True,
+    default_concurrency=8,
+    unknown_outcome_resends=1,
+    call_timeout=30.0,  # API_TIMEOUT's default: a run call's whole-request deadline
+    slot="call",
+)
+
 
 class FusionBrainProvider:
     name = "fusionbrain"
-    honours_size = True
+    title = "Fusion Brain API"
+    credentials_help = "check FUSION_BRAIN_API_KEY and FUSION_BRAIN_SECRET_KEY"
 
-    def __init__(self, client: FusionBrainClient) -> None:
+    def __init__(self, client: FusionBrainClient, traits: Traits = TRAITS) -> None:
         self.client = client
+        self.traits = traits
 
-    async def submit(self, request: GenerationRequest) -> Submitted:
-        accepted = await self.client.run(request)
+    async def submit(self, request: Request) -> Submitted | Refused:
+        width = request.width or DEFAULT_SIDE
+        height = request.height or DEFAULT_SIDE
+        if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+            return Refused(
+                f"size {width}x{height} is outside what the Fusion Brain API draws "
+                f"({MIN_SIDE}..{MAX_SIDE} per side)"
+            )
+        accepted = await self.client.run(
+            GenerationRequest(
+                prompt=request.prompt,
+                width=width,
+                height=height,
+                style=request.style or DEFAULT_STYLE,
+                negative_prompt=request.negative_prompt or "",
+            )
+        )
         handle = accepted.uuid
         if not (0 < len(handle) <= MAX_HANDLE and handle.isprintable()):
             # It may have been accepted, but this uuid cannot be followed or stored.

@@ -23,6 +23,7 @@ from listener.engine.ports import (
     Ready,
     ReadyRow,
     Submitted,
+    Traits,
 )
 from listener.errors import DatabaseUnavailable, LeaseLost
 
@@ -241,7 +242,11 @@ class FakeProvider:
     `generation_time` seconds. `on_submit` / `on_outcome` may raise or return instead."""
 
     name = "fake"
-    honours_size = True
+    title = "Fake API"
+    credentials_help = "check FAKE_KEY"
+    traits = Traits(
+        honours_size=True, default_concurrency=8, unknown_outcome_resends=1, call_timeout=30.0
+    )
 
     def __init__(self, *, run_time: float = 0.1, generation_time: float = 1.0) -> None:
         self.run_time = run_time
