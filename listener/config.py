@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     generator_sweep_interval: float = Field(300, gt=0)
     processor_sweep_interval: float = Field(600, gt=0)
     api_concurrency: int = Field(8, ge=1, le=64)
+    # The provider account's limit, shared by every listener on the database using the
+    # same credentials (docs/flow-control.md); unset: the provider's default.
+    provider_concurrency: int | None = Field(None, ge=1, le=1000)
     api_timeout: float = Field(30, gt=0)
     max_in_flight: int = Field(100, ge=1)
     retry_max_attempts: int = Field(5, ge=1)

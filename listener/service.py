@@ -29,12 +29,14 @@ from listener.config import Settings
 from listener.db import connect_kwargs, open_database, translate, use_prepared_statements
 from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Polling, Wakeup
+from listener.engine.flow import Slots, account_id
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
 from listener.images import validate_image
 from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
 from listener.providers.fusionbrain import FusionBrainProvider
+from listener.slotstore import PgSlots
 from listener.store import PgStore
 
 log = logging.getLogger("listener")
@@ -173,7 +175,20 @@ class Service:
                     max_connections=2 * s.api_concurrency,
                 ) as api,
             ):
-                await self._serve(PgStore(db, self.worker, s.lease_timeout), api)
+                provider = FusionBrainProvider(api)
+                slots = Slots(
+                    PgSlots(
+                        db,
+                        account=account_id(provider.name, base_url, key, secret),
+                        provider=provider.name,
+                        worker=self.worker,
+                        lease=s.lease_timeout,
+                    ),
+                    kind=provider.traits.slot,
+                    limit=s.provider_concurrency or provider.traits.default_concurrency,
+                    explicit=s.provider_concurrency is not None,
+                )
+                await self._serve(PgStore(db, self.worker, s.lease_timeout), provider, slots)
             top.cancel_scope.cancel()
         return self._stopped()
 
@@ -187,7 +202,7 @@ class Service:
             )
         return 0
 
-    async def _serve(self, store: PgStore, api: FusionBrainClient) -> None:
+    async def _serve(self, store: PgStore, provider: FusionBrainProvider, slots: Slots) -> None:
         s, o = self.settings, self.options
         wakeups = None
         if o.mode == "event":
@@ -203,12 +218,13 @@ class Service:
         self.engine = Engine(
             settings=s,
             store=store,
-            provider=FusionBrainProvider(api),
+            provider=provider,
             validate=_validate_off_the_loop,
             generate=o.generate,
             follow=o.follow,
             mode=o.mode,
             wakeups=wakeups,
+            slots=slots,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(self.engine.serve)

@@ -7,7 +7,8 @@ outcomes in listener.errors, so the workflows decide on types, never on HTTP det
     ApiBusy               a 2xx run/availability answer saying DISABLED_*: back off
     ApiPermanent          400, 415, other 4xx (with the server's message)
       ApiNotFound         404 on a status: the result was fetched or expired
-    ApiTransient          connection errors, timeouts, 5xx, 429: retried with backoff
+    ApiBusy               429 Too Many Requests (Retry-After obeyed): never an attempt
+    ApiTransient          connection errors, timeouts, 5xx: retried with backoff
       ApiMalformed        a 2xx answer that is not the JSON shape expected, larger than
                           MAX_RESPONSE_BYTES, or nested deeper than MAX_JSON_DEPTH
       ApiOutcomeUnknown   run only: the request may have reached the API (no complete
@@ -376,7 +377,14 @@ class FusionBrainClient:
             raise ApiCredentials(message)
         if code == 404:
             raise not_found(message, status_code=code)
-        if code in (408, 425, 429) or code >= 500:
+        if code == 429:
+            # Too many at once (or too fast): the provider says "wait". Never an attempt;
+            # the shared concurrency budget lowers its effective value (flow control).
+            retry_after = parse_retry_after(
+                reply.headers.get("Retry-After"), cap=self._retry_after_max
+            )
+            raise ApiBusy(message, retry_after=retry_after, state="HTTP 429")
+        if code in (408, 425) or code >= 500:
             retry_after = parse_retry_after(
                 reply.headers.get("Retry-After"), cap=self._retry_after_max
             )

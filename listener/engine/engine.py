@@ -30,10 +30,12 @@ import trio
 from listener.config import Settings
 from listener.engine.budget import Budget
 from listener.engine.claims import Claims
+from listener.engine.flow import Slots
 from listener.engine.follow import Follow, Validate
 from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Leases
+from listener.engine.pacing import Pacing
 from listener.engine.ports import Provider, Store
 from listener.engine.rows import Rows
 from listener.engine.runs import Runs
@@ -86,6 +88,7 @@ class Engine:
         follow: bool = True,
         mode: Mode = "event",
         wakeups: Wakeups | None = None,
+        slots: Slots | None = None,
     ) -> None:
         s = settings
         self.settings = settings
@@ -100,13 +103,17 @@ class Engine:
         )
         self.leases = Leases(store, lease=s.lease_timeout)
         self.provider = provider
+        # The account's budget shared with every listener (None: this process alone).
+        self.slots = slots
+        # Status checks spaced from observed generation times; counts for /metrics.
+        self.pacing = Pacing(interval=s.default_check_interval)
         follower = (
-            Follow(s, store, provider, self.health, self.guard, self.budget, validate)
+            Follow(s, store, provider, self.health, self.guard, self.budget, validate, self.pacing)
             if follow
             else None
         )
         runs = (
-            Runs(s, store, provider, self.health, self.guard, follow_here=follow)
+            Runs(s, store, provider, self.health, self.guard, follow_here=follow, slots=slots)
             if generate
             else None
         )
@@ -118,6 +125,7 @@ class Engine:
             guard=self.guard,
             runs=runs,
             follow=follower,
+            slots=slots,
         )
         self.claims = Claims(
             store=store,
@@ -126,6 +134,7 @@ class Engine:
             rows=self.rows,
             generate=generate,
             adopt=follow,
+            slots=slots,
         )
         if runs is not None:
             runs.on_retry_scheduled = self.claims.ready.ring
@@ -168,6 +177,8 @@ class Engine:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as outer:
             self._hard = outer.cancel_scope
+            if self.slots is not None:
+                await outer.start(self.slots.serve)  # outlives the rows: gives back at exit
             await outer.start(self.leases.serve)
             async with trio.open_nursery() as work:
                 await work.start(self.rows.serve)

@@ -236,7 +236,9 @@ class Slots:
         return got
 
     async def bind(self, slots: list[int], ids: list[int]) -> None:
-        if slots:
+        """Generation slots name their rows: a generation outliving its holder keeps
+        its slot (a call slot is over with its call)."""
+        if slots and self.kind == "generation":
             await self.store.bind(slots, ids)
 
     async def inherit(self, image_id: int) -> int | None:
@@ -244,7 +246,9 @@ class Slots:
         try:
             slot = await self.store.inherit(image_id)
         except DatabaseError as exc:
-            log.warning("Image ID %d: cannot take over its provider slot: %s", image_id, exc.message)
+            log.warning(
+                "Image ID %d: cannot take over its provider slot: %s", image_id, exc.message
+            )
             return None
         if slot is not None:
             self.held.add(slot)

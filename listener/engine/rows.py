@@ -22,6 +22,7 @@ import trio
 from listener.config import Settings
 from listener.engine.budget import Budget, Ticket
 from listener.engine.doorbell import backoff_delay
+from listener.engine.flow import Slots
 from listener.engine.follow import Follow
 from listener.engine.guard import Guard, WriteAbandoned
 from listener.engine.lease import Leases, Ownership
@@ -44,7 +45,9 @@ class Rows:
         guard: Guard,
         runs: Runs | None,
         follow: Follow | None,
+        slots: Slots | None = None,
     ) -> None:
+        self.slots = slots
         self.settings = settings
         self.store = store
         self.budget = budget
@@ -102,19 +105,38 @@ class Rows:
                     reason = clean(f"internal error: {type(exc).__name__}: {exc}")
                     await self._release(own, reason, count=True)
         finally:
+            self._give_back(ticket)
             ticket.close()
+
+    def _give_back(self, ticket: Ticket) -> None:
+        """The row's slot, once its task is over: kept for our next claim when its
+        generation is over; when the row is left generating (handed to the processors,
+        or at shutdown) its slot stays taken by the row in the table until it ends."""
+        if self.slots is None or ticket.slot is None:
+            return
+        slot, ticket.slot = ticket.slot, None
+        busy = ticket.generating and self.slots.kind == "generation"
+        self.slots.give_back([slot], reusable=not busy)
 
     async def _work(self, item: ReadyRow | Generation, ticket: Ticket, own: Ownership) -> None:
         if isinstance(item, ReadyRow):
             assert self.runs is not None
             ticket.move("submitting")
             gen = await self.runs.submit(item, own)
+            ticket.generating = own.status == "Generate"
+            if self.slots is not None and self.slots.kind == "call":
+                self._give_back(ticket)  # the call is over
             if gen is None or self.follow is None:
                 return
             item = gen
+        elif self.slots is not None and self.slots.kind == "generation":
+            # adopted: the slot its generation holds since it was submitted is ours now
+            ticket.generating = True
+            ticket.slot = await self.slots.inherit(item.id)
         assert self.follow is not None
         ticket.move("following")
         await self.follow.follow(item, own)
+        ticket.generating = not own.settled
 
     async def _release(self, own: Ownership, reason: str, *, count: bool) -> None:
         """Give the row back, durably, with the reason: its task cannot go on."""

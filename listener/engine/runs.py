@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from listener.config import Settings
 from listener.engine.doorbell import backoff_delay
+from listener.engine.flow import Slots
 from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
@@ -55,6 +56,7 @@ class Runs:
     guard: Guard
     follow_here: bool  # this process follows what it submits (it has the processor role)
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
+    slots: Slots | None = None  # the account's shared budget (None: not shared)
 
     def request_for(self, row: ReadyRow) -> Request:
         """The row as any provider is asked it: the configured defaults filled in (sizes
@@ -103,7 +105,7 @@ class Runs:
             try:
                 accepted = await self.provider.submit(request)
             except ApiBusy as exc:
-                delay = self.health.busy(exc.state or exc.message, exc.retry_after)
+                delay = await self._busy(exc)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
                 )
@@ -129,6 +131,8 @@ class Runs:
                 await self.fail(row.id, clean(accepted.reason), own, accepted.censored)
                 return None
             self.health.accepted()
+            if self.slots is not None:
+                await self.slots.succeeded()
             log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
             with own.moving_to("Generate"):
                 await self.guard.durable(
@@ -159,6 +163,19 @@ class Runs:
             "the image and charged for it); not sent again to avoid paying twice. "
             "To send it once more: listener retry ID (or SELECT images_retry(ID))"
         )
+
+    async def _busy(self, exc: ApiBusy) -> float:
+        """A refusal for load (429, DISABLED_BY_QUEUE): how long the row waits. While the
+        shared budget can still go lower, lowering it is the answer and nothing pauses
+        (the row is claimed again when a slot frees, after the provider's Retry-After);
+        at one at a time, generation pauses with the capped backoff as before."""
+        what = clean(exc.state or exc.message, limit=64)
+        if self.slots is not None and self.slots.effective > 1:
+            await self.slots.refused(what)
+            return min(exc.retry_after or 0.0, self.settings.retry_backoff_max)
+        if self.slots is not None:
+            await self.slots.refused(what)  # counted; at one there is nothing to lower
+        return self.health.busy(exc.state or exc.message, exc.retry_after)
 
     def _look_again(self) -> None:
         if callable(self.on_retry_scheduled):

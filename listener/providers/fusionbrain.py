@@ -23,7 +23,9 @@ TRAITS = Traits(
     default_concurrency=8,
     unknown_outcome_resends=1,
     call_timeout=30.0,  # API_TIMEOUT's default: a run call's whole-request deadline
-    slot="call",
+    # Its queue limits generations in progress: a shared slot is held from the run call
+    # to the final status (docs/flow-control.md).
+    slot="generation",
 )
 
 
