@@ -73,6 +73,9 @@ class PgSlots:
         )
         return rows[0]["effective"] if rows else None
 
+    async def forget_ceiling(self) -> None:
+        await self.db.execute("limits_forget_ceiling", self._params())
+
 
 def _limits(row: Any) -> Limits:
     configured, effective, ceiling, reason, set_by, _ = row

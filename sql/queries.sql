@@ -296,3 +296,7 @@ UPDATE listener_limits
 SET effective = least(configured, effective + 1), reason = %(reason)s, changed_at = now()
 WHERE account = %(account)s AND effective = %(from)s AND effective < configured
 RETURNING effective
+
+-- Refused with one at a time: a storm, not the account's limit.
+-- name: limits_forget_ceiling
+UPDATE listener_limits SET ceiling = NULL WHERE account = %(account)s AND ceiling IS NOT NULL

@@ -79,6 +79,7 @@ class SlotStore(Protocol):
     async def renew(self) -> None: ...
     async def lower(self, value: int, reason: str, cooldown: float) -> int | None: ...
     async def raise_(self, from_: int, reason: str) -> int | None: ...
+    async def forget_ceiling(self) -> None: ...
 
 
 class Limiter:
@@ -110,7 +111,15 @@ class Limiter:
         self.refusals += 1
         self._window = 0
         now = trio.current_time()
-        if self.effective <= 1 or now - self._changed_at < COOLDOWN:
+        if self.effective <= 1:
+            # Refused with one at a time: the provider is busy for everyone, which says
+            # nothing of the account's limit. Forget the ceiling, so the way back up is
+            # quick once the storm is over.
+            if self.ceiling is not None:
+                self.ceiling = None
+                await self.store.forget_ceiling()
+            return False
+        if now - self._changed_at < COOLDOWN:
             return False
         value = max(1, min(self.effective - 1, math.floor(self.effective * DECREASE)))
         reason = f"lowered from {self.effective} after {what}"
