@@ -18,6 +18,31 @@ FROM (
       -- ours with a lapsed lease (a write that waited out a database outage): still
       -- owned by a task of this process, which renews or releases it
       AND locked_by IS DISTINCT FROM %(worker)s
+    -- highest priority first, oldest first within one (the index images_ready_priority_idx)
+    ORDER BY priority DESC, not_before, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE i.id = due.id
+RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attempts,
+          i.last_error, i.unknown_outcomes
+
+-- The fair share (docs/flow-control.md, "Order"): one claim in PRIORITY_FAIR_SHARE takes
+-- the oldest due rows whatever their priority, so urgent rows never starve the others.
+-- The same statement as claim_ready but for its ORDER BY (keep them alike).
+-- name: claim_ready_oldest
+UPDATE images AS i
+SET locked_by = %(worker)s,
+    locked_until = now() + make_interval(secs => %(lease)s::float8),
+    attempts = i.attempts + 1
+FROM (
+    SELECT id FROM images
+    WHERE status = 'ReadyToGenerate'
+      AND not_before <= now()
+      AND (locked_until IS NULL OR locked_until < now())
+      -- ours with a lapsed lease (a write that waited out a database outage): still
+      -- owned by a task of this process, which renews or releases it
+      AND locked_by IS DISTINCT FROM %(worker)s
     ORDER BY not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -50,7 +75,7 @@ FROM (
       AND (width IS NULL OR width BETWEEN 64 AND 1024)
       AND (height IS NULL OR height BETWEEN 64 AND 1024)
       AND attempts BETWEEN 0 AND 2147483646
-    ORDER BY not_before, id
+    ORDER BY priority DESC, not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS due
