@@ -38,10 +38,7 @@ class PgSlots:
         rows = await self.db.fetch("limits_read", self._params())
         if not rows:
             raise LookupError(f"no listener_limits row for {self.account}")
-        r = rows[0]
-        return Limits(
-            r["configured"], r["effective"], r["ceiling"], clean(r["reason"]), r["set_by"]
-        )
+        return _limits(tuple(rows[0].values()))
 
     async def take(self, n: int) -> list[int]:
         rows = await self.db.fetch("slots_take", self._params(n=n))
@@ -78,5 +75,5 @@ class PgSlots:
 
 
 def _limits(row: Any) -> Limits:
-    configured, effective, ceiling, reason, set_by, _ = row
-    return Limits(configured, effective, ceiling, clean(reason), set_by)
+    configured, effective, ceiling, reason, set_by, orphaned = row
+    return Limits(configured, effective, ceiling, clean(reason), set_by, orphaned)

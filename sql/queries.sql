@@ -254,11 +254,14 @@ SELECT %(account)s, g::integer
 FROM generate_series(0, (SELECT configured FROM listener_limits WHERE account = %(account)s) - 1) AS g
 ON CONFLICT DO NOTHING
 
--- The account's limit as it is now.
+-- The account's limit as it is now, and how many of its slots are held by generations
+-- that nobody follows (their listener died; nothing notifies of those): adopt them.
 -- name: limits_read
-SELECT configured, effective, ceiling, reason, set_by,
-       extract(epoch FROM now() - changed_at)::float8 AS changed_ago
-FROM listener_limits WHERE account = %(account)s
+SELECT l.configured, l.effective, l.ceiling, l.reason, l.set_by,
+       (SELECT count(*)::integer FROM listener_slots AS s JOIN images AS i ON i.id = s.image_id
+         WHERE s.account = l.account AND s.held_until < now() AND i.status = 'Generate'
+           AND (i.locked_until IS NULL OR i.locked_until < now())) AS orphaned
+FROM listener_limits AS l WHERE l.account = %(account)s
 
 -- Take up to `n` free slots below the effective limit. Free: no live lease on it, and the
 -- row it was taken for is not generating (a holder that died leaves its generation's slot

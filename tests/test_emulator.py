@@ -672,7 +672,7 @@ def test_the_accounts_true_limits_refuse_runs_beyond_them(emu, api):
 
 def test_true_limit_settings_are_checked():
     with pytest.raises(ValueError, match="max_concurrent"):
-        EmulatorConfig(max_concurrent=0)
+        EmulatorConfig(max_concurrent=-1)
     with pytest.raises(ValueError, match="over_limit"):
         EmulatorConfig(over_limit="nope")
     with pytest.raises(ValueError, match="start_rate"):

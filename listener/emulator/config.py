@@ -57,7 +57,7 @@ class EmulatorConfig:
     seed: int | None = None
     # The account's true limits (flow control benchmarks and tests): at most
     # `max_concurrent` generations in progress (run accepted, generation_time not yet
-    # over; None: no limit), at most `start_rate` runs accepted per second (0: no limit).
+    # over; None: no limit; 0: a storm, every run refused), at most `start_rate` runs accepted per second (0: no limit).
     # A run beyond either is refused: `over_limit` "429" (Too Many Requests, Retry-After 1)
     # or "busy" (200 {"model_status": "DISABLED_BY_QUEUE"}).
     max_concurrent: int | None = None
@@ -89,9 +89,9 @@ class EmulatorConfig:
         if not isinstance(self.wrong_credentials, bool):
             raise ConfigInvalid("wrong_credentials must be true or false")
         if self.max_concurrent is not None and (
-            not _is_int(self.max_concurrent) or self.max_concurrent < 1
+            not _is_int(self.max_concurrent) or self.max_concurrent < 0
         ):
-            raise ConfigInvalid("max_concurrent must be a positive integer or null")
+            raise ConfigInvalid("max_concurrent must be a non-negative integer or null")
         rate = _number("start_rate", self.start_rate)
         if rate < 0:
             raise ConfigInvalid(f"start_rate must not be negative, not {rate}")

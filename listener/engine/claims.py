@@ -57,6 +57,8 @@ class Claims:
         self._slots_starved = False  # the last pass found no free slot of the account
         if slots is not None:
             slots.subscribe(self._slot_freed)
+            if adopt:
+                slots.on_orphans(lambda: self.generating.ring())
         self.store = store
         self.budget = budget
         self.health = health

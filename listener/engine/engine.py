@@ -206,6 +206,27 @@ class Engine:
                 self.rows.cancel()
             # ... and once they have all ended, Leases releases what they left behind.
             outer.cancel_scope.cancel()
+        self._report()
+
+    def _report(self) -> None:
+        """One line on the way out: what the flow control did (also in /metrics)."""
+        p = self.pacing
+        if p.finished:
+            log.info(
+                "Status checks: %d for %d finished generations (%.2f per image)",
+                p.checks,
+                p.finished,
+                p.checks / p.finished,
+            )
+        limiter = self.slots.limiter if self.slots is not None else None
+        if limiter is not None and (limiter.refusals or limiter.effective < limiter.configured):
+            log.info(
+                "Provider concurrency: effective %d of %d (%s); %d refusal(s) for load",
+                limiter.effective,
+                limiter.configured,
+                limiter.reason,
+                limiter.refusals,
+            )
 
     async def _poll(self) -> None:
         """While the wake-up source is deaf: look at the table every POLL_INTERVAL."""

@@ -65,6 +65,7 @@ class Limits:
     ceiling: int | None = None
     reason: str = "configured"
     set_by: str = "setting"
+    orphaned: int = 0  # slots held by generations nobody follows (their listener died)
 
 
 class SlotStore(Protocol):
@@ -168,6 +169,7 @@ class Slots:
         self._returned: set[int] = set()  # given back, to be released in the table
         self._wake = trio.Event()
         self._subscribers: list[Callable[[], None]] = []
+        self._orphan_watchers: list[Callable[[], None]] = []
         self.taken = 0  # slots taken (this process)
         self.starved = 0  # takes that found no free slot
 
@@ -180,6 +182,10 @@ class Slots:
     def subscribe(self, on_free: Callable[[], None]) -> None:
         """`on_free()`: a slot may be free (one of ours given back, the limit raised)."""
         self._subscribers.append(on_free)
+
+    def on_orphans(self, call: Callable[[], None]) -> None:
+        """`call()`: some slots are held by generations nobody follows: adopt them."""
+        self._orphan_watchers.append(call)
 
     def _freed(self) -> None:
         for call in self._subscribers:
@@ -219,9 +225,13 @@ class Slots:
             await self.store.renew()
             before = self.effective
             assert self.limiter is not None
-            self.limiter.seen(await self.store.read())
+            limits = await self.store.read()
+            self.limiter.seen(limits)
             if self.effective > before:
                 self._freed()
+            if limits.orphaned:
+                for call in self._orphan_watchers:
+                    call()
             for slot in [s for s in self._spare if s >= self.effective]:
                 self._spare.discard(slot)
                 self.held.discard(slot)

@@ -332,8 +332,13 @@ class FakeSlotStore:
     def _limits(self):
         from listener.engine.flow import Limits
 
-        t = self.table
-        return Limits(t.configured, t.effective, t.ceiling, t.reason, "setting")
+        t, now = self.table, trio.current_time()
+        orphaned = 0
+        for _holder, until, image in t.slots.values():
+            row = t.rows.rows.get(image) if image is not None else None
+            if until is not None and until < now and row is not None and row.status == "Generate":
+                orphaned += row.locked_until is None or row.locked_until < now
+        return Limits(t.configured, t.effective, t.ceiling, t.reason, "setting", orphaned)
 
     async def register(self, limit: int, *, explicit: bool):
         t = self.table
