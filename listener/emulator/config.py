@@ -57,7 +57,8 @@ class EmulatorConfig:
     seed: int | None = None
     # The account's true limits (flow control benchmarks and tests): at most
     # `max_concurrent` generations in progress (run accepted, generation_time not yet
-    # over; None: no limit; 0: a storm, every run refused), at most `start_rate` runs accepted per second (0: no limit).
+    # over; None: no limit; 0: a storm, every run refused), at most `start_rate` runs
+    # accepted per second (0: no limit).
     # A run beyond either is refused: `over_limit` "429" (Too Many Requests, Retry-After 1)
     # or "busy" (200 {"model_status": "DISABLED_BY_QUEUE"}).
     max_concurrent: int | None = None
