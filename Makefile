@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Test workers (pytest-xdist): the tests mostly wait on processes, sockets and the
+# database, so four share two cores well; TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
 .PHONY: help install run stop test migrate psql lint format emulator bench clean
@@ -27,7 +30,7 @@ stop: $(STAMP) ## stop the embedded PostgreSQL that make run leaves running (lis
 	$(BIN)/listener embedded stop
 
 test: $(STAMP) ## run the test suite against a real PostgreSQL and the emulator
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 migrate: $(STAMP) ## create or upgrade the schema
 	$(BIN)/listener migrate
