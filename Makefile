@@ -50,9 +50,10 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 emulator: $(STAMP) ## run the Fusion Brain API emulator on 127.0.0.1:8089
 	$(BIN)/listener emulator $(ARGS)
 
-bench: $(STAMP) ## benchmarks vs procrastinate, ~12 min (ARGS=--quick for a short check); writes bench/RESULTS.md
+bench: $(STAMP) ## benchmarks vs procrastinate, ~25 min (ARGS=--quick, DRAIN_ARGS=--quick for short checks; DRAIN_ARGS=--write to record the drain); writes bench/RESULTS.md
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/drain.py $(DRAIN_ARGS)
 
 clean: ## remove the virtualenv and caches (keeps .data, the embedded database)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -31,6 +31,7 @@ class Ticket:
         self.submitted = trio.Event()  # the run call is over (or there was none)
         self.slot: int | None = None  # its slot of the account's shared budget, if any
         self.generating = False  # its generation is (or may be) in progress at the provider
+        self.row_id = 0
         if state == "following":
             self.submitted.set()
 

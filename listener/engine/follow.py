@@ -72,9 +72,11 @@ class Follow:
         by_checks = trio.current_time() + s.default_max_attempts * s.default_check_interval
         limit_by_checks = by_checks < deadline
         deadline = min(deadline, by_checks)
+        pending_at = 0.0  # seconds after acceptance of the last "not yet"
         while True:
             await self.health.credentials_ok.wait()
             wait_at_least = 0.0
+            heard = True  # the provider answered (a "not yet" is news)
             with self.guard.shielded() as scope:
                 try:
                     pacing.checked()
@@ -97,14 +99,16 @@ class Follow:
                     await self._fail(gen, own, clean(f"status check refused: {exc.message}"))
                     return
                 except ApiBusy as exc:  # asked too often: wait as told, nothing counts
-                    outcome = Pending()
+                    outcome, heard = Pending(), False
                     wait_at_least = min(exc.retry_after or 0.0, s.retry_backoff_max)
                 except ApiTransient as exc:
                     log.warning("Image ID %d: status check failed: %s", gen.id, clean(exc.message))
-                    outcome = Pending()
+                    outcome, heard = Pending(), False
                 now = trio.current_time()
                 if isinstance(outcome, Ready):
-                    pacing.observe(now - accepted)
+                    # it finished between the last "not yet" and now: the middle, so that
+                    # our own spacing does not teach us a later time than the true one
+                    pacing.observe((pending_at + now - accepted) / 2)
                     pacing.ended()
                     await self._publish(gen, own, outcome.image, accepted)
                     return
@@ -118,6 +122,8 @@ class Follow:
                     return
             if scope.cancelled_caught:
                 return  # stopping: the row keeps its uuid and is resumed later
+            if heard:
+                pending_at = now - accepted
             delay = max(pacing.delay(now - accepted), wait_at_least)
             # the last check is made at the time limit, for a result that may be ready
             await trio.sleep(min(delay, max(0.0, deadline - now)))

@@ -4,14 +4,17 @@ Every status check costs a request against the provider's quota, so checks are p
 where an answer is likely, not every DEFAULT_CHECK_INTERVAL:
 
 * The first check is at the provider's hint (`status_time`), as before.
-* With observed generation times (the last HISTORY finished ones, this process), the
+* With observed generation times (the last HISTORY finished ones, this process; each the
+  middle between the last "not yet" and the answer, so that the spacing itself does not
+  teach a later time than the true one: with the answer's time, a steady 2 s generation
+  checked at 2.44 s is learned as 2.44 s and checked at 2.44 s forever after), the
   next check is at the first of the median, the 75th, 90th and 99th percentile that is
   still ahead; past all of them, every `spread` seconds (p90 - p50).
 * Without any, the next check is a quarter of the time elapsed so far later: an answer
   is found at most 25% after it was ready, in a handful of checks.
 * Never sooner than DEFAULT_CHECK_INTERVAL after the previous check (the fastest rate).
 
-The time limit is separate and unchanged in length (`Follow.time_limit`).
+The time limit is separate and unchanged in length (`Follow.timeout_reason`).
 
 `checks` and `finished` count status checks and finished generations (for /metrics and
 the benchmark: status checks per image = checks / finished).

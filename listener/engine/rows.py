@@ -81,6 +81,7 @@ class Rows:
     # -- one row -----------------------------------------------------------------------
 
     async def _row(self, item: ReadyRow | Generation, ticket: Ticket) -> None:
+        ticket.row_id = item.id
         status = "ReadyToGenerate" if isinstance(item, ReadyRow) else "Generate"
         if item.id in self.leases.owned:
             # Claimed again while a task of ours still owns it (the claims leave out our
@@ -116,7 +117,18 @@ class Rows:
             return
         slot, ticket.slot = ticket.slot, None
         busy = ticket.generating and self.slots.kind == "generation"
+        rest = self.runs.refused_slots.pop(ticket.row_id, 0.0) if self.runs else 0.0
+        if rest > 0 and self._nursery is not None:
+            self._nursery.start_soon(self._give_back_later, slot, rest, not busy)
+            return
         self.slots.give_back([slot], reusable=not busy)
+
+    async def _give_back_later(self, slot: int, rest: float, reusable: bool) -> None:
+        assert self.slots is not None
+        try:
+            await trio.sleep(rest)
+        finally:
+            self.slots.give_back([slot], reusable=reusable)
 
     async def _work(self, item: ReadyRow | Generation, ticket: Ticket, own: Ownership) -> None:
         if isinstance(item, ReadyRow):

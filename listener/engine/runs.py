@@ -18,7 +18,7 @@ Outcomes of a run:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from listener.config import Settings
 from listener.engine.doorbell import backoff_delay
@@ -40,6 +40,8 @@ from listener.sanitize import clean
 log = logging.getLogger("listener.engine")
 
 PROMPT_IN_LOG = 80
+# How long a slot whose submission was refused for load rests, at least (seconds).
+REFUSED_SLOT_REST = 1.0
 
 
 def short(prompt: str) -> str:
@@ -57,6 +59,8 @@ class Runs:
     follow_here: bool  # this process follows what it submits (it has the processor role)
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
     slots: Slots | None = None  # the account's shared budget (None: not shared)
+    # row id -> seconds its slot rests before reuse (a refusal for load: see _busy)
+    refused_slots: dict[int, float] = field(default_factory=dict)
 
     def request_for(self, row: ReadyRow) -> Request:
         """The row as any provider is asked it: the configured defaults filled in (sizes
@@ -105,7 +109,7 @@ class Runs:
             try:
                 accepted = await self.provider.submit(request)
             except ApiBusy as exc:
-                delay = await self._busy(exc)
+                delay = await self._busy(row.id, exc)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
                 )
@@ -164,12 +168,19 @@ class Runs:
             "To send it once more: listener retry ID (or SELECT images_retry(ID))"
         )
 
-    async def _busy(self, exc: ApiBusy) -> float:
+    async def _busy(self, row_id: int, exc: ApiBusy) -> float:
         """A refusal for load (429, DISABLED_BY_QUEUE): how long the row waits. While the
         shared budget can still go lower, lowering it is the answer and nothing pauses
         (the row is claimed again when a slot frees, after the provider's Retry-After);
         at one at a time, generation pauses with the capped backoff as before."""
         what = clean(exc.state or exc.message, limit=64)
+        if self.slots is not None:
+            # The slot this row used was one too many: it is kept out of use for a while
+            # (given back by the row's task after this long), or it would be refused again
+            # at once, as fast as requests go, until the value is lowered.
+            self.refused_slots[row_id] = min(
+                max(exc.retry_after or 0.0, REFUSED_SLOT_REST), self.settings.retry_backoff_max
+            )
         if self.slots is not None and self.slots.effective > 1:
             await self.slots.refused(what)
             return min(exc.retry_after or 0.0, self.settings.retry_backoff_max)

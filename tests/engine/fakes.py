@@ -404,12 +404,12 @@ class FakeSlotStore:
 
 class LimitedProvider(FakeProvider):
     """A provider with a true limit: at most `limit` generations in progress (from run
-    to the final status being fetched); a run beyond it is refused (`refusal`)."""
+    to the final status being fetched); a run beyond it is refused with a 429."""
 
-    def __init__(self, *, limit: int, refusal=None, **kw) -> None:
+    def __init__(self, *, limit: int, hint: float = 2.0, **kw) -> None:
         super().__init__(**kw)
+        self.hint = hint  # the check_after it answers (Fusion Brain's status_time)
         self.limit = limit
-        self.refusal = refusal  # exception class to raise; default ApiBusy("429")
         self.running: set[str] = set()
         self.most_running = 0
         self.refused = 0
@@ -422,7 +422,7 @@ class LimitedProvider(FakeProvider):
             self.refused += 1
             await trio.sleep(self.run_time)
             raise ApiBusy("run: HTTP 429", retry_after=None, state="HTTP 429")
-        sub = await super().submit(request)
+        sub = Submitted((await super().submit(request)).handle, check_after=self.hint)
         self.running.add(sub.handle)
         self.most_running = max(self.most_running, len(self.running))
         return sub
