@@ -92,6 +92,10 @@ def one(
         )
         failed = h.scalar(url, "SELECT count(*) FROM images WHERE status = 'Failed'")
         stats = emu.control.stats()
+        # "once adapted": the second half of the drain, by the time the runs arrived
+        mid = (start + last) / 2 if last else math.inf
+        late_runs = sum(1 for x in stats["runs"] if x["arrived_at"] >= mid)
+        late_refused = sum(1 for at in stats["refused_at"] if at >= mid)
         out = {
             "kind": kind,
             "processes": processes,
@@ -106,6 +110,8 @@ def one(
             "run_requests": stats["run_requests"],
             "runs_total": stats["runs_total"],
             "refused": stats["runs_refused"],
+            "refused_late": late_refused,
+            "runs_late": late_runs + late_refused,
             "most_running": stats["most_running"],
         }
         if kind == "listener":
@@ -129,8 +135,8 @@ def table(rows: list[dict], k: int, t: float, n: int) -> str:
         f"N = {n} rows, true limit K = {k} generations at once, T = {t:g} s each: ideal "
         f"drain ceil(N/K) x T = {ceil_ideal(n, k, t):g} s.\n\n"
         "| setup | processes | drain s | vs ideal | most at once | refused / runs sent "
-        "| status checks / image | failed | max attempts |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| refused, 2nd half | status checks / image | failed | max attempts |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for x in rows:
@@ -141,13 +147,15 @@ def table(rows: list[dict], k: int, t: float, n: int) -> str:
         )
         drain = x["drain"]
         share = x["refused"] / x["run_requests"] if x["run_requests"] else 0.0
+        late = x["refused_late"] / x["runs_late"] if x["runs_late"] else 0.0
         lines.append(
             f"| {setup} | {x['processes']} | {drain:.1f} | {drain / x['ideal']:.2f} "
             f"| {x['most_running']} | {x['refused']} / {x['run_requests']} ({share:.1%}) "
+            f"| {x['refused_late']} / {x['runs_late']} ({late:.1%}) "
             f"| {x['status_per_image']:.2f} | {x['failed']} | {x['max_attempts']} |"
             if drain is not None
             else f"| {setup} | {x['processes']} | did not finish ({x['finished']}/{x['n']}) "
-            f"| | {x['most_running']} | {x['refused']} / {x['run_requests']} | "
+            f"| | {x['most_running']} | {x['refused']} / {x['run_requests']} | | "
             f"{x['status_per_image']:.2f} | {x['failed']} | {x['max_attempts']} |"
         )
     return head + "\n".join(lines) + "\n"

@@ -563,6 +563,7 @@ def test_reset_restores_the_start_config_and_forgets_everything(emu, api):
         "results_fetched": 0,
         "requests_total": 1,
         "runs_refused": 0,
+        "refused_at": [],
         "most_running": 0,
     }
 

@@ -465,6 +465,7 @@ class EmulatorApp:
         now = time.monotonic()
         if state.over_limit(now):
             state.stats.runs_refused += 1
+            state.stats.refused_at.append(arrived_at)
             if config.over_limit == "busy":
                 return Answer.json(200, {"model_status": "DISABLED_BY_QUEUE"})
             answer = spring_error(429, "Too Many Requests", path)

@@ -166,6 +166,7 @@ class Stats:
     # flow control: runs refused for the account's limits, and the most generations in
     # progress at once that the emulator ever had
     runs_refused: int = 0
+    refused_at: list[float] = field(default_factory=list)  # time.time() of each refusal
     most_running: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -178,6 +179,7 @@ class Stats:
             "results_fetched": self.results_fetched,
             "requests_total": self.requests_total,
             "runs_refused": self.runs_refused,
+            "refused_at": self.refused_at,
             "most_running": self.most_running,
         }
 
