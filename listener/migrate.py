@@ -7,7 +7,15 @@ the file recorded and skips it. Transaction-scoped, so it is safe through a
 transaction-mode pooler (PgBouncer), where a session lock could stay behind on a server
 connection that another client gets next; and no statement is prepared server-side.
 Forward-only: a file that was applied is never run again, even if edited (its checksum is
-kept to notice that).
+kept to notice that; a file edited on purpose lists the checksums of the versions it
+replaces in REVISED, sql/migrations/README.md says when that is allowed).
+
+Only what is ours: after each file, in its transaction, the functions of the listener's
+own list (listener/objects.py) that exist get a fixed search_path and no EXECUTE for
+PUBLIC, and in a database where `listener roles` ran (recorded in `listener_roles`) its
+roles get what the list gives them on the objects that exist, so a least-privilege
+listener keeps working after an upgrade that adds objects. Nothing else of the schema
+is touched.
 
 Migrations talk: every NOTICE and WARNING a file raises is logged as it arrives (a
 WARNING as a warning), and each applied file is followed by one line saying what it
@@ -24,9 +32,10 @@ from collections.abc import Callable
 import psycopg
 from psycopg.errors import Diagnostic
 
+from listener import objects
 from listener.errors import ConfigError, DatabaseError, SchemaNotMigrated
 from listener.sanitize import clean
-from listener.sqlfiles import Migration, migrations
+from listener.sqlfiles import Migration, migrations, named
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,34 @@ CREATE TABLE IF NOT EXISTS listener_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+# Applied migrations edited afterwards on purpose, with the checksums of every version
+# they replace: a database migrated by one of those is not warned about the change (it is
+# never re-run; what it did is repaired by a later migration where needed).
+REVISED: dict[str, frozenset[str]] = {
+    # DROP ... IF EXISTS made quiet (no "does not exist, skipping" on a fresh database)
+    "0002_row_state": frozenset(
+        {"a2c9d34b0cefb37d89887cdb46e7fce321d11509420c825dc296854b47f617cf"}
+    ),
+    "0003_notify": frozenset({"3aa7821e3edf18bac4ae2e98abcc71b904d63d249711918644124766b4279077"}),
+    # ... and no longer a loop over every images_* function, or over every function of
+    # the schema (0017_ours_only repairs what they did to other applications' functions)
+    "0012_privileges": frozenset(
+        {
+            "e81b525845a615d9cf2e88f6ff66155c69121a3b7a9df8f3977ba2b44acefc04",
+            "c6a517565553222436878d813d26bf284989082c8880365386cde94bb6a3c2e3",
+            "591f6aaa47f3b7177d7422ce5c8200e62ab6d8b53b8d07a6dbcafbd020a9f81a",
+        }
+    ),
+    "0013_seed_upgrade": frozenset(
+        {
+            "1e463fdb81bdfcad524afeaf50e3116b98e0344c643fca68141c39175f15a895",
+            "d8342adc88c3edc44d49f75510667dc715fb1ce600462d544f4993fbcbc4ac94",
+            "8ba3beabb67a2c31b6bf709036219a85d1aa56d385d6cc3b49dd6d7afc27fc0a",
+        }
+    ),
+}
 
 
 def _applied(conn: psycopg.Connection) -> dict[str, str]:
@@ -218,11 +255,13 @@ def migrate(conninfo: str) -> list[str]:
         conn.execute("SET client_min_messages = notice")
         with conn.transaction():
             _lock(conn)
+            # ours, made once: no "already exists, skipping" on every run
+            conn.execute("SET LOCAL client_min_messages = warning")
             conn.execute(_CREATE_TABLE)
         done = _applied(conn)
         for m in migrations():
             if m.name in done:
-                if done[m.name] != m.checksum:
+                if done[m.name] != m.checksum and done[m.name] not in REVISED.get(m.name, ()):
                     log.warning("Migration %s changed after it was applied; not re-run", m.name)
                 continue
             current[:] = [m.name]
@@ -235,6 +274,7 @@ def migrate(conninfo: str) -> list[str]:
                     # to the statistics: what this file did is the difference.
                     before, rows_before = _catalog(conn), _row_counts(conn)
                     conn.execute(m.sql.encode())  # several statements: simple query protocol
+                    own_objects(conn)
                     changes = describe_changes(
                         before, _catalog(conn), _rows_since(rows_before, _row_counts(conn))
                     )
@@ -247,6 +287,51 @@ def migrate(conninfo: str) -> list[str]:
             log.info("Applied migration %s: %s", m.name, changes)
             applied.append(m.name)
     return applied
+
+
+def own_objects(conn: psycopg.Connection) -> None:
+    """The fixed search_path and no PUBLIC EXECUTE on the listed functions that exist,
+    and, where `listener roles` ran, the roles' rights on the listed objects that exist
+    (added, never taken: `listener roles` resets them exactly)."""
+    q = named("ownership.sql")
+    listed = objects.OBJECTS
+    existing = {
+        (kind, name)
+        for kind, name in conn.execute(
+            q["existing_objects"],
+            {"kinds": [o.kind for o in listed], "names": [o.name for o in listed]},
+        )
+    }
+    names = [o.name for o in objects.functions() if ("function", o.name) in existing]
+    for (statement,) in conn.execute(q["function_fixes"], {"names": names}).fetchall():
+        conn.execute(statement.encode())
+    if ("table", "listener_roles") not in existing:
+        return
+    roles = tuple(r for (r,) in conn.execute(q["recorded_roles"]) if r in objects.ROLES)
+    if not roles:
+        return
+    tables = [o.name for o in listed if o.kind == "table" and ("table", o.name) in existing]
+    columns: dict[str, set[str]] = {}
+    for table, column in conn.execute(q["table_columns"], {"names": tables}):
+        columns.setdefault(table, set()).add(column)
+    schema = current_schema(conn)
+    lacking = [r for (r,) in conn.execute(q["roles_without_usage"], {"roles": list(roles)})]
+    if lacking:  # only then: a GRANT on a schema one does not own says "no privileges"
+        conn.execute(
+            f"GRANT USAGE ON SCHEMA {objects.quote_ident(schema)} TO {', '.join(lacking)}".encode()
+        )
+    for statement in objects.grant_statements(
+        schema, roles=roles, present=existing, columns=columns
+    ):
+        conn.execute(statement.encode())
+
+
+def current_schema(conn: psycopg.Connection) -> str:
+    """The schema the migrations create into (the first of the search_path that exists)."""
+    row = conn.execute("SELECT pg_catalog.current_schema()").fetchone()
+    if not row or row[0] is None:
+        raise DatabaseError("database error: no schema to migrate into (search_path is empty)")
+    return str(row[0])
 
 
 def _lock(conn: psycopg.Connection) -> None:

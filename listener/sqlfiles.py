@@ -38,7 +38,14 @@ def sql_dir() -> Path:
 @functools.cache
 def migrations() -> tuple[Migration, ...]:
     folder = sql_dir() / "migrations"
-    files = sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    # NNNN_name.sql, or NNNNx_name.sql for a second file under one reserved number
+    # (0016_a sorts before 0016b_a)
+    files = sorted(
+        {
+            *folder.glob("[0-9][0-9][0-9][0-9]_*.sql"),
+            *folder.glob("[0-9][0-9][0-9][0-9][a-z]_*.sql"),
+        }
+    )
     if not files:
         raise FileNotFoundError(f"no migration files in {folder}")
     return tuple(Migration(f.stem, f.read_text(encoding="utf-8")) for f in files)

@@ -88,7 +88,9 @@ BEGIN
     RETURN NEW;
 END
 $$;
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS images_touch_updated_at ON images;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER images_touch_updated_at
     BEFORE UPDATE ON images
     FOR EACH ROW EXECUTE FUNCTION images_touch_updated_at();

@@ -24,7 +24,9 @@ BEGIN
 END
 $$;
 
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS images_wakeup_after_insert ON images;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER images_wakeup_after_insert
     AFTER INSERT ON images
     REFERENCING NEW TABLE AS inserted_rows
@@ -40,7 +42,9 @@ BEGIN
 END
 $$;
 
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS images_wakeup_after_update ON images;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER images_wakeup_after_update
     AFTER UPDATE OF status, locked_by ON images
     FOR EACH ROW
@@ -63,7 +67,9 @@ BEGIN
 END
 $$;
 
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS images_announce_done ON images;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER images_announce_done
     AFTER UPDATE OF status ON images
     FOR EACH ROW

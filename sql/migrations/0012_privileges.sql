@@ -1,12 +1,12 @@
 -- Functions that cannot be hijacked, and operator functions that need no UPDATE on images.
 --
--- 1. Every images_* function gets a fixed search_path: pg_catalog, then the schema this
+-- 1. Every function of the listener's gets a fixed search_path: pg_catalog, then the schema this
 --    migration runs in (where `images` lives, current_schema() at migration time), then
 --    pg_temp last, so neither an overload planted in another schema on the caller's
---    search_path nor a temporary table named `images` can stand in for ours. The loop at
---    the end applies it to every images_* function of the schema, trigger functions and
---    those of earlier migrations included; a later migration that creates a function
---    sets its own (tests/test_privileges.py checks that none is left without one).
+--    search_path nor a temporary table named `images` can stand in for ours. `listener
+--    migrate` sets it on every function of the listener's list (listener/objects.py),
+--    trigger functions and those of earlier migrations included, and on nothing else
+--    (tests/test_ours_only.py checks the list against what the migrations create).
 -- 2. Every call has typed arguments or names pg_catalog: a fixed search_path still
 --    holds the schema of `images`, and where a call is not an exact match (an untyped
 --    literal, as images_retry passed '-infinity' to its helper; a VARIADIC "any" such as
@@ -14,8 +14,8 @@
 --    better match and run with the privileges of whoever fired the function.
 -- 3. The operator functions (images_retry, images_retry_failed, images_cancel) run as
 --    SECURITY DEFINER and check their inputs, so an operator role needs EXECUTE on them,
---    never UPDATE on the table. EXECUTE on every images_* function is revoked from
---    PUBLIC; `listener roles` (sql/roles.sql) grants it to the roles that need it.
+--    never UPDATE on the table. EXECUTE on every listed function is revoked from
+--    PUBLIC; `listener roles` grants it to the roles that need it.
 -- 4. A retry reports what happened: a Failed row with no updated_at (the seed's column
 --    allows NULL) was silently skipped by `updated_at >= '-infinity'` while images_retry
 --    returned its id as if it had been reset.
@@ -147,7 +147,9 @@ BEGIN
 END
 $$;
 
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS images_insert_only_queued ON images;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER images_insert_only_queued
     AFTER INSERT ON images
     REFERENCING NEW TABLE AS inserted_rows
@@ -189,23 +191,8 @@ BEGIN
 END
 $$;
 
--- The fixed search_path and EXECUTE for nobody but the owner, on every images_*
--- function of this schema (sql/roles.sql grants EXECUTE to the roles).
-DO $$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN
-        SELECT p.oid::regprocedure
-        FROM pg_proc AS p
-        WHERE p.pronamespace = current_schema()::regnamespace
-          AND p.proname LIKE 'images\_%'
-          AND p.prokind = 'f'
-    LOOP
-        EXECUTE format(
-            'ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema()
-        );
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-END
-$$;
+-- The fixed search_path and EXECUTE for nobody but the owner: `listener migrate` gives
+-- them to every function of the listener's own list (listener/objects.py) after each
+-- migration file, in its transaction, and to nothing else of the schema (before 0017,
+-- this file ended with a loop over every images_* function, a naming pattern that other
+-- applications' functions may match; 0017_ours_only repairs what it did to those).

@@ -61,11 +61,15 @@ BEGIN
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END
 $$;
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS image_statuses_keep_the_listeners ON image_statuses;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER image_statuses_keep_the_listeners
     BEFORE UPDATE OR DELETE ON image_statuses
     FOR EACH ROW EXECUTE FUNCTION image_statuses_keep_the_listeners();
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 DROP TRIGGER IF EXISTS image_statuses_keep_the_listeners_truncate ON image_statuses;
+SET LOCAL client_min_messages = notice;
 CREATE TRIGGER image_statuses_keep_the_listeners_truncate
     BEFORE TRUNCATE ON image_statuses
     FOR EACH STATEMENT EXECUTE FUNCTION image_statuses_keep_the_listeners();
@@ -114,6 +118,7 @@ $$;
 
 -- Rows change status below; the old constraints must not refuse that (they are replaced
 -- further down, scoped to the rows where they matter).
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 ALTER TABLE images
     DROP CONSTRAINT IF EXISTS "status_is_ReadyToGenerate_Generate_ReadyToPublish_or_Failed",
     DROP CONSTRAINT IF EXISTS status_must_be_listed_in_image_statuses,
@@ -121,6 +126,7 @@ ALTER TABLE images
     DROP CONSTRAINT IF EXISTS negative_prompt_must_not_be_blank,
     DROP CONSTRAINT IF EXISTS width_must_be_between_64_and_1024,
     DROP CONSTRAINT IF EXISTS height_must_be_between_64_and_1024;
+SET LOCAL client_min_messages = notice;
 
 DO $$
 DECLARE
@@ -236,6 +242,7 @@ DROP FUNCTION images_upgrade_note(text, text, bigint[], boolean);
 
 -- -- the rules, where they matter -------------------------------------------------------
 
+SET LOCAL client_min_messages = warning;  -- quiet: no "does not exist, skipping"
 ALTER TABLE images
     ADD CONSTRAINT status_must_be_listed_in_image_statuses
         FOREIGN KEY (status) REFERENCES image_statuses (name) ON UPDATE CASCADE NOT VALID,
@@ -254,6 +261,7 @@ ALTER TABLE images
     DROP CONSTRAINT IF EXISTS "ReadyToPublish_needs_base64",
     ADD CONSTRAINT "ReadyToPublish_needs_base64"
         CHECK (status <> 'ReadyToPublish' OR coalesce(base64, '') <> '') NOT VALID;
+SET LOCAL client_min_messages = notice;
 
 -- Everything is valid now; a constraint that still is not (a row only a superuser could
 -- have made, such as a finished row with an unknown style) stays NOT VALID: new and
@@ -319,43 +327,10 @@ $$;
 
 REVOKE ALL ON FUNCTION images_fail_blocked() FROM PUBLIC;
 
--- When the least-privilege roles exist (0012), operators may read what is here and fail
--- blocked rows.
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_operator') THEN
-        GRANT SELECT ON image_statuses, images_upgrade_report, images_blocked
-            TO images_operator;
-        GRANT EXECUTE ON FUNCTION images_fail_blocked() TO images_operator;
-        GRANT EXECUTE ON FUNCTION images_prompt_is_blank(text) TO images_operator;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_listener') THEN
-        GRANT SELECT ON image_statuses TO images_listener;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'images_writer') THEN
-        GRANT SELECT ON image_statuses TO images_writer;
-    END IF;
-END
-$$;
-
--- The fixed search_path and EXECUTE for nobody but the owner, on every function of this
--- schema, as 0012 does for the images_* ones (sql/roles.sql grants EXECUTE to the roles).
--- The functions above are called by this file itself first, under the migration's path.
-DO $$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN
-        SELECT p.oid::regprocedure
-        FROM pg_proc AS p
-        WHERE p.pronamespace = current_schema()::regnamespace
-          AND p.prokind = 'f'
-          AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid AND d.deptype = 'e')
-    LOOP
-        EXECUTE format(
-            'ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', f, current_schema()
-        );
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-END
-$$;
+-- EXECUTE on images_fail_blocked and images_prompt_is_blank, and SELECT on the new
+-- tables and view, are the roles' only where `listener roles` ran (listener/objects.py
+-- lists them; `listener migrate` grants them there). The fixed search_path of this
+-- file's functions is set by `listener migrate` after the file, from the same list: the
+-- functions above are called by this file itself first, under the migration's path.
+-- (Before 0017, this file ended with a loop over every function of the schema, other
+-- applications' included; 0017_ours_only repairs what it did.)

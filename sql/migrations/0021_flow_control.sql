@@ -17,6 +17,7 @@
 -- adopts the row takes the slot over. Rows, not session advisory locks: they hold behind
 -- a transaction-mode pooler and survive the pool's recycling of connections
 -- (docs/flow-control.md, "Where the slots live").
+-- Grants and the functions' search_path come from listener/objects.py.
 
 CREATE TABLE IF NOT EXISTS listener_limits (
     account     text PRIMARY KEY
@@ -94,14 +95,6 @@ BEGIN
     RETURN target;
 END
 $$;
-DO $$
-BEGIN
-    EXECUTE format(
-        'ALTER FUNCTION images_set_concurrency(integer, text) '
-        'SET search_path = pg_catalog, %I, pg_temp', current_schema());
-END
-$$;
-REVOKE ALL ON FUNCTION images_set_concurrency(integer, text) FROM PUBLIC;
 
 -- Priority: higher first, default 0. The claim takes the highest priority first (oldest
 -- first within one), and one claim in four takes the oldest due row whatever its
