@@ -5,7 +5,8 @@
 One fresh migrated database; `rows` waiting rows inserted in one statement (priority 0,
 and 1% of them priority 5 when --mixed), ANALYZE; then each claim statement, inside a
 transaction rolled back (so every repetition sees the same table), `EXPLAIN (ANALYZE,
-BUFFERS)` with LIMIT 8: "before" is the oldest-first claim (claim_ready_oldest: the
+BUFFERS)` with LIMIT 8 (and, last, what the second index costs an INSERT of 10,000
+rows): "before" is the oldest-first claim (claim_ready_oldest: the
 ORDER BY of the claim before this change, on the index images_ready_to_generate_idx),
 "after" the priority claim (claim_ready: images_ready_priority_idx). Prints the plans'
 first lines and the median execution time.
@@ -17,6 +18,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -73,6 +75,25 @@ def main() -> int:
                 )
                 print(f"{label:15} {query:20} median {ms:.3f} ms\n{head}\n", flush=True)
             h.drop_db(name)
+        # what the second partial index costs a writer: INSERT of 10,000 rows into a
+        # table with it and one without it, alternately (the machine is shared: noise),
+        # each in a transaction rolled back; median of 9
+        url = h.fresh_db(name)
+        other = h.fresh_db(name + "_noidx")
+        h.execute(other, "DROP INDEX images_ready_priority_idx")
+        times: dict[str, list[float]] = {"with images_ready_priority_idx": [], "without it": []}
+        insert = "INSERT INTO images (prompt) SELECT 'p' || g FROM generate_series(1, 10000) g"
+        with psycopg.connect(url) as a, psycopg.connect(other) as b:
+            for _ in range(9):
+                for label, c in zip(times, (a, b), strict=True):
+                    t = time.perf_counter()
+                    c.execute(insert)
+                    times[label].append((time.perf_counter() - t) * 1000)
+                    c.rollback()
+        for label, values in times.items():
+            print(f"INSERT of 10,000 rows {label}: median {statistics.median(values):.1f} ms")
+        h.drop_db(name + "_noidx")
+        h.drop_db(name)
     finally:
         h.drop_db(name)
         h.drop_db(h.TEMPLATE)

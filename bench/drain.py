@@ -183,7 +183,7 @@ def main() -> int:
     args = parser.parse_args()
     h.WORK.mkdir(parents=True, exist_ok=True)
     fingerprint = h.snapshot_code()
-    meta = h.machine()
+    meta = h.machine()  # names the commit now: HEAD may move while the run goes on
     print(f"machine: {meta}", flush=True)
     h.make_template()
     setups = [
@@ -212,7 +212,7 @@ def main() -> int:
     text += (
         f"\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{meta.get('cpu', '?')} ({meta.get('cores', '?')} cores, shared), code "
-        f"{h.code_version()}; loads: {', '.join(x['load'] for x in results)}.\n"
+        f"{meta.get('code', '?')}; loads: {', '.join(x['load'] for x in results)}.\n"
     )
     if h.code_fingerprint(h.CODE) != fingerprint:
         text += "\nWARNING: the code snapshot changed during the run.\n"
