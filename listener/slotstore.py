@@ -70,10 +70,13 @@ class PgSlots:
         )
         return rows[0]["effective"] if rows else None
 
+    async def want(self) -> None:
+        await self.db.execute("limits_want", self._params())
+
     async def forget_ceiling(self) -> None:
         await self.db.execute("limits_forget_ceiling", self._params())
 
 
 def _limits(row: Any) -> Limits:
-    configured, effective, ceiling, reason, set_by, orphaned = row
-    return Limits(configured, effective, ceiling, clean(reason), set_by, orphaned)
+    configured, effective, ceiling, reason, set_by, orphaned, others_want = row
+    return Limits(configured, effective, ceiling, clean(reason), set_by, orphaned, others_want)

@@ -260,8 +260,16 @@ ON CONFLICT DO NOTHING
 SELECT l.configured, l.effective, l.ceiling, l.reason, l.set_by,
        (SELECT count(*)::integer FROM listener_slots AS s JOIN images AS i ON i.id = s.image_id
          WHERE s.account = l.account AND s.held_until < now() AND i.status = 'Generate'
-           AND (i.locked_until IS NULL OR i.locked_until < now())) AS orphaned
+           AND (i.locked_until IS NULL OR i.locked_until < now())) AS orphaned,
+       coalesce(l.wanted_at > now() - interval '1 second'
+                AND l.wanted_by IS DISTINCT FROM %(worker)s, false) AS others_want
 FROM listener_limits AS l WHERE l.account = %(account)s
+
+-- A listener found no free slot: the others give theirs back to the table as they free,
+-- instead of keeping them for their own next claim, for a second.
+-- name: limits_want
+UPDATE listener_limits SET wanted_by = %(worker)s, wanted_at = now()
+WHERE account = %(account)s
 
 -- Take up to `n` free slots below the effective limit. Free: no live lease on it, and the
 -- row it was taken for is not generating (a holder that died leaves its generation's slot

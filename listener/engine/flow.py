@@ -42,6 +42,8 @@ FINGERPRINT_LABEL = b"fusionbrain-listener concurrency account v1"
 HEARTBEAT = 1.0
 # How often a claim that found no free slot looks again (another listener's slot frees).
 SLOT_POLL = 0.2
+# A listener that finds no free slot says so at most this often (limits_want).
+WANT_EVERY = 0.5
 # Multiplicative decrease; and a second refusal within this long of a change is taken
 # to be the same burst (three listeners refused at once lower the value once).
 DECREASE = 0.7
@@ -66,6 +68,7 @@ class Limits:
     reason: str = "configured"
     set_by: str = "setting"
     orphaned: int = 0  # slots held by generations nobody follows (their listener died)
+    others_want: bool = False  # another listener found no free slot within the second
 
 
 class SlotStore(Protocol):
@@ -81,6 +84,7 @@ class SlotStore(Protocol):
     async def lower(self, value: int, reason: str, cooldown: float) -> int | None: ...
     async def raise_(self, from_: int, reason: str) -> int | None: ...
     async def forget_ceiling(self) -> None: ...
+    async def want(self) -> None: ...
 
 
 class Limiter:
@@ -170,6 +174,8 @@ class Slots:
         self._wake = trio.Event()
         self._subscribers: list[Callable[[], None]] = []
         self._orphan_watchers: list[Callable[[], None]] = []
+        self.others_want = False  # another listener waits: our freed slots go to the table
+        self._wanted_at = -math.inf
         self.taken = 0  # slots taken (this process)
         self.starved = 0  # takes that found no free slot
 
@@ -232,6 +238,9 @@ class Slots:
             if limits.orphaned:
                 for call in self._orphan_watchers:
                     call()
+            self.others_want = limits.others_want
+            if self.others_want:
+                self.spare_to_table()
             for slot in [s for s in self._spare if s >= self.effective]:
                 self._spare.discard(slot)
                 self.held.discard(slot)
@@ -252,6 +261,12 @@ class Slots:
         self.taken += len(got)
         if not got:
             self.starved += 1
+            now = trio.current_time()
+            if now - self._wanted_at >= WANT_EVERY:
+                # Say so: the listeners holding slots hand them to the table as they
+                # free (fair share), instead of keeping them for their own next claim.
+                self._wanted_at = now
+                await self.store.want()
         return got
 
     async def bind(self, slots: list[int], ids: list[int]) -> None:
@@ -280,7 +295,7 @@ class Slots:
         for slot in slots:
             if slot not in self.held:
                 continue
-            if reusable and slot < self.effective:
+            if reusable and slot < self.effective and not self.others_want:
                 self._spare.add(slot)
             else:
                 self.held.discard(slot)

@@ -9,6 +9,7 @@
 --                provider answers 429 / busy, raised again after successes
 --   reason       why `effective` is what it is, in words
 --   ceiling      the effective value at the last refusal: creeping above it is slower
+--   wanted_by/at the last listener that found no free slot (see below)
 -- listener_slots: the budget itself, `configured` rows per account. A listener takes a
 -- free slot before it claims a row and keeps it (its lease renewed with its rows') until
 -- the generation is over. A slot is free when nobody's lease on it is live AND the row it
@@ -32,6 +33,10 @@ CREATE TABLE IF NOT EXISTS listener_limits (
     set_by      text NOT NULL DEFAULT 'setting'
                 CONSTRAINT set_by_is_setting_or_operator CHECK (set_by IN ('setting', 'operator')),
     changed_at  timestamptz NOT NULL DEFAULT now(),
+    -- the last listener that found no free slot, and when: the others hand their freed
+    -- slots to the table instead of keeping them for themselves (fair share)
+    wanted_by   text,
+    wanted_at   timestamptz,
     CONSTRAINT effective_is_between_1_and_configured CHECK (effective BETWEEN 1 AND configured)
 );
 

@@ -307,6 +307,7 @@ class FakeSlotTable:
     # slot -> [holder, held_until, image_id]
     slots: dict[int, list] = field(default_factory=dict)
     most_held: int = 0
+    wanted: tuple = (None, -1e9)  # (worker, when) of the last listener without a slot
 
     def fill(self) -> None:
         for n in range(self.configured):
@@ -338,7 +339,9 @@ class FakeSlotStore:
             row = t.rows.rows.get(image) if image is not None else None
             if until is not None and until < now and row is not None and row.status == "Generate":
                 orphaned += row.locked_until is None or row.locked_until < now
-        return Limits(t.configured, t.effective, t.ceiling, t.reason, "setting", orphaned)
+        who, when = t.wanted
+        others = who not in (None, self.worker) and when > now - 1.0
+        return Limits(t.configured, t.effective, t.ceiling, t.reason, "setting", orphaned, others)
 
     async def register(self, limit: int, *, explicit: bool):
         t = self.table
@@ -400,6 +403,9 @@ class FakeSlotStore:
 
     async def forget_ceiling(self) -> None:
         self.table.ceiling = None
+
+    async def want(self) -> None:
+        self.table.wanted = (self.worker, trio.current_time())
 
 
 class LimitedProvider(FakeProvider):
