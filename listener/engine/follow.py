@@ -106,9 +106,7 @@ class Follow:
                     outcome, heard = Pending(), False
                 now = trio.current_time()
                 if isinstance(outcome, Ready):
-                    # it finished between the last "not yet" and now: the middle, so that
-                    # our own spacing does not teach us a later time than the true one
-                    pacing.observe((pending_at + now - accepted) / 2)
+                    pacing.finished_between(pending_at, now - accepted)
                     pacing.ended()
                     await self._publish(gen, own, outcome.image, accepted)
                     return

@@ -4,12 +4,11 @@ Every status check costs a request against the provider's quota, so checks are p
 where an answer is likely, not every DEFAULT_CHECK_INTERVAL:
 
 * The first check is at the provider's hint (`status_time`), as before.
-* With observed generation times (the last HISTORY finished ones, this process; each the
-  middle between the last "not yet" and the answer, so that the spacing itself does not
-  teach a later time than the true one: with the answer's time, a steady 2 s generation
-  checked at 2.44 s is learned as 2.44 s and checked at 2.44 s forever after), the
+* With observed generation times (the last HISTORY finished ones, this process; each
+  learned from the last "not yet" and the answer, see `finished_between`), the
   next check is at the first of the median, the 75th, 90th and 99th percentile that is
-  still ahead; past all of them, every `spread` seconds (p90 - p50).
+  still ahead; past all of them, every `spread` seconds (p90 - p50), or a tenth of the
+  time elapsed if longer (a first wave of observations can be early and tight).
 * Without any, the next check is a quarter of the time elapsed so far later: an answer
   is found at most 25% after it was ready, in a handful of checks.
 * Never sooner than DEFAULT_CHECK_INTERVAL after the previous check (the fastest rate).
@@ -28,6 +27,9 @@ from collections import deque
 HISTORY = 100
 QUANTILES = (0.5, 0.75, 0.9, 0.99)
 UNKNOWN_SHARE = 0.25
+# Past every mark (the observations were too few, or too early): a tenth of the time so
+# far, so a spread learned as nothing does not mean a check every interval.
+PAST_SHARE = 0.1
 
 
 class Pacing:
@@ -54,6 +56,19 @@ class Pacing:
         marks = [statistics.median(ordered)] + [cuts[round(q * 100) - 1] for q in QUANTILES[1:]]
         self._marks = tuple(sorted(set(marks)))
         self._spread = max(self.interval, marks[2] - marks[0])
+
+    def finished_between(self, pending: float, ready: float) -> None:
+        """A generation answered "not yet" `pending` seconds after acceptance and was
+        done at `ready`. What is learned: the middle when the two are close (within two
+        intervals); otherwise just under `ready` (by an interval, or an eighth of the
+        gap): the answer's own time would teach the spacing its own lateness forever
+        (a steady 2 s generation found at 2.44 s is checked at 2.44 s ever after), the
+        middle of a wide gap a time too early, which costs a check on every later one."""
+        gap = ready - pending
+        if gap <= 2 * self.interval:
+            self.observe(pending + gap / 2)
+        else:
+            self.observe(ready - max(self.interval, gap / 8))
 
     def checked(self) -> None:
         self.checks += 1
@@ -87,4 +102,4 @@ class Pacing:
         for mark in self._marks:
             if mark > elapsed:
                 return max(self.interval, mark - elapsed)
-        return max(self.interval, self._spread)
+        return max(self.interval, self._spread, elapsed * PAST_SHARE)

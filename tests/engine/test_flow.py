@@ -142,3 +142,12 @@ async def test_a_429_storm_fails_nothing_counts_nothing_and_concurrency_recovers
     assert engine.slots.limiter.decreases >= 1
     assert table.effective == 4 and engine.slots.effective == 4  # recovered
     assert provider.most_running <= 4
+
+
+def test_what_is_learned_from_a_finished_generation():
+    p = Pacing(interval=0.05)
+    p.finished_between(2.95, 3.0)  # close: the middle
+    assert p.median == 2.975
+    p = Pacing(interval=0.05)
+    p.finished_between(2.5, 3.125)  # a wide gap: just under the answer, not its middle
+    assert p.median == 3.125 - 0.625 / 8
