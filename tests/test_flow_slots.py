@@ -178,3 +178,19 @@ async def test_slots_component_reuses_its_own_and_gives_back_at_exit(database_ur
             ]
             == 0
         )
+
+
+async def test_an_account_row_deleted_by_hand_is_made_again(database_url, conn):
+    async with open_database(database_url, settings(database_url), application_name="t") as db:
+        store = PgSlots(db, account=ACCOUNT, provider="fusionbrain", worker="w", lease=30)
+        slots = Slots(store, kind="generation", limit=2, explicit=False)
+        async with trio.open_nursery() as n:
+            await n.start(slots.serve)
+            conn.execute("DELETE FROM listener_limits")
+            with trio.fail_after(5):
+                while not conn.execute(  # noqa: ASYNC110 - a row of another session
+                    "SELECT count(*) FROM listener_slots"
+                ).fetchone()[0]:
+                    await trio.sleep(0.1)
+            assert await slots.take(2) == [0, 1]
+            n.cancel_scope.cancel()

@@ -231,7 +231,11 @@ class Slots:
             await self.store.renew()
             before = self.effective
             assert self.limiter is not None
-            limits = await self.store.read()
+            try:
+                limits = await self.store.read()
+            except LookupError:  # the account's row was deleted by hand: make it again
+                log.warning("Provider concurrency: the account's row is gone; recreated")
+                limits = await self.store.register(self.limit, explicit=True)
             self.limiter.seen(limits)
             if self.effective > before:
                 self._freed()
