@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from listener.errors import ConfigError
+from listener.sanitize import MIN_TOKEN_SECRET, WholeToken
 
 SEED_NEGATIVE_PROMPT = (
     "worst quality, normal quality, low quality, low res, blurry, text, watermark, logo, "
@@ -382,10 +383,21 @@ class Settings(BaseSettings):
             if password:
                 found.append(str(password))
         found += self._listen_secrets()
-        # A secret that is part of what the log shows anyway (the database user, say) is
-        # not masked: `***@host` would tell the reader the password is the user name.
-        shown = self.shown_identifiers()
-        return [s for s in found if s and not any(s in value for value in shown)]
+        # A secret that is part of what the log shows anyway (the database user, say):
+        # from MIN_TOKEN_SECRET characters it is masked where it stands as a whole token
+        # (in `***@host` the name that equals it is masked too, but a user name that
+        # merely contains it is shown); a shorter one is not masked at all, or every
+        # connection line of a trust setup (user = password = "app") would be blanked.
+        shown = [value.casefold() for value in self.shown_identifiers()]
+        secrets: list[str] = []
+        for secret in found:
+            if not secret:
+                continue
+            if not any(secret.strip().casefold() in value for value in shown):
+                secrets.append(secret)
+            elif len(secret.strip()) >= MIN_TOKEN_SECRET:
+                secrets.append(WholeToken(secret))
+        return secrets
 
     def shown_identifiers(self) -> list[str]:
         """What log lines show as it is: the database's user, name, host and port

@@ -20,8 +20,10 @@ line (which could carry a connection string).
     │   └── LeaseLost            another worker now owns the row; our write was refused
     ├── InvalidImage             an image that is not a PNG or JPEG of sane dimensions
     └── ApiError                 the image provider's API did not give what we asked for
-        ├── ApiTransient         network, timeout, 5xx, unexpected body: try again
-        │   ├── ApiOutcomeUnknown  a paid request may have reached the API (read timeout)
+        ├── ApiTransient         network, timeout, 5xx or 3xx on a read: try again
+        │   ├── ApiNotTaken      408, 425, 429: not taken, free; wait and send again
+        │   ├── ApiOutcomeUnknown  a paid request may have been carried out (timeout,
+        │   │                    5xx after sending, an answer we cannot read): counted
         │   └── ApiMalformed     an answer of the wrong shape, too large or too deep
         ├── ApiBusy              the provider says "wait": never an attempt, never a failure
         ├── ApiPermanent         400, 404, 415...: retrying cannot help
@@ -115,7 +117,25 @@ class ApiTransient(ApiError):
 
 
 class ApiOutcomeUnknown(ApiTransient):
-    """The paid request may have reached the API, but no answer came back."""
+    """The paid request may have been carried out by the API, but no usable answer came
+    back (no answer in time, a dropped connection, a 5xx, a 2xx that cannot be read)."""
+
+
+class ApiNotTaken(ApiTransient):
+    """The API said it did not take the request (408, 425, 429): nothing was charged, the
+    request may be sent again once the API has room (Retry-After when it gives one).
+    `status_code` tells a 429 (too many: the shared concurrency budget lowers its
+    effective value) from a 408 or 425."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status_code = status_code
 
 
 class ApiBusy(ApiError):

@@ -6,8 +6,9 @@ Verbose: ``2024/03/21 15:04:05 generator.py:123: Processing image ID 1 ...``
 Lines go to stderr, like Go's `log` package. The redaction filter is the last line of
 defence: code never formats a secret on purpose, but a driver or HTTP error message
 might quote one, so every configured secret (in each form `listener.sanitize.secret_forms`
-lists: as configured, stripped, JSON-escaped) and anything shaped like an `X-Key` /
-`X-Secret` header is replaced by `***` before output.
+lists: as configured, stripped, JSON-escaped, base64, in any letter case; a WholeToken
+only as a whole token) and anything shaped like an `X-Key` / `X-Secret` header is
+replaced by `***` before output.
 """
 
 from __future__ import annotations

@@ -144,6 +144,8 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("function", "images_fail_blocked()", operator=("EXECUTE",)),
     Obj("function", "images_prompt_is_blank(text)", operator=("EXECUTE",)),
     Obj("function", "images_set_concurrency(integer, text)", operator=("EXECUTE",)),
+    # the claims read a bounded piece of each prompt through it (0016)
+    Obj("function", "images_prompt_head(text, integer)", listener=("EXECUTE",)),
     # -- helpers and trigger functions: nobody but the owner calls them ----------------
     Obj("function", "images_reset_failed(timestamp with time zone, bigint)"),
     Obj("function", "images_touch_updated_at()"),

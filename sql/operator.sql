@@ -26,9 +26,11 @@ SELECT reason, failures, latest, latest_ids FROM images_recent_failures
 -- name: listeners
 SELECT worker, connected, listening, rows_held, earliest_lease_until FROM images_listeners
 
--- Every column but the image itself: its size and kind are enough on a terminal.
+-- Every column but the image itself: its size and kind are enough on a terminal. A prompt
+-- is read as far as a cell shows it (listener.sanitize.LIMIT), however long the row's is.
 -- name: row_detail
-SELECT id, status, prompt, style, width, height, negative_prompt, uuid,
+SELECT id, status, left(prompt, 2000) AS prompt, style, width, height,
+       left(negative_prompt, 2000) AS negative_prompt, uuid,
        base64 IS NOT NULL AS has_image,
        -- decoded size: 3 bytes per 4 base64 characters, padding and whitespace left out
        length(regexp_replace(base64, '[^A-Za-z0-9+/]', '', 'g')) * 3 / 4 AS image_bytes,

@@ -4,6 +4,7 @@ MockTransport (the wire itself is covered against the emulator in test_api_loopb
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -19,11 +20,13 @@ from listener.api.client import (
     parse_status,
 )
 from listener.api.models import GenerationRequest
+from listener.edge import json_shape_problem
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
     ApiMalformed,
     ApiNotFound,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
@@ -157,8 +160,22 @@ async def test_busy_in_a_2xx_body_either_form(key: str, state: str) -> None:
         (httpx.Response(415, text="Unsupported Media Type"), ApiPermanent, "415"),
         (httpx.Response(401, json={"message": "Unauthorized"}), ApiCredentials, "401"),
         (httpx.Response(403, text="Forbidden"), ApiCredentials, "403"),
-        (httpx.Response(500, json={"error": "Internal Server Error"}), ApiTransient, "500"),
-        (httpx.Response(503, text="<html>down</html>"), ApiTransient, "503"),
+        # Sent, then a server error: it may have been carried out (docs/api-answers.md).
+        (httpx.Response(500, json={"error": "Internal Server Error"}), ApiOutcomeUnknown, "500"),
+        (httpx.Response(502, text="<html>bad gateway</html>"), ApiOutcomeUnknown, "502"),
+        (httpx.Response(503, text="<html>down</html>"), ApiOutcomeUnknown, "503"),
+        (httpx.Response(504, text="Gateway Time-out"), ApiOutcomeUnknown, "504"),
+        # The API says it did not take the run: free, not counted.
+        (httpx.Response(408, text="Request Timeout"), ApiNotTaken, "408"),
+        (httpx.Response(425, text="Too Early"), ApiNotTaken, "425"),
+        (httpx.Response(429, text="Too Many Requests"), ApiNotTaken, "429"),
+        (httpx.Response(404, text="Not Found"), ApiPermanent, "404"),
+        (httpx.Response(422, text="Unprocessable"), ApiPermanent, "422"),
+        (
+            httpx.Response(302, headers={"Location": "https://elsewhere.example/"}),
+            ApiPermanent,
+            "redirected to https://elsewhere.example/",
+        ),
         (httpx.Response(201, text="<html>oops</html>"), ApiOutcomeUnknown, "not JSON"),
         (httpx.Response(201, json={"status": "INITIAL"}), ApiOutcomeUnknown, "malformed answer"),
         (httpx.Response(201, json=["unexpected"]), ApiOutcomeUnknown, "malformed answer"),
@@ -177,7 +194,7 @@ async def test_run_outcomes(response: httpx.Response, error: type, fragment: str
 async def test_429_is_busy_and_carries_retry_after() -> None:
     rec = Recorder(run=lambda r: httpx.Response(429, headers={"Retry-After": "7"}))
     async with client(rec) as api:
-        with pytest.raises(ApiBusy) as info:
+        with pytest.raises(ApiNotTaken) as info:
             await api.run(REQUEST)
     assert info.value.retry_after == 7
 
@@ -251,6 +268,24 @@ async def test_status_reads_are_retried_on_transient_errors() -> None:
         status = await api.status("g")
     assert status.state == "PROCESSING"
     assert rec.count("/pipeline/status/") == 3
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+async def test_a_redirect_on_a_status_check_is_transient_with_a_clear_reason(code: int) -> None:
+    """Not followed (the credentials would go along), not retried here (the same answer
+    would come back), and not a refusal: the next check asks again."""
+    location = "https://login.example/" + "a" * 5000
+    moved = httpx.Response(code, headers={"Location": location})
+    rec = Recorder(status=lambda r: moved)
+    async with client(rec) as api:
+        with pytest.raises(ApiTransient) as info:
+            await api.status("g")
+    assert type(info.value) is ApiTransient
+    message = info.value.message
+    assert f"status: HTTP {code}: redirected to https://login.example/" in message, message
+    assert "redirects are not followed" in message and "FUSION_BRAIN_URL" in message
+    assert len(message) < 600, "the Location is cut"
+    assert rec.count("/pipeline/status/") == 1
 
 
 async def test_status_gives_up_after_its_attempts() -> None:
@@ -347,6 +382,55 @@ def test_unreadable_pipeline_entries_are_skipped() -> None:
 def test_bodies_refused_before_or_while_parsing(body: bytes, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_json(body)
+
+
+def test_too_many_containers_are_refused_before_parsing() -> None:
+    """A body of a million tiny arrays costs seconds to parse and is nobody's answer."""
+    body = b"[" + b"[]," * 1_000_000 + b"[]]"
+    with pytest.raises(ValueError, match="more than 10000 arrays and objects"):
+        parse_json(body)
+    body = b"[" + b'"[[]]",' * 1_000_000 + b'""]'
+    assert len(parse_json(body)) == 1_000_001, "brackets in strings are not containers"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r'["\\", [[[]]]]',  # an escaped backslash ends before the quote that closes
+        r'["\"[[[[[", [[[]]]]',  # an escaped quote does not close the string
+        r'["\\\"[[[[", [[[]]]]',
+        r'{"a": {"b": "}}}}}}"}, "c": [[[]]]}',
+        r'[[""], [["", ""]], [["]", "["]]]',
+    ],
+)
+def test_depth_agrees_with_the_parsed_value(text: str) -> None:
+    def depth(value) -> int:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            return 1 + max((depth(v) for v in value), default=0)
+        return 0
+
+    real = depth(json.loads(text))
+    assert json_depth_exceeds(text.encode(), real - 1)
+    assert not json_depth_exceeds(text.encode(), real)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + b'"[[[[",' * 2_000_000 + b'""]',
+        b"[" + (b"[" * 63 + b"]" * 63 + b",") * 100_000 + b"[]]",
+        b'["' + b'\\\\\\"[' * 2_000_000 + b'"]',
+        b"[" * 8_000_000 + b"]" * 8_000_000,
+    ],
+    ids=["brackets in strings", "64 deep, wide", "escapes", "16 MB deep"],
+)
+def test_the_shape_check_of_a_hostile_16_mb_body_costs_no_python_walk(body: bytes) -> None:
+    """Generous bound: the Python walk this replaced took 2 to 2.5 s on such bodies."""
+    started = time.process_time()
+    json_shape_problem(body)
+    assert time.process_time() - started < 1.5
 
 
 def test_depth_is_counted_outside_strings_only() -> None:

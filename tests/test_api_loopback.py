@@ -20,6 +20,7 @@ from listener.errors import (
     ApiBusy,
     ApiCredentials,
     ApiNotFound,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
@@ -158,13 +159,39 @@ async def test_generations_that_end_without_an_image(
         assert ended.error_description == description
 
 
-async def test_5xx_on_run_is_transient_and_not_repeated(api, emulator) -> None:
+@pytest.mark.parametrize("kind", ["500", "502", "503", "504"])
+async def test_5xx_on_run_is_outcome_unknown_and_not_repeated(api, emulator, kind) -> None:
+    """The body was sent: a server error does not say the run was not carried out."""
     await api.pipeline_id()
-    emulator.fault("run", "503", 1)
-    with pytest.raises(ApiTransient) as failed:
+    emulator.fault("run", kind, 1)
+    with pytest.raises(ApiOutcomeUnknown) as failed:
         await api.run(REQUEST)
-    assert not isinstance(failed.value, ApiOutcomeUnknown)
+    assert f"HTTP {kind}" in failed.value.message
     assert emulator.stats()["run_requests"] == 1, "the caller decides when to try again"
+
+
+async def test_429_on_run_is_not_taken(api, emulator) -> None:
+    await api.pipeline_id()
+    emulator.fault("run", "429", 1)
+    with pytest.raises(ApiNotTaken) as failed:
+        await api.run(REQUEST)
+    assert failed.value.retry_after == 1
+    assert emulator.stats()["runs_total"] == 0
+
+
+@pytest.mark.parametrize("kind", ["500", "502", "503", "504"])
+async def test_the_emulator_can_take_a_run_then_answer_a_server_error(api, emulator, kind) -> None:
+    await api.pipeline_id()
+    emulator.fault("run", f"taken:{kind}", 1)
+    with pytest.raises(ApiOutcomeUnknown):
+        await api.run(REQUEST)
+    emulator.configure(error_after_run=int(kind))
+    with pytest.raises(ApiOutcomeUnknown):
+        await api.run(REQUEST)
+    assert emulator.stats()["runs_total"] == 2, "both were taken: the quota is spent"
+    emulator.configure(error_after_run=None)
+    await api.run(REQUEST)
+    assert emulator.stats()["runs_total"] == 3
 
 
 async def test_status_reads_ride_out_5xx_and_garbage(api, emulator) -> None:

@@ -31,7 +31,7 @@ async def run_one(start_listener, url: str, emulator, prompt: str, **columns) ->
 
 
 async def test_a_100000_character_prompt_is_cut_to_999(start_listener, database_url, emulator):
-    prompt = "a very long prompt " * 5300
+    prompt = "a very long prompt " * 5263  # 99,997: the most a waiting row may hold is 100,000
     outcome, run = await run_one(start_listener, database_url, emulator, prompt)
     assert outcome == ("ReadyToPublish", None)
     assert run["prompt"] == prompt[:999]

@@ -5,13 +5,15 @@ edges, so the API never receives a paid run of white space."""
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
 from listener.api.models import GenerationRequest
-from listener.api.prompt import BLANK_CLASS, is_blank, truncate_prompt
 from listener.errors import ApiPermanent, BlankPrompt
 from listener.objects import OBJECTS
+from listener.prompt import BLANK_CLASS, is_blank, truncate_prompt
 from listener.sqlfiles import migrations, queries
 from tests.fixtures.listener import rows, wait_until
 
@@ -24,9 +26,24 @@ BLANKS = {
     "soft hyphen, Hangul filler, braille blank": "\u00ad\u3164\u2800",
     "variation selector and tag": "\ufe0f\U000e0020",
     "ascii white space": " \t\r\n\x0b\x0c",
+    "interlinear annotation marks": "\ufff9\ufffa\ufffb",
+    "Egyptian hieroglyph format controls and blank signs": "\U00013430\U0001343f\U00013441",
+    "musical null notehead": "\U0001d159",
+    "noncharacters": "\ufffe\uffff\ufdd0\U0010ffff",
     "empty": "",
 }
-NOT_BLANK = ["a", "\u00a0a\u200b", ".", "👍", "\u0301", "漢"]
+NOT_BLANK = [
+    "a",
+    "\u00a0a\u200b",
+    ".",
+    "👍",
+    "\u0301",
+    "漢",
+    "\ufffc",
+    "\ufffd",
+    "\U00013443",
+    "\u0600",
+]
 
 
 @pytest.mark.parametrize("text", BLANKS.values(), ids=BLANKS.keys())
@@ -61,26 +78,32 @@ def test_python_and_the_database_agree_on_every_code_point(conn) -> None:
 
 def test_one_definition_of_blank_everywhere(conn) -> None:
     """The class is written out in the constraints and the claims (a function with a
-    fixed search_path is not inlined): every copy is the Python one, verbatim."""
+    fixed search_path is not inlined): every copy is the Python one, verbatim, and the
+    newest migration that defines it (0016) holds every copy the database uses."""
     klass = f"[^{BLANK_CLASS}]"
-    (upgrade,) = [m.sql for m in migrations() if m.name == "0013_seed_upgrade"]
-    assert upgrade.count(klass) == 3  # the function and two constraints
+    copy = re.compile(r"\[\^\\u0001-[^\]]*\]")
+    (bounds,) = [m.sql for m in migrations() if m.name == "0016_prompt_bounds"]
+    # the function (2), images_prompt_head (2), two constraints (2 each)
+    assert copy.findall(bounds) == [klass] * 8
     for name in ("prompt_must_not_be_blank", "negative_prompt_must_not_be_blank"):
         (definition,) = conn.execute(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = 'images'::regclass AND conname = %s",
             (name,),
         ).fetchone()
-        assert klass in definition, definition
-    (source,) = conn.execute(
-        "SELECT prosrc FROM pg_proc WHERE proname = 'images_prompt_is_blank'"
-    ).fetchone()
-    assert klass in source
-    assert queries()["claim_ready_checked"].count(klass) == 2
-    assert queries()["next_ready_at"].count(klass) == 2
-    # the function is on the listener's list, so `listener migrate` gives it a fixed
+        assert copy.findall(definition) == [klass] * 2, definition
+    for function in ("images_prompt_is_blank", "images_prompt_head"):
+        (source,) = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE proname = %s", (function,)
+        ).fetchone()
+        assert copy.findall(source) == [klass] * 2
+    assert copy.findall(queries()["claim_ready_checked"]) == [klass] * 4
+    assert copy.findall(queries()["next_ready_at"]) == [klass] * 4
+    assert copy.findall(queries()["claim_ready"]) == []  # the fast claim has no predicates
+    # the functions are on the listener's list, so `listener migrate` gives them a fixed
     # search_path for whatever schema it runs in (tests/test_ours_only.py checks that)
-    assert "images_prompt_is_blank(text)" in {o.name for o in OBJECTS}
+    names = {o.name for o in OBJECTS}
+    assert {"images_prompt_is_blank(text)", "images_prompt_head(text, integer)"} <= names
 
 
 def test_999_spaces_then_a_letter_is_sent_as_the_letter() -> None:

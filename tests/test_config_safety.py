@@ -145,6 +145,29 @@ def test_a_password_equal_to_a_shown_name_is_not_masked_there(isolated, monkeypa
     assert "***" not in line
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # part of the host: masked there, as a whole token
+        ("postgresql://alice:longpass1@longpass1.internal:5432/img", "alice@***.internal:5432/img"),
+        # equal to the user or the database name: masked there too
+        ("postgresql://longpass1:longpass1@db.internal:5432/img", "***@db.internal:5432/img"),
+        ("postgresql://alice:LongPass1@db.internal:5432/longpass1", "alice@db.internal:5432/***"),
+        # inside a longer name: that name is not the password, it is shown
+        ("postgresql://app_longpass1:longpass1@db.internal:5432/img",
+         "app_longpass1@db.internal:5432/img"),
+    ],
+)  # fmt: skip
+def test_a_password_of_8_or_more_is_masked_wherever_it_is_a_whole_token(
+    isolated, monkeypatch, capsys, url, shown
+):
+    monkeypatch.setenv("DATABASE_URL", url)
+    s = load_settings(env_file=None)
+    line = _logged(s, "Database: " + describe_conninfo(s.conninfo()) + " pw=longpass1.", capsys)
+    assert f"Database: {shown} pw=***." in line, line
+    assert "longpass1." not in line.lower().replace("app_longpass1", "")
+
+
 def test_other_secrets_are_still_masked_everywhere(isolated, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", "postgresql://alice:Pw-9f3e@db.internal/img")
     monkeypatch.setenv("FUSION_BRAIN_API_KEY", "KEY-77aa")

@@ -342,7 +342,7 @@ def test_busy_answers_2xx_without_uuid_on_run_and_availability(emu, api, key):
 # -- next-N faults ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [500, 502, 503, 429, 400, 401, 404])
+@pytest.mark.parametrize("code", [500, 502, 503, 504, 429, 400, 401, 404])
 def test_status_code_faults_hit_the_next_n_requests_then_stop(emu, api, code):
     emu.fault("pipelines", str(code), count=2)
     for _ in range(2):
@@ -354,13 +354,31 @@ def test_status_code_faults_hit_the_next_n_requests_then_stop(emu, api, code):
     assert emu.control.faults() == []
 
 
-@pytest.mark.parametrize("code", ["500", "503", "429", "401", "400"])
+@pytest.mark.parametrize("code", ["500", "503", "504", "429", "401", "400"])
 def test_a_faulted_run_is_not_accepted(emu, api, code):
     emu.fault("run", code)
     assert run(api).status_code == int(code)
     assert run(api).status_code == 201
     stats = emu.stats()
     assert (stats["runs_total"], stats["run_requests"]) == (1, 2)
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 504])
+def test_a_server_error_after_taking_the_run_counts_the_run(emu, api, code):
+    """The paid-run knob: the run is taken (it costs quota), the answer is a 5xx."""
+    emu.fault("run", f"taken:{code}", count=2)
+    assert emu.control.faults() == [{"endpoint": "run", "kind": f"taken:{code}", "count": 2}]
+    for _ in range(2):
+        assert_spring(run(api), code)
+    assert run(api).status_code == 201
+    emu.configure(error_after_run=code)
+    for _ in range(3):
+        assert_spring(run(api), code)
+    stats = emu.stats()
+    assert (stats["runs_total"], stats["run_requests"]) == (6, 6), "every one was taken"
+    emu.configure(busy="model_status")
+    assert run(api).status_code == 200, "a busy answer takes nothing, and says so"
+    assert emu.stats()["runs_total"] == 6
 
 
 def test_a_404_fault_on_status_keeps_the_result(emu, api):
@@ -464,6 +482,9 @@ def test_bad_fault_requests_are_refused(emu, control):
         {"endpoint": "nowhere", "kind": "500"},
         {"endpoint": "run", "kind": "500", "count": 0},
         {"endpoint": "run", "kind": "delay:soon"},
+        {"endpoint": "run", "kind": "taken:501"},
+        {"endpoint": "run", "kind": "taken:"},
+        {"endpoint": "status", "kind": "taken:504"},
     ):
         assert control.post("_emulator/faults", json=bad).status_code == 400
     assert emu.control.faults() == []
@@ -580,7 +601,16 @@ def test_control_config_reads_and_updates_at_once(emu, api, control):
     assert updated["generation_time"] == 1.5
     assert emu.config() == updated
     assert run(api).json() == {"pipeline_status": "DISABLED_BY_QUEUE"}
-    for bad in ({"fail_rate": 2}, {"nope": 1}, {"delay": -1}, {"busy": "maybe"}, {"seed": "x"}):
+    for bad in (
+        {"fail_rate": 2},
+        {"nope": 1},
+        {"delay": -1},
+        {"busy": "maybe"},
+        {"seed": "x"},
+        {"error_after_run": 501},
+        {"error_after_run": "504"},
+        {"error_after_run": True},
+    ):
         answer = control.post("_emulator/config", json=bad)
         assert answer.status_code == 400, bad
     with pytest.raises(ValueError, match="fail_rate"):
@@ -608,6 +638,8 @@ def test_emulator_control_client_strips_nothing_from_the_url(emu):
         ["--generation-time", "-1"],
         ["--result-ttl", "nan"],
         ["--busy", "sometimes"],
+        ["--error-after-run", "501"],
+        ["--error-after-run", "x"],
     ],
 )
 def test_the_command_refuses_bad_arguments(args, capsys):

@@ -215,3 +215,51 @@ async def test_the_listener_survives_every_fault_in_turn(
     assert peak_rss_kb(listener) < RSS_LIMIT_KB
     assert await listener.stop() == 0
     assert_log_safe(listener.log)
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 504])
+async def test_a_server_error_after_the_run_was_taken_every_time_costs_at_most_the_resends(
+    start_listener, database_url, emulator, code
+) -> None:
+    """The paid-run promise for 5xx: the emulator takes every run (and counts it), then
+    answers `code`. A 5xx arriving after the run's body was sent counts against
+    UNKNOWN_OUTCOME_RESENDS like a timeout after sending, not against RETRY_MAX_ATTEMPTS:
+    2 runs with the defaults, and the reason says the API may have generated it."""
+    emulator.configure(error_after_run=code)
+    listener = await start_listener()  # RETRY_MAX_ATTEMPTS as configured: 5
+    prompt = f"always {code} after taking it"
+    image_id = insert(database_url, prompt)
+    status, reason = await finished(database_url, image_id, seconds=40)
+    assert status == "Failed"
+    runs = emulator.stats()["runs_by_prompt"][prompt]
+    assert runs <= 1 + UNKNOWN_OUTCOME_RESENDS, runs
+    assert reason is not None and "the API may have generated the image" in reason, reason
+    assert f"HTTP {code}" in reason
+    assert "the run may have been accepted" in listener.log
+    assert await listener.stop() == 0
+    assert_log_safe(listener.log)
+
+
+async def test_a_429_storm_fails_nothing_and_counts_no_attempt(
+    start_listener, database_url, emulator
+) -> None:
+    """429 says the API did not take the run: free. Forty of them in a row, against
+    RETRY_MAX_ATTEMPTS=2: nothing fails, no attempt is counted, every row is generated
+    with one run."""
+    storm = 40
+    emulator.fault("run", "429", count=storm)
+    listener = await start_listener(RETRY_MAX_ATTEMPTS="2")
+    ids = [insert(database_url, f"in the storm {i}") for i in range(3)]
+    for image_id in ids:
+        status, reason = await finished(database_url, image_id, seconds=60)
+        assert status == "ReadyToPublish", reason
+    stats = emulator.stats()
+    assert stats["run_requests"] >= storm + len(ids)
+    assert stats["runs_total"] == len(ids)
+    assert rows(
+        database_url,
+        "SELECT attempts, unknown_outcomes FROM images WHERE id = ANY(%s) ORDER BY id",
+        (ids,),
+    ) == [(1, 0)] * len(ids), "only the accepted run is an attempt"
+    assert "HTTP 429" in listener.log
+    assert await listener.stop() == 0

@@ -1,18 +1,20 @@
 """The Fusion Brain API client: one long-lived httpx.AsyncClient, typed outcomes.
 
 Every answer becomes an `Accepted`/`GenerationStatus` value or one of the ApiError
-outcomes in listener.errors, so the workflows decide on types, never on HTTP details:
+outcomes in listener.errors, so the workflows decide on types, never on HTTP details.
+HTTP statuses are classified once, in `listener.edge.classify`; docs/api-answers.md is the
+table of what each class means, with its evidence:
 
     ApiCredentials        401, 403: no row is touched, generation pauses
     ApiBusy               a 2xx run/availability answer saying DISABLED_*: back off
-    ApiPermanent          400, 415, other 4xx (with the server's message)
+    ApiPermanent          400, 415, other 4xx (with the server's message); a 3xx on run
       ApiNotFound         404 on a status: the result was fetched or expired
-    ApiBusy               429 Too Many Requests (Retry-After obeyed): never an attempt
-    ApiTransient          connection errors, timeouts, 5xx: retried with backoff
+    ApiTransient          connection errors, timeouts, 5xx on a read, a 3xx on a read
+      ApiNotTaken         408, 425, 429: the API says it did not take the request (free)
       ApiMalformed        a 2xx answer that is not the JSON shape expected, larger than
-                          MAX_RESPONSE_BYTES, or nested deeper than MAX_JSON_DEPTH
-      ApiOutcomeUnknown   run only: the request may have reached the API (no complete
-                          answer in time, connection lost, malformed 2xx answer)
+                          MAX_RESPONSE_BYTES, or not of a sane shape (listener.edge)
+      ApiOutcomeUnknown   run only: the request may have been carried out (no complete
+                          answer in time, connection lost, a 5xx, a 2xx we cannot read)
 
 The API is not trusted. Bodies are read as they stream and abandoned past their cap (an
 error body far sooner than an answer); every request has a whole-request deadline, not
@@ -22,11 +24,11 @@ of its own. Answers are parsed into the strict models of listener.api.models. Ev
 message built from API text goes through `listener.sanitize.clean` (and the client's own
 credentials are redacted from it), so it is one bounded, safe line wherever it lands.
 
-Idempotent reads are retried here (stamina, jittered backoff), except after a deadline
-or an oversized answer: a server that behaves so would make every attempt cost as much.
-A run is repeated only when it certainly never reached the server (no connection could
-be made): each accepted run costs the user quota, so an unknown outcome is reported to
-the caller.
+Idempotent reads are retried here (stamina, jittered backoff), except after a deadline,
+an oversized answer or a redirect: a server that behaves so would make every attempt
+cost as much, or answer the same. A run is repeated only when it certainly never reached
+the server (no connection could be made): each accepted run costs the user quota, so an
+unknown outcome is reported to the caller, which counts it.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -56,12 +56,27 @@ from listener.api.models import (
     RunAnswer,
     StatusAnswer,
 )
+from listener.edge import (
+    EXCERPT,
+    MAX_JSON_DEPTH,
+    RETRY_AFTER_MAX,
+    Answer,
+    TooLarge,
+    classify,
+    excerpt,
+    json_depth_exceeds,
+    parse_json,
+    parse_json_async,
+    parse_retry_after,
+    read_capped,
+)
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
     ApiError,
     ApiMalformed,
     ApiNotFound,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
@@ -82,16 +97,9 @@ RETRY_WAIT_MAX = 2.0
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # An error body is read only for its message.
 MAX_ERROR_BYTES = 64 * 1024
-# The deepest JSON nesting accepted; the documented answers are 3 levels deep.
-MAX_JSON_DEPTH = 64
 # Seconds a status read may take in all: a result is handed out once, so a slow but
 # honest transfer of it must be allowed to finish.
 RESULT_TIMEOUT = 120.0
-# Retry-After is obeyed up to this many seconds (RETRY_BACKOFF_MAX in the service).
-RETRY_AFTER_MAX = 300.0
-# Bodies above this many bytes are parsed in a worker thread, off the event loop.
-THREAD_PARSE_BYTES = 256 * 1024
-EXCERPT = 200
 # Errors raised before a single byte of the request can have been sent.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -99,10 +107,6 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 class _Late(Exception):
     """No complete answer within the deadline."""
-
-
-class _TooLarge(Exception):
-    """A 2xx body past its cap."""
 
 
 @dataclass
@@ -205,7 +209,7 @@ class FusionBrainClient:
         state = answer.state
         if state is None:
             raise ApiMalformed(
-                _say(f"availability: malformed answer: no status: {_excerpt(body)}", self)
+                _say(f"availability: malformed answer: no status: {excerpt(body)}", self)
             )
         if state != "ACTIVE":
             self.forget_pipeline()
@@ -232,11 +236,11 @@ class FusionBrainClient:
             ) from exc
         except _Late as exc:
             raise ApiOutcomeUnknown(_say(f"run: {exc}", self)) from None
-        except _TooLarge as exc:
+        except TooLarge as exc:
             raise ApiOutcomeUnknown(_say(f"run: malformed answer: {exc}", self)) from None
-        self._raise_for_status(reply, "run")
+        self._raise_for_status(reply, "run", paid=True)
         try:
-            body = await _parse(reply.body)
+            body = await parse_json_async(reply.body)
         except ValueError as exc:
             raise ApiOutcomeUnknown(
                 _say(f"run: malformed answer: HTTP {reply.status_code}, {exc}", self)
@@ -248,7 +252,7 @@ class FusionBrainClient:
         if state is not None:
             self.forget_pipeline()
             raise ApiBusy(_say(f"pipeline is {state}", self), state=clean(state, limit=64))
-        raise ApiOutcomeUnknown(_say(f"run: malformed answer: no uuid: {_excerpt(body)}", self))
+        raise ApiOutcomeUnknown(_say(f"run: malformed answer: no uuid: {excerpt(body)}", self))
 
     async def status(self, uuid: str) -> GenerationStatus:
         body = await self._read(
@@ -290,37 +294,7 @@ class FusionBrainClient:
         raise _Late(f"the answer was not complete within {total:g}s")
 
     async def _read_body(self, response: httpx.Response) -> _Reply:
-        ok = response.is_success
-        cap = self._max_bytes if ok else MAX_ERROR_BYTES
-        body = bytearray()
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        declared = response.headers.get("content-length", "")
-        if encoding not in ("", "identity"):
-            if ok:
-                raise _TooLarge(f"a {clean(encoding, limit=40)}-compressed body was not asked for")
-        elif declared.isdigit() and int(declared) > cap:
-            if ok:
-                raise _TooLarge(f"a body of {int(declared)} bytes (the limit is {cap})")
-        else:
-            over = False
-            # Past the cap the read is cancelled from inside the stream, at its next wait
-            # for the network: the stream's generators end by that exception instead of
-            # being dropped half-way, and httpcore closes the connection.
-            with trio.CancelScope() as abandon:
-                # Identity encoding only (checked above): these are the bytes as sent.
-                async for chunk in response.aiter_bytes():
-                    if over:
-                        continue
-                    if len(body) + len(chunk) > cap:
-                        over = True
-                        body += chunk[: cap - len(body)]  # an error body: enough for its message
-                        abandon.cancel()
-                        continue
-                    body += chunk
-            if over and ok:
-                # Freed now, not when the collector gets to the traceback's frames.
-                body.clear()
-                raise _TooLarge(f"a body over {cap} bytes, abandoned")
+        body = await read_capped(response, cap=self._max_bytes, error_cap=MAX_ERROR_BYTES)
         # The bytearray itself, not a copy: a result may be megabytes.
         return _Reply(response.status_code, response.headers, body, response.reason_phrase)
 
@@ -343,13 +317,13 @@ class FusionBrainClient:
                 raise ApiTransient(_say(f"{what}: {_describe(exc)}", self)) from exc
             except _Late as exc:
                 raise _no_retry(ApiTransient(_say(f"{what}: {exc}", self))) from None
-            except _TooLarge as exc:
+            except TooLarge as exc:
                 raise _no_retry(
                     ApiMalformed(_say(f"{what}: malformed answer: {exc}", self))
                 ) from None
             self._raise_for_status(reply, what, not_found=not_found)
             try:
-                return await _parse(reply.body)
+                return await parse_json_async(reply.body)
             except ValueError as exc:
                 raise ApiMalformed(
                     _say(f"{what}: malformed answer: HTTP {reply.status_code}, {exc}", self)
@@ -367,29 +341,39 @@ class FusionBrainClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _raise_for_status(
-        self, reply: _Reply, what: str, *, not_found: type[ApiPermanent] = ApiPermanent
+        self,
+        reply: _Reply,
+        what: str,
+        *,
+        paid: bool = False,
+        not_found: type[ApiPermanent] = ApiPermanent,
     ) -> None:
+        """The error a non-2xx answer means (docs/api-answers.md). `paid`: the answer to a
+        run, whose body was sent: an answer that does not say the run was refused or not
+        taken leaves its outcome unknown."""
         code = reply.status_code
-        if code < 300:
+        kind = classify(code)
+        if kind is Answer.OK:
             return
+        retry_after = parse_retry_after(reply.headers.get("Retry-After"), cap=self._retry_after_max)
+        if kind is Answer.REDIRECT:
+            message = _say(f"{what}: HTTP {code}: {_redirect(reply)}", self)
+            if paid:
+                # Not an answer the API documents: a wrong FUSION_BRAIN_URL, or a proxy.
+                raise ApiPermanent(message, status_code=code)
+            raise _no_retry(ApiTransient(message, retry_after=retry_after))
         message = _say(f"{what}: HTTP {code}: {_server_message(reply)}", self)
-        if code in (401, 403):
+        if kind is Answer.CREDENTIALS:
             raise ApiCredentials(message)
-        if code == 404:
-            raise not_found(message, status_code=code)
-        if code == 429:
-            # Too many at once (or too fast): the provider says "wait". Never an attempt;
-            # the shared concurrency budget lowers its effective value (flow control).
-            retry_after = parse_retry_after(
-                reply.headers.get("Retry-After"), cap=self._retry_after_max
-            )
-            raise ApiBusy(message, retry_after=retry_after, state="HTTP 429")
-        if code in (408, 425) or code >= 500:
-            retry_after = parse_retry_after(
-                reply.headers.get("Retry-After"), cap=self._retry_after_max
-            )
-            raise ApiTransient(message, retry_after=retry_after)
-        raise ApiPermanent(message, status_code=code)
+        if kind is Answer.NOT_TAKEN:
+            raise ApiNotTaken(message, retry_after=retry_after, status_code=code)
+        if kind is Answer.NOT_FOUND:
+            raise (ApiPermanent if paid else not_found)(message, status_code=code)
+        if kind is Answer.REFUSED:
+            raise ApiPermanent(message, status_code=code)
+        if paid:
+            raise ApiOutcomeUnknown(message, retry_after=retry_after)
+        raise ApiTransient(message, retry_after=retry_after)
 
 
 def _say(text: str, client: FusionBrainClient) -> str:
@@ -423,56 +407,6 @@ async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
 # -- parsing ---------------------------------------------------------------------------------
 
 
-def json_depth_exceeds(body: bytes | bytearray, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when `body` nests arrays/objects deeper than `limit` (brackets inside strings
-    are not counted). Cheap for real answers: with at most `limit` opening brackets in
-    the whole body, no nesting can be deeper, and nothing is scanned."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    depth = 0
-    in_string = False
-    skip_at = -1  # the position of a character escaped by a backslash
-    for match in re.finditer(rb'[\[\]{}"\\]', body):
-        if match.start() == skip_at:
-            continue
-        char = match.group()
-        if in_string:
-            if char == b"\\":
-                skip_at = match.end()
-            elif char == b'"':
-                in_string = False
-        elif char == b'"':
-            in_string = True
-        elif char in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in (b"]", b"}"):
-            depth -= 1
-    return False
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def parse_json(body: bytes | bytearray) -> Any:
-    """The JSON value of a body already bounded in size: depth checked before parsing,
-    NaN and Infinity refused. Raises ValueError with a short reason and excerpt."""
-    if json_depth_exceeds(body):
-        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"a body that is not JSON: {_excerpt(body)}") from exc
-
-
-async def _parse(body: bytes | bytearray) -> Any:
-    if len(body) > THREAD_PARSE_BYTES:
-        return await trio.to_thread.run_sync(parse_json, body)
-    return parse_json(body)
-
-
 def _validate(
     model: type[pydantic.BaseModel], body: Any, what: str, error: type[ApiTransient]
 ) -> Any:
@@ -483,7 +417,7 @@ def _validate(
         where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
         msg = errors[0]["msg"] if errors else "unexpected shape"
         message = clean(
-            f"{what}: malformed answer: {where or 'the answer'}: {msg}: {_excerpt(body)}"
+            f"{what}: malformed answer: {where or 'the answer'}: {msg}: {excerpt(body)}"
         )
     # Raised outside the handler: the validation error, which holds the whole answer
     # (perhaps megabytes), is not kept alive as this exception's context.
@@ -495,7 +429,7 @@ def choose_pipeline(body: Any) -> str:
     Entries that do not fit the model are skipped (a pipeline we cannot read is not one
     we can use); an answer that is not a list is malformed."""
     if not isinstance(body, list):
-        raise ApiMalformed(clean(f"pipelines: malformed answer: not a list: {_excerpt(body)}"))
+        raise ApiMalformed(clean(f"pipelines: malformed answer: not a list: {excerpt(body)}"))
     candidates: list[PipelineEntry] = []
     for item in body:
         try:
@@ -511,7 +445,7 @@ def choose_pipeline(body: Any) -> str:
             raise ApiBusy(f"no active TEXT2IMAGE pipeline (pipeline is {state})", state=state)
         if body:
             raise ApiMalformed(
-                clean(f"pipelines: malformed answer: no usable pipeline: {_excerpt(body)}")
+                clean(f"pipelines: malformed answer: no usable pipeline: {excerpt(body)}")
             )
         raise ApiBusy("the API lists no TEXT2IMAGE pipeline", state="NO_PIPELINE")
     newest = max(active, key=lambda p: _version(p.version))
@@ -524,29 +458,6 @@ def parse_status(uuid: str, body: Any) -> GenerationStatus:
     return answer.to_status(uuid)
 
 
-def parse_retry_after(value: str | None, *, cap: float = RETRY_AFTER_MAX) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date, at most
-    `cap`; None when absent or unreadable (garbage, inf, nan, a negative number)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text or len(text) > 64:
-        return None
-    if re.fullmatch(r"\d{1,15}(\.\d{1,6})?", text):
-        seconds = float(text)
-    else:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is read as such
-            when = when.replace(tzinfo=UTC)
-        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, cap)
-
-
 def _version(value: Any) -> tuple[float, ...]:
     try:
         parts = tuple(float(part) for part in str(value).split("."))
@@ -555,31 +466,27 @@ def _version(value: Any) -> tuple[float, ...]:
     return parts if all(math.isfinite(p) for p in parts) else (0.0,)
 
 
+def _redirect(reply: _Reply) -> str:
+    """What a redirect says, for a reason: where it points, and that it was not followed."""
+    location = reply.headers.get("Location", "").strip()
+    where = f" to {clean(location, limit=EXCERPT)}" if location else ""
+    return (
+        f"redirected{where} ({reply.reason or 'redirect'}); redirects are not followed: "
+        "check FUSION_BRAIN_URL"
+    )
+
+
 def _server_message(reply: _Reply) -> str:
     """The Spring Boot error body's message, else an excerpt of the body."""
     try:
         body = parse_json(reply.body)
     except ValueError:
-        return _excerpt(reply.body) or reply.reason
+        return excerpt(reply.body) or reply.reason
     if isinstance(body, dict):
         for key in ("message", "error", "errorDescription"):
             if isinstance(body.get(key), str) and body[key]:
                 return clean(body[key], limit=EXCERPT * 2)
-    return _excerpt(body)
-
-
-def _excerpt(value: Any, limit: int = EXCERPT) -> str:
-    """A short, safe excerpt of a body or a parsed value (never the whole of it)."""
-    if isinstance(value, bytes | bytearray):
-        text = bytes(value[: limit * 4]).decode("utf-8", "replace")
-    elif isinstance(value, str):
-        text = value[: limit * 4]
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False)[: limit * 4]
-        except (TypeError, ValueError, RecursionError):
-            text = type(value).__name__
-    return clean(" ".join(text.split()), limit=limit)
+    return excerpt(body)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -589,11 +496,13 @@ def _describe(exc: httpx.HTTPError) -> str:
 
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_RESPONSE_BYTES",
     "RESULT_TIMEOUT",
     "ApiError",
     "FusionBrainClient",
     "choose_pipeline",
+    "json_depth_exceeds",
     "parse_json",
     "parse_retry_after",
     "parse_status",

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr
 
-from listener.api.prompt import cap_negative_prompt, truncate_prompt
+from listener.prompt import cap_negative_prompt, truncate_prompt
 from listener.sanitize import clean
 
 FINAL_STATES = frozenset({"DONE", "FAIL", "CANCEL"})

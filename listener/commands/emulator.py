@@ -25,7 +25,7 @@ from functools import partial
 
 import trio
 
-from listener.emulator.config import BUSY_KEYS, EmulatorConfig
+from listener.emulator.config import AFTER_RUN_ERRORS, BUSY_KEYS, EmulatorConfig
 from listener.errors import UsageError
 from listener.logs import setup_logging
 
@@ -149,6 +149,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--error-rate", type=_rate, default=0.0, help="share of requests answered 500")
     p.add_argument(
+        "--error-after-run",
+        type=int,
+        choices=AFTER_RUN_ERRORS,
+        help="take (and count) every run, then answer it with this status",
+    )
+    p.add_argument(
         "--malformed-rate",
         type=_rate,
         default=0.0,
@@ -182,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         fail_rate=args.fail_rate,
         cancel_rate=args.cancel_rate,
         error_rate=args.error_rate,
+        error_after_run=args.error_after_run,
         malformed_rate=args.malformed_rate,
         delay=args.delay,
         censor_words=list(args.censor),

@@ -372,6 +372,12 @@ class EmulatorApp:
         if endpoint == "run":
             if answer is None:
                 answer = self._run(scope, path, body, arrived_at)
+                taken = config.error_after_run
+                if fault is not None and fault.kind == "taken":
+                    taken = int(fault.seconds)
+                if taken is not None and answer.status == 201:
+                    # Taken and charged for; the client hears only that something failed.
+                    answer = spring_error(taken, f"Emulated fault {taken} after the run", path)
             if delay > 0:
                 await wait_unless_gone(receive, delay)
             return _paced(answer, fault)
@@ -402,7 +408,7 @@ class EmulatorApp:
         """The answer an injected fault or a random error rate imposes, if any."""
         state = self.state
         kind = fault.kind if fault is not None else None
-        if kind is None or kind in ("delay", "drip", "slow", "censored_string"):
+        if kind is None or kind in ("delay", "drip", "slow", "censored_string", "taken"):
             if state.chance(state.config.error_rate):
                 kind = "500"
             elif state.chance(state.config.malformed_rate):

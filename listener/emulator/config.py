@@ -16,6 +16,9 @@ from typing import Any
 BUSY_KEYS = ("model_status", "pipeline_status")
 """The two body keys the real service uses for "busy" on run (seen and documented)."""
 
+# The statuses `error_after_run` may answer: a server or gateway failing after the run
+# was taken (and charged for).
+AFTER_RUN_ERRORS = (500, 502, 503, 504)
 RATE_FIELDS = ("fail_rate", "cancel_rate", "error_rate", "malformed_rate")
 SECONDS_FIELDS = ("generation_time", "result_ttl", "delay")
 PRIVATE_FIELDS = ("api_key", "secret_key")
@@ -49,6 +52,10 @@ class EmulatorConfig:
     malformed_rate: float = 0.0  # API requests answered 200 with a body that is not JSON
     # Seconds added before answering every API request.
     delay: float = 0.0
+    # When set (500, 502, 503 or 504), every run is taken (recorded and counted in the
+    # statistics: it costs quota) and then answered with this status, as a gateway that
+    # timed out or a server that failed after starting the generation would.
+    error_after_run: int | None = None
     # A prompt containing one of these words (case-insensitive) ends DONE, censored.
     censor_words: list[str] = field(default_factory=list)
     # Answer 401 to every API request, whatever the credentials.
@@ -83,6 +90,12 @@ class EmulatorConfig:
             object.__setattr__(self, name, float(value))
         if not _is_int(self.status_time) or self.status_time < 0:
             raise ConfigInvalid(f"status_time must be a non-negative integer: {self.status_time!r}")
+        if self.error_after_run is not None and (
+            not _is_int(self.error_after_run) or self.error_after_run not in AFTER_RUN_ERRORS
+        ):
+            raise ConfigInvalid(
+                "error_after_run must be null or one of " + ", ".join(map(str, AFTER_RUN_ERRORS))
+            )
         if self.busy not in (None, *BUSY_KEYS):
             raise ConfigInvalid(f"busy must be one of {', '.join(BUSY_KEYS)} or null")
         if not isinstance(self.busy_value, str) or not self.busy_value:

@@ -12,13 +12,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from listener.emulator.config import ConfigInvalid, EmulatorConfig
+from listener.emulator.config import AFTER_RUN_ERRORS, ConfigInvalid, EmulatorConfig
 
 ENDPOINTS = ("run", "status", "pipelines", "availability", "any")
 STATUS_FAULTS = {
     "500": (500, "Internal Server Error"),
     "502": (502, "Bad Gateway"),
     "503": (503, "Service Unavailable"),
+    "504": (504, "Gateway Timeout"),
     "429": (429, "Too Many Requests"),
     "400": (400, "Bad Request"),
     "401": (401, "Unauthorized"),
@@ -59,6 +60,7 @@ FAULT_KINDS = (
     *HOSTILE_FAULTS,
     *(f"{name}:<number>" for name in PARAMETER_FAULTS),
     "retry_after:<text>",
+    "taken:<500|502|503|504>",
 )
 
 # Final outcomes of a generation. CENSORED is DONE with censored true and no files.
@@ -93,6 +95,14 @@ class Fault:
         if not isinstance(kind, str):
             raise ConfigInvalid(f"kind must be one of {known}")
         name, colon, value = kind.partition(":")
+        if name == "taken" and colon:
+            if endpoint != "run":
+                raise ConfigInvalid("kind taken:<status> applies to endpoint run only")
+            if value not in {str(code) for code in AFTER_RUN_ERRORS}:
+                raise ConfigInvalid(
+                    "taken:<status> needs one of " + ", ".join(map(str, AFTER_RUN_ERRORS))
+                )
+            return cls(endpoint, name, count, seconds=float(value))
         if name == "retry_after" and colon:
             if len(value) > 200 or not (value.isascii() and value.isprintable()):
                 raise ConfigInvalid("retry_after:<text> takes up to 200 printable ASCII characters")
@@ -124,6 +134,8 @@ class Fault:
     def to_json(self) -> dict[str, Any]:
         if self.kind in PARAMETER_FAULTS:
             kind = f"{self.kind}:{self.seconds:g}"
+        elif self.kind == "taken":
+            kind = f"taken:{int(self.seconds)}"
         elif self.kind == "retry_after":
             kind = f"retry_after:{self.text}"
         else:

@@ -35,7 +35,9 @@ from listener.engine.ports import Generation, Pending, Provider, Ready, Refused,
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
+    ApiMalformed,
     ApiNotFound,
+    ApiNotTaken,
     ApiPermanent,
     ApiTransient,
     InvalidImage,
@@ -73,6 +75,7 @@ class Follow:
         limit_by_checks = by_checks < deadline
         deadline = min(deadline, by_checks)
         pending_at = 0.0  # seconds after acceptance of the last "not yet"
+        failed: ApiTransient | None = None  # what went wrong with the previous check
         while True:
             await self.health.credentials_ok.wait()
             wait_at_least = 0.0
@@ -84,12 +87,7 @@ class Follow:
                         outcome = await self.provider.outcome(gen.handle)
                 except ApiNotFound:
                     pacing.ended()
-                    await self._fail(
-                        gen,
-                        own,
-                        f"the API no longer knows generation {clean(gen.handle)} "
-                        "(404): its result expired or was fetched elsewhere",
-                    )
+                    await self._fail(gen, own, gone_reason(gen.handle, failed))
                     return
                 except ApiCredentials as exc:
                     self.health.credentials_refused(exc.message)
@@ -98,12 +96,15 @@ class Follow:
                     pacing.ended()
                     await self._fail(gen, own, clean(f"status check refused: {exc.message}"))
                     return
-                except ApiBusy as exc:  # asked too often: wait as told, nothing counts
+                except (ApiBusy, ApiNotTaken) as exc:  # asked too often: wait as told
                     outcome, heard = Pending(), False
                     wait_at_least = min(exc.retry_after or 0.0, s.retry_backoff_max)
                 except ApiTransient as exc:
                     log.warning("Image ID %d: status check failed: %s", gen.id, clean(exc.message))
                     outcome, heard = Pending(), False
+                    failed = exc
+                else:
+                    failed = None
                 now = trio.current_time()
                 if isinstance(outcome, Ready):
                     pacing.finished_between(pending_at, now - accepted)
@@ -170,3 +171,21 @@ class Follow:
         )
         own.settle()
         log.info("Image ID %d failed: %s", gen.id, reason)
+
+
+def gone_reason(handle: str, failed: ApiTransient | None) -> str:
+    """Why a generation answered 404, as far as the listener can tell: the API hands a
+    result out once, so a check whose answer could not be read may have carried it."""
+    gone = f"the API no longer knows generation {clean(handle)} (404)"
+    if isinstance(failed, ApiMalformed):
+        return clean(
+            f"{gone} right after an answer the listener could not read ({failed.message}): "
+            "the result was most likely in that answer (the API hands a result out once)"
+        )
+    if failed is not None:
+        return clean(
+            f"{gone} right after a status check that failed ({failed.message}): the "
+            "result was in that answer if the API sent one, else it expired or was "
+            "fetched elsewhere"
+        )
+    return f"{gone}: its result expired or was fetched elsewhere"

@@ -1,8 +1,9 @@
 """What the service knows about the provider as a whole, shared by every in-flight call.
 
-* Busy (the provider says "wait": ApiBusy): the generator pauses with capped, jittered
-  exponential backoff, at least the provider's own (capped) Retry-After; the first
-  accepted submission resets it.
+* Busy (the provider says "wait": ApiBusy) or not taken (ApiNotTaken: 408, 425, 429):
+  the generator pauses with capped, jittered exponential backoff, at least the
+  provider's own (capped) Retry-After; the first accepted submission resets it. (With a
+  shared concurrency budget, a refusal for load first lowers the budget: Runs._busy.)
 * Credentials refused (ApiCredentials): nothing is failed because of a bad key.
   Generation stops, a probe asks the API every few seconds, one clear line is logged per
   minute (the provider's likely cause and what to check), and work resumes by itself
@@ -57,7 +58,7 @@ class ApiHealth:
         self.busy_until = -math.inf
 
     def busy(self, what: str, retry_after: float | None = None) -> float:
-        """Record a busy answer; return how long the generator pauses."""
+        """Record a busy (or not taken) answer; return how long the generator pauses."""
         now = trio.current_time()
         if now < self.busy_until:  # another call of the same burst already backed off
             return self.busy_until - now

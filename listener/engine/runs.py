@@ -4,10 +4,14 @@ Outcomes of a run:
 * accepted      -> status Generate + the handle, durable before anything else; then this
                    process follows it (or, generator-only, releases it to the processors);
 * busy          -> released uncounted, generation pauses (capped, jittered backoff);
+* not taken (408, 425, 429: the provider says it did not take the request) -> released
+                   uncounted with the reason, generation pauses like busy, at least as
+                   long as its Retry-After; a storm of them fails nothing;
 * credentials   -> released uncounted, generation paused until the key works again;
 * transient     -> attempt counted, reason kept, retried after a backoff; Failed with the
                    last reason after RETRY_MAX_ATTEMPTS;
-* outcome unknown (timeout after sending, dropped connection, garbled 2xx): the provider
+* outcome unknown (timeout after sending, dropped connection, a 5xx, a 2xx that cannot be
+                   read: docs/api-answers.md): the provider
                    may have generated it. Re-sent at most UNKNOWN_OUTCOME_RESENDS times
                    over the row's whole life (counted in the row), then Failed with a
                    reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
@@ -30,23 +34,19 @@ from listener.engine.ports import Generation, Provider, ReadyRow, Refused, Reque
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
+    ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
     ApiTransient,
     BlankPrompt,
 )
+from listener.prompt import for_log, sendable
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
 
-PROMPT_IN_LOG = 80
 # How long a slot whose submission was refused for load rests, at least (seconds).
 REFUSED_SLOT_REST = 1.0
-
-
-def short(prompt: str) -> str:
-    prompt = clean(" ".join(prompt.split()), limit=PROMPT_IN_LOG * 2)
-    return prompt if len(prompt) <= PROMPT_IN_LOG else prompt[: PROMPT_IN_LOG - 1] + "…"
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Runs:
             await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
             return None
 
-        log.info("Processing image ID %d with prompt: %s", row.id, short(row.prompt))
+        log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
         request = self.request_for(row)
         with self.guard.shielded() as scope:
             try:
@@ -112,6 +112,23 @@ class Runs:
                 delay = await self._busy(row.id, exc)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
+                )
+                own.settle()
+                self._look_again()
+                return None
+            except ApiNotTaken as exc:
+                # 408, 425, 429: not taken, free. A 429 is a refusal for load (the shared
+                # budget is lowered, see _busy); the others pause like busy.
+                if exc.status_code == 429:
+                    delay = await self._busy(row.id, exc)
+                else:
+                    delay = self.health.busy(clean(exc.message, limit=120), exc.retry_after)
+                await self.store.release(
+                    row.id,
+                    status="ReadyToGenerate",
+                    delay=delay,
+                    error=clean(exc.message),
+                    uncount=True,
                 )
                 own.settle()
                 self._look_again()
@@ -153,7 +170,7 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            row.prompt,
+            sendable(row.prompt),  # what was sent, nothing more
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,
@@ -168,12 +185,13 @@ class Runs:
             "To send it once more: listener retry ID (or SELECT images_retry(ID))"
         )
 
-    async def _busy(self, row_id: int, exc: ApiBusy) -> float:
+    async def _busy(self, row_id: int, exc: ApiBusy | ApiNotTaken) -> float:
         """A refusal for load (429, DISABLED_BY_QUEUE): how long the row waits. While the
         shared budget can still go lower, lowering it is the answer and nothing pauses
         (the row is claimed again when a slot frees, after the provider's Retry-After);
         at one at a time, generation pauses with the capped backoff as before."""
-        what = clean(exc.state or exc.message, limit=64)
+        state = exc.state if isinstance(exc, ApiBusy) else None
+        what = clean(state or exc.message, limit=64)
         if self.slots is not None:
             # The slot this row used was one too many: it is kept out of use for a while
             # (given back by the row's task after this long), or it would be refused again
@@ -186,7 +204,7 @@ class Runs:
             return min(exc.retry_after or 0.0, self.settings.retry_backoff_max)
         if self.slots is not None:
             await self.slots.refused(what)  # counted; at one there is nothing to lower
-        return self.health.busy(exc.state or exc.message, exc.retry_after)
+        return self.health.busy(what, exc.retry_after)
 
     def _look_again(self) -> None:
         if callable(self.on_retry_scheduled):

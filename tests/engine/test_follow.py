@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from listener.engine.ports import Refused
-from listener.errors import ApiNotFound, InvalidImage
+from listener.engine.ports import Pending, Refused
+from listener.errors import ApiMalformed, ApiNotFound, ApiTransient, InvalidImage
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -54,6 +54,45 @@ async def test_an_unknown_generation_fails(store, provider, autojump_clock):
     provider.on_outcome = gone
     row = await _one(store, provider)
     assert "no longer knows generation" in row.last_error
+
+
+MALFORMED_DONE = ApiMalformed(
+    'status: malformed answer: result.files: Input should be a valid list: {"status": "DONE"'
+)
+
+
+@pytest.mark.parametrize(
+    ("before", "said", "not_said"),
+    [
+        # a DONE answer the listener could not read, then 404: the result was in it
+        (
+            [MALFORMED_DONE],
+            "(404) right after an answer the listener could not read (status: malformed "
+            "answer: result.files",
+            "expired or fetched elsewhere",
+        ),
+        ([ApiTransient("status: HTTP 502: bad gateway")], "after a status check that failed", None),
+        # a malformed answer long before, then a readable one: nothing to say about it
+        ([MALFORMED_DONE, Pending()], "its result expired or was fetched elsewhere", "read"),
+        ([], "its result expired or was fetched elsewhere", None),
+    ],
+)
+async def test_a_404_says_what_happened_before_it(
+    store, provider, autojump_clock, before, said, not_said
+):
+    answers = [*before, ApiNotFound("status: HTTP 404")]
+
+    def next_answer(handle):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    provider.on_outcome = next_answer
+    row = await _one(store, provider)
+    assert row.status == "Failed"
+    assert said in row.last_error, row.last_error
+    assert not_said is None or not_said not in row.last_error, row.last_error
 
 
 async def test_no_result_in_time_fails_after_the_checks_time(store, provider, autojump_clock):
