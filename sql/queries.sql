@@ -5,6 +5,7 @@
 -- lease durable. SKIP LOCKED lets any number of listeners share the table; the lease
 -- (locked_by, locked_until) keeps the row theirs after the transaction commits. Counting
 -- the attempt here means a row that crashes its listener every time still ends Failed.
+-- Highest priority first, oldest first within one (index images_ready_priority_idx).
 -- name: claim_ready
 UPDATE images AS i
 SET locked_by = %(worker)s,
@@ -18,13 +19,14 @@ FROM (
       -- ours with a lapsed lease (a write that waited out a database outage): still
       -- owned by a task of this process, which renews or releases it
       AND locked_by IS DISTINCT FROM %(worker)s
-    -- highest priority first, oldest first within one (the index images_ready_priority_idx)
     ORDER BY priority DESC, not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
-RETURNING i.id, i.prompt, i.style, i.width, i.height, i.negative_prompt, i.attempts,
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
+          images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
           i.last_error, i.unknown_outcomes
 
 -- The fair share (docs/flow-control.md, "Order"): one claim in PRIORITY_FAIR_SHARE takes
