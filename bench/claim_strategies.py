@@ -55,7 +55,7 @@ WHERE id = %(id)s
 
 
 def api_run(http: httpx.Client, pipeline: str, prompt: str) -> str:
-    from listener.api.models import GenerationRequest
+    from listener.providers.fusionbrain.models import GenerationRequest
 
     request = GenerationRequest(
         prompt=prompt, width=64, height=64, style="ANIME", negative_prompt=""
@@ -144,7 +144,7 @@ def sample_idle_in_transaction(url: str, stop: threading.Event, out: list[int]) 
 
 
 def measure(emu: h.Emulator, strategy: str, delay: float, rows: int) -> dict:
-    from listener.api.client import choose_pipeline
+    from listener.providers.fusionbrain.client import choose_pipeline
 
     url = h.fresh_db("bench_strategy")
     try:

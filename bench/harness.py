@@ -250,7 +250,7 @@ class Emulator:
     READY = b"Emulator listening on "
 
     def __init__(self) -> None:
-        from listener.emulator import EmulatorControl
+        from listener.providers.fusionbrain.emulator import EmulatorControl
 
         WORK.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(18)  # the control endpoint's, chosen here

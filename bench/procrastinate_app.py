@@ -2,8 +2,8 @@
 
 One task per image row (its kwargs: the row's id and prompt, so the task needs no read
 of its own, as our claim returns the prompt): POST run (the same multipart shape as
-listener/api/client.py), record the uuid and status Generate (as our listener makes the
-uuid durable), poll the status every BENCH_CHECK_INTERVAL seconds until DONE, then write
+listener/providers/fusionbrain/client.py), record the uuid and status Generate (as our
+listener makes the uuid durable), poll the status every BENCH_CHECK_INTERVAL seconds until DONE, then write
 the image and ReadyToPublish into the row. The row lives in the same `images` table as ours (the
 benchmark migrates the baseline's database with our migrations, then applies
 procrastinate's schema beside it), so the same `images_done` trigger timestamps

@@ -9,7 +9,7 @@ bench/RESULTS.md (between the markers; the hand-written analysis below them is k
     python bench/run.py --no-write      # print the table only
     (RESULTS.md is rewritten by a full run only, unless --write is given)
 
-Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler.
+Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler, web.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h
 from harness import DoneListener, Emulator, Process
 
-ALL = ("pickup", "throughput", "baseline", "imports", "scale", "notify", "profile", "pooler")
+ALL = (
+    "pickup", "throughput", "baseline", "imports", "scale", "notify", "profile", "pooler", "web",
+)  # fmt: skip
 RESULTS_MD = h.REPO / "bench" / "RESULTS.md"
 RESULTS_JSON = h.WORK / "results.json"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
@@ -493,7 +495,7 @@ CORE_MODULES = [
     "listener.db",
     "listener.store",
     "listener.notify",
-    "listener.api.client",
+    "listener.providers.fusionbrain.client",
     "listener.engine",
     "listener.providers.fusionbrain",
     "listener.service",
@@ -776,6 +778,189 @@ def run_pooler(res: Results, emu: Emulator, args) -> None:
         bouncer.close()
 
 
+WEB = "8. HTTP server"
+
+
+def run_web(res: Results, emu: Emulator, args) -> None:
+    """What --http costs the pickup path while nobody looks (the same pickup run with the
+    server off and on, alternated), and the gallery's answer times on 100,000 rows."""
+    n = 40 if args.quick else 300
+    for rep in range(args.reps):
+        for variant, knobs in (("off", {}), ("on", {"HTTP_ADDRESS": "127.0.0.1:0"})):
+            name = f"bench_web_{variant}"
+            url = h.fresh_db(name)
+            proc = ready_listener(f"listener-web-{variant}-{rep}", url, emu, **knobs)
+            time.sleep(0.5)
+            res.add(
+                f"web_rss_idle_{variant}", WEB, f"RSS idle, --http {variant}", "MB", proc.rss_mb()
+            )
+            try:
+                cpu = proc.cpu_seconds() or 0.0
+                out = pickup(url, emu, n, 0.02, "ours", f"web{variant}{rep}")
+                cpu = (proc.cpu_seconds() or 0.0) - cpu
+            finally:
+                proc.stop()
+            h.drop_db(name)
+            # CPU time is what the server could add to each row; it is also the figure that
+            # a loaded machine (other processes on the cores) disturbs least.
+            res.add(
+                f"web_cpu_per_row_{variant}",
+                WEB,
+                f"listener CPU per row (3 warm-up rows included), --http {variant}",
+                "ms",
+                1000 * cpu / (n + 3),
+            )
+            for p in (50, 95, 99):
+                res.add(
+                    f"web_pickup_p{p}_{variant}",
+                    WEB,
+                    f"commit -> run, p{p}, --http {variant} (nobody looking; {n} rows)",
+                    "ms",
+                    h.percentile(out["to_run"], p),
+                )
+            res.checks.append(
+                f"web pickup --http {variant} rep {rep}: {n} rows, {out['finished']} finished"
+            )
+            print(
+                f"  pickup --http {variant} rep {rep}: p50 "
+                f"{h.percentile(out['to_run'], 50):.2f} ms, p99 "
+                f"{h.percentile(out['to_run'], 99):.2f} ms, CPU {1000 * cpu / (n + 3):.2f} "
+                f"ms/row (load {h.loadavg()})",
+                flush=True,
+            )
+    wrap = seam_cost()
+    res.add("web_seam_cost", WEB, "metrics at the seams, CPU per row (in-process)", "us", wrap)
+    print(f"  metrics at the seams: {wrap:.1f} us per row", flush=True)
+    run_gallery(res, emu, 10_000 if args.quick else 100_000)
+
+
+def seam_cost(rows: int = 20_000) -> float:
+    """Microseconds the observed seams add to one row's path (claim, submit, one outcome,
+    finalise), measured in-process against do-nothing seams: the load on the machine
+    disturbs this far less than a latency."""
+    import trio
+
+    from listener.engine.ports import Claimed, Ready, ReadyRow, Submitted
+    from listener.web.metrics import Metrics
+    from listener.web.observed import ObservedProvider, ObservedStore, Tracker
+
+    class Store:
+        async def claim_ready(self, limit):
+            return [ReadyRow(id=limit, prompt="p", waited=0.001, age=0.001)]
+
+        async def claim_generating(self, limit):
+            return Claimed([], None)
+
+        async def finalise(self, id_, handle, image):
+            return None
+
+    class Provider:
+        name = "fake"
+
+        async def submit(self, request):
+            return Submitted("h")
+
+        async def outcome(self, handle):
+            return Ready("x")
+
+    class Request:
+        def __init__(self, row_id):
+            self.row_id = row_id
+
+    async def path(store, provider) -> float:
+        began = time.process_time()
+        for i in range(rows):
+            await store.claim_ready(i)
+            await provider.submit(Request(i))
+            await provider.outcome(f"h{i}")
+            await store.finalise(i, "h", "x")
+        return time.process_time() - began
+
+    async def both() -> float:
+        plain = await path(Store(), Provider())
+        m, t = Metrics(), Tracker()
+        observed = await path(
+            ObservedStore(Store(), m, "fake", t), ObservedProvider(Provider(), m, t)
+        )
+        return 1e6 * (observed - plain) / rows
+
+    return statistics.median(trio.run(both) for _ in range(3))
+
+
+def run_gallery(res: Results, emu: Emulator, total: int) -> None:
+    import re
+
+    import httpx
+
+    name = "bench_web_gallery"
+    url = h.fresh_db(name)
+    # A small real PNG as every finished row's image; 1% Failed with a reason.
+    png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJAAAAY0lEQVR4nO3PQQ3AIADAQEANcpCNrIngcVnSU9DOe/b4"
+        "s6UDXjWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWgNaA1oDWg"
+        "fZKYAcC/rzn4AAAAAElFTkSuQmCC"
+    )
+    h.execute(
+        url,
+        "INSERT INTO images (prompt, status, base64, last_error, generation_started_at, "
+        "generation_finished_at) "
+        "SELECT 'prompt number ' || g || CASE WHEN g %% 7 = 0 THEN ' red fox' ELSE '' END, "
+        "CASE WHEN g %% 100 = 0 THEN 'Failed' ELSE 'ReadyToPublish' END, "
+        "CASE WHEN g %% 100 = 0 THEN NULL ELSE %s END, "
+        "CASE WHEN g %% 100 = 0 THEN 'generation FAIL: emulated' END, now(), now() "
+        "FROM generate_series(1, %s) g",
+        (png, total),
+    )
+    h.execute(url, "VACUUM ANALYZE images")
+    proc = ready_listener("listener-web-gallery", url, emu, HTTP_ADDRESS="127.0.0.1:0")
+    base = re.search(r"HTTP server at (http://\S+/)", proc.log).group(1)
+    pages = {
+        "first page": "",
+        "page at the middle (keyset)": f"?before={total // 2}",
+        "failed only": "?status=failed",
+        "prompt search (latest 10,000 rows)": "?q=red+fox",
+        "search without a match": "?q=no+such+prompt",
+    }
+    try:
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            for label, query in pages.items():
+                times = []
+                for _ in range(25):
+                    t0 = time.perf_counter()
+                    r = client.get(base + query)
+                    times.append(1000 * (time.perf_counter() - t0))
+                    assert r.status_code == 200, r.text[:200]
+                res.add(
+                    f"web_gallery_{label}",
+                    WEB,
+                    f"gallery {label}, {total:,} rows: answer time, median of 25",
+                    "ms",
+                    statistics.median(times),
+                )
+                print(f"  gallery {label}: {statistics.median(times):.1f} ms", flush=True)
+            ids = re.findall(r"/thumb/(\d+)\?v=(\d+)", client.get(base).text)
+            cold, warm = [], []
+            for id_, v in ids[:20]:
+                t0 = time.perf_counter()
+                client.get(f"{base}thumb/{id_}?v={v}")
+                cold.append(1000 * (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                client.get(f"{base}thumb/{id_}?v={v}")
+                warm.append(1000 * (time.perf_counter() - t0))
+            res.add(
+                "web_thumb_cold", WEB, "thumbnail, first request", "ms", statistics.median(cold)
+            )
+            res.add("web_thumb_warm", WEB, "thumbnail, cached", "ms", statistics.median(warm))
+            print(
+                f"  thumbnail: first {statistics.median(cold):.1f} ms, cached "
+                f"{statistics.median(warm):.1f} ms ({len(cold)} images)",
+                flush=True,
+            )
+    finally:
+        proc.stop()
+        h.drop_db(name)
+
+
 def run_profile(res: Results, emu: Emulator, args) -> None:
     """py-spy on one listener while it works through a bulk insert (small images).
 
@@ -908,6 +1093,7 @@ SECTIONS = [
     "5. memory",
     "6. NOTIFY cost",
     "7. pooler",
+    WEB,
 ]
 
 
@@ -1116,6 +1302,7 @@ def main() -> int:
         "notify": lambda: run_notify(res, emu, args),
         "profile": lambda: run_profile(res, emu, args),
         "pooler": lambda: run_pooler(res, emu, args),
+        "web": lambda: run_web(res, emu, args),
     }
     try:
         for name in ALL:

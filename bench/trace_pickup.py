@@ -32,9 +32,9 @@ def listener_main() -> int:
     import threading
 
     from listener import notify, service, store
-    from listener.api import client
     from listener.cli import main
     from listener.db import Database
+    from listener.providers.fusionbrain import client
 
     steps: list[list] = []
     atexit.register(lambda: Path(os.environ["TRACE_FILE"]).write_text(json.dumps(steps)))

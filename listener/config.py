@@ -18,7 +18,6 @@ from typing import Any, Literal
 import psycopg.conninfo
 from pydantic import (
     Field,
-    HttpUrl,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -36,13 +35,16 @@ SEED_NEGATIVE_PROMPT = (
     ",duplicate, ugly, monochrome, geometry, mutation, disgusting"
 )
 
-# What the Fusion Brain API accepts per side (fusionbrain-api.md, "Limits").
+# The sides DEFAULT_IMAGE_WIDTH / DEFAULT_IMAGE_HEIGHT may take (the seed's limits, also
+# the table's CHECK on a row's size; each provider checks a row's size when it submits
+# it, and one that cannot honour sizes draws at its own).
 MIN_SIDE = 64
 MAX_SIDE = 1024
 
+# Never echoed in a configuration error, whichever provider's settings they belong to.
 SECRET_FIELDS = frozenset(
     {"fusion_brain_api_key", "fusion_brain_secret_key", "db_password", "database_url"}
-) | {"listen_database_url"}
+) | {"listen_database_url", "gigachat_credentials", "gigachat_password"}
 
 # The values `.env.example` (and the seed's) ships with: "your-api-key-here",
 # "your-password-here", "your-database-name"... never a real key, password or name.
@@ -50,7 +52,7 @@ PLACEHOLDER = re.compile(r"your-[a-z0-9-]+", re.IGNORECASE)
 PLACEHOLDER_HOSTS = frozenset({"localhost"})  # the example's DB_HOST
 
 
-def _is_placeholder(value: SecretStr | str | None) -> bool:
+def is_placeholder(value: SecretStr | str | None) -> bool:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return value is not None and PLACEHOLDER.fullmatch(value.strip()) is not None
@@ -60,7 +62,9 @@ SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-
 
 
 class Settings(BaseSettings):
-    """Everything the listener can be told, from the environment or `.env`."""
+    """What every provider shares, from the environment or `.env`. Each provider's own
+    settings (its key, URL, client knobs) live in its package (listener.providers.NAME
+    .settings), with their variables' names unchanged."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -70,10 +74,6 @@ class Settings(BaseSettings):
         frozen=True,
         case_sensitive=False,
     )
-
-    # -- Fusion Brain API (seed) --------------------------------------------------------
-    fusion_brain_api_key: SecretStr | None = None
-    fusion_brain_secret_key: SecretStr | None = None
 
     # -- image generation defaults (seed) -----------------------------------------------
     default_image_width: int = Field(1024, ge=MIN_SIDE, le=MAX_SIDE)
@@ -97,15 +97,15 @@ class Settings(BaseSettings):
     db_conn_max_lifetime: float = Field(300, ge=0)
 
     # -- new ----------------------------------------------------------------------------
-    fusion_brain_url: HttpUrl = HttpUrl("https://api-key.fusionbrain.ai/")
     database_url: SecretStr | None = None
     generator_sweep_interval: float = Field(300, gt=0)
     processor_sweep_interval: float = Field(600, gt=0)
-    api_concurrency: int = Field(8, ge=1, le=64)
+    # Calls in flight to the provider per process (draws, status checks, downloads: one
+    # limit). Unset: the provider's default (its Traits.default_concurrency).
+    api_concurrency: int | None = Field(None, ge=1, le=64)
     # The provider account's limit, shared by every listener on the database using the
     # same credentials (docs/flow-control.md); unset: the provider's default.
     provider_concurrency: int | None = Field(None, ge=1, le=1000)
-    api_timeout: float = Field(30, gt=0)
     max_in_flight: int = Field(100, ge=1)
     retry_max_attempts: int = Field(5, ge=1)
     retry_backoff_base: float = Field(2, gt=0)
@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
 
     # -- engine (issue 11) ----------------------------------------------------------------
-    unknown_outcome_resends: int = Field(1, ge=0, le=10)
+    # Unset: the provider's default (its Traits.unknown_outcome_resends).
+    unknown_outcome_resends: int | None = Field(None, ge=0, le=10)
     db_statement_timeout: float = Field(30, gt=0)
     db_max_idle_time: float = Field(30, gt=0)
 
@@ -134,23 +135,21 @@ class Settings(BaseSettings):
     # Server-side prepared statements: auto = off when a transaction pooler is detected.
     db_prepared_statements: Literal["auto", "on", "off"] = "auto"
 
-    # -- least privilege (issue 14) -------------------------------------------------------
-    # http:// to a host other than this machine sends the API key in clear: refused
-    # unless this says the network in between is trusted.
-    allow_insecure_api_url: bool = False
-
     # -- a misbehaving API (issue 12) ---------------------------------------------------
     # A 2xx answer larger than this is abandoned as it streams (a 1024 x 1024 image is
     # about 4 MB in base64).
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
-    # Whole-request deadline of a status read, which may carry a result handed out once.
-    api_result_timeout: float = Field(120, gt=0)
+
+    # -- providers (issue 20) -------------------------------------------------------------
+    # Which image provider this process runs (listener.providers.registry). Unset: the
+    # first registered provider whose credentials are set, else the registry's default.
+    image_provider: str | None = None
 
     @field_validator("default_num_images")
     @classmethod
     def _one_image(cls, value: int) -> int:
         if value != 1:
-            raise ValueError("the Fusion Brain API generates exactly 1 image per request")
+            raise ValueError("a row is exactly 1 image (one request draws one)")
         return value
 
     @field_validator("default_style")
@@ -167,7 +166,6 @@ class Settings(BaseSettings):
         "db_conn_max_lifetime",
         "generator_sweep_interval",
         "processor_sweep_interval",
-        "api_timeout",
         "retry_backoff_base",
         "retry_backoff_max",
         "lease_timeout",
@@ -226,10 +224,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _placeholders_are_unset(self) -> Settings:
-        """`.env.example` copied unchanged is "nothing configured": its placeholder key
-        is not sent to the real API, and its placeholder database is not dialled.
+        """`.env.example` copied unchanged is "nothing configured": its placeholder
+        database is not dialled (a provider's placeholder key: its own settings).
 
-        The API key or secret holding a placeholder counts as unset. DB_NAME and
+        DB_NAME and
         DB_PASSWORD both holding theirs, with the example's DB_HOST, is the example's
         database block left as it is: every DB_* is ignored (the embedded PostgreSQL).
         A placeholder DB_NAME beside a real host or password is a half-edited file: a
@@ -241,10 +239,7 @@ class Settings(BaseSettings):
             object.__setattr__(self, field, None)
             found.append(field.upper())
 
-        for field in ("fusion_brain_api_key", "fusion_brain_secret_key"):
-            if _is_placeholder(getattr(self, field)):
-                unset(field)
-        name, password = _is_placeholder(self.db_name), _is_placeholder(self.db_password)
+        name, password = is_placeholder(self.db_name), is_placeholder(self.db_password)
         if name and password and (self.db_host or "localhost") in PLACEHOLDER_HOSTS:
             unset("db_name")
             unset("db_password")
@@ -260,30 +255,6 @@ class Settings(BaseSettings):
             unset("db_password")
         self._placeholders = tuple(found)
         return self
-
-    @field_validator("api_result_timeout")
-    @classmethod
-    def _finite_result_timeout(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number of seconds")
-        return value
-
-    @field_validator("fusion_brain_api_key", "fusion_brain_secret_key")
-    @classmethod
-    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
-        """Surrounding whitespace (a key read from a file ends in a newline) is stripped;
-        what is left must be something an HTTP header can carry."""
-        if value is None:
-            return value
-        text = value.get_secret_value().strip()
-        if not text:
-            raise ValueError("is blank")
-        if not _VISIBLE_ASCII.fullmatch(text):
-            raise ValueError(
-                "must be the key as the API issued it: visible ASCII characters only, "
-                "no spaces, accents or control characters (it travels in an HTTP header)"
-            )
-        return SecretStr(text)
 
     @field_validator("database_url")
     @classmethod
@@ -308,23 +279,18 @@ class Settings(BaseSettings):
             raise ValueError("must not include a port: set DB_PORT")
         return value
 
+    @field_validator("image_provider", mode="before")
+    @classmethod
+    def _provider_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if not re.fullmatch(r"[a-z][a-z0-9]{0,31}", value):
+                raise ValueError("must be a provider's name, such as fusionbrain or gigachat")
+        return value
+
     @model_validator(mode="after")
     def _safe_connections(self) -> Settings:
-        """No credentials in the API's URL (they would be logged and sent to the API),
-        no API key in clear to another machine, no malformed libpq variable."""
-        url = self.fusion_brain_url
-        if url.username or url.password:
-            raise ValueError(
-                "FUSION_BRAIN_URL: must not contain user:password (the API is authenticated "
-                "by FUSION_BRAIN_API_KEY and FUSION_BRAIN_SECRET_KEY)"
-            )
-        insecure = url.scheme != "https" and not _loopback(url.host or "")
-        if insecure and not self.allow_insecure_api_url:
-            raise ValueError(
-                f"FUSION_BRAIN_URL: {url.scheme}:// to {url.host} would send the API key "
-                "in clear: use https://, or set ALLOW_INSECURE_API_URL=true if the "
-                "network in between is trusted"
-            )
+        """No malformed libpq variable (libpq would refuse it only when connecting)."""
         if self.database_configured:
             given = (
                 psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())
@@ -350,10 +316,6 @@ class Settings(BaseSettings):
         """True when the user named a database; otherwise the embedded one is used."""
         return self.database_url is not None or self.db_host is not None
 
-    @property
-    def api_configured(self) -> bool:
-        return self.fusion_brain_api_key is not None
-
     def conninfo(self) -> str:
         """The libpq connection string. It holds the password: never log it."""
         if self.database_url is not None:
@@ -371,11 +333,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log redaction filter and the tests."""
-        found = [
-            s.get_secret_value()
-            for s in (self.fusion_brain_api_key, self.fusion_brain_secret_key, self.db_password)
-            if s is not None
-        ]
+        found = [s.get_secret_value() for s in (self.db_password,) if s is not None]
         if self.database_url is not None:
             password = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value()).get(
                 "password"
@@ -401,13 +359,13 @@ class Settings(BaseSettings):
 
     def shown_identifiers(self) -> list[str]:
         """What log lines show as it is: the database's user, name, host and port
-        (describe_conninfo) and the API's host."""
+        (describe_conninfo); a provider adds its API's host (Spec.shown_hosts)."""
         if self.database_url is not None:
             params = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())
             values = [params.get(k) for k in ("user", "dbname", "host", "port")]
         else:
             values = [self.db_user, self.db_name, self.db_host, str(self.db_port)]
-        values += [os.environ.get("PGUSER"), self.fusion_brain_url.host]
+        values += [os.environ.get("PGUSER")]
         return [str(v) for v in values if v]
 
     def _listen_secrets(self) -> list[str]:
@@ -501,7 +459,23 @@ def conninfo_problem(params: dict[str, Any]) -> str | None:
     return None
 
 
-def _loopback(host: str) -> bool:
+def header_safe(value: SecretStr | None) -> SecretStr | None:
+    """A key for an HTTP header: surrounding whitespace (a key read from a file ends in a
+    newline) is stripped; what is left must be something a header can carry."""
+    if value is None:
+        return value
+    text = value.get_secret_value().strip()
+    if not text:
+        raise ValueError("is blank")
+    if not _VISIBLE_ASCII.fullmatch(text):
+        raise ValueError(
+            "must be the key as the API issued it: visible ASCII characters only, "
+            "no spaces, accents or control characters (it travels in an HTTP header)"
+        )
+    return SecretStr(text)
+
+
+def is_loopback_host(host: str) -> bool:
     host = host.strip("[]").lower()
     if host == "localhost":
         return True

@@ -1,7 +1,7 @@
 """The hostile edge of every provider's HTTP client: what an answer is, before any model.
 
-Provider-neutral, so that each provider's client (Fusion Brain's `listener.api.client`,
-and any other) reads, bounds, parses and classifies answers the same way:
+Provider-neutral, so that each provider's client (listener/providers/<name>/client.py)
+reads, bounds, parses and classifies answers the same way:
 
 * `read_capped(response, cap=..., error_cap=...)`: a streamed body, abandoned past its
   cap (TooLarge for a 2xx one);

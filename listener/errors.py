@@ -22,8 +22,8 @@ line (which could carry a connection string).
     └── ApiError                 the image provider's API did not give what we asked for
         ├── ApiTransient         network, timeout, 5xx or 3xx on a read: try again
         │   ├── ApiNotTaken      408, 425, 429: not taken, free; wait and send again
-        │   ├── ApiOutcomeUnknown  a paid request may have been carried out (timeout,
-        │   │                    5xx after sending, an answer we cannot read): counted
+        │   ├── ApiOutcomeUnknown  a paid request may have been carried out (timeout, 5xx
+        │   │                    after sending, an answer we cannot read): counted
         │   └── ApiMalformed     an answer of the wrong shape, too large or too deep
         ├── ApiBusy              the provider says "wait": never an attempt, never a failure
         ├── ApiPermanent         400, 404, 415...: retrying cannot help

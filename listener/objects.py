@@ -27,10 +27,11 @@ _SIGNATURE = re.compile(r"^([a-z_][a-z0-9_]*)\(([a-z0-9_ ,]*)\)$")
 _PRIVILEGE = re.compile(r"^(SELECT|INSERT|UPDATE|USAGE|EXECUTE)(?: \(([a-z0-9_, ]+)\))?$")
 
 # images: what an application may write, and what the listener may change.
-WRITER_COLUMNS = "prompt, status, style, width, height, negative_prompt, priority"
+WRITER_COLUMNS = "prompt, status, style, width, height, negative_prompt, provider, priority"
 LISTENER_COLUMNS = (
     "status, uuid, base64, last_error, attempts, not_before, locked_by, locked_until, "
-    "censored, generated_by, generation_started_at, generation_finished_at, unknown_outcomes"
+    "censored, generated_by, generation_started_at, generation_finished_at, unknown_outcomes, "
+    "provider, image_type, image_width, image_height"
 )
 
 
@@ -131,6 +132,7 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("view", "images_recent_failures", operator=("SELECT",)),
     Obj("view", "images_listeners", operator=("SELECT",)),
     Obj("view", "images_blocked", operator=("SELECT",)),
+    Obj("view", "images_providers", operator=("SELECT",)),
     # -- functions an operator or an application calls ---------------------------------
     Obj(
         "function",
@@ -143,6 +145,7 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("function", "images_cancel(bigint)", operator=("EXECUTE",)),
     Obj("function", "images_fail_blocked()", operator=("EXECUTE",)),
     Obj("function", "images_prompt_is_blank(text)", operator=("EXECUTE",)),
+    Obj("function", "images_requeue(text)", operator=("EXECUTE",)),
     Obj("function", "images_set_concurrency(integer, text)", operator=("EXECUTE",)),
     # the claims read a bounded piece of each prompt through it (0016)
     Obj("function", "images_prompt_head(text, integer)", listener=("EXECUTE",)),
@@ -154,6 +157,7 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("function", "images_announce_done()"),
     Obj("function", "images_insert_only_queued()"),
     Obj("function", "image_statuses_keep_the_listeners()"),
+    Obj("function", "images_pin_provider()"),
 )
 
 

@@ -15,29 +15,34 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import stamina
 import trio
 
 from listener import __version__
-from listener.api.client import FusionBrainClient
 from listener.config import Settings
 from listener.db import connect_kwargs, open_database, translate, use_prepared_statements
 from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Polling, Wakeup
 from listener.engine.flow import Slots, account_id
+from listener.engine.ports import Provider
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
-from listener.images import validate_image
+from listener.images import ImageInfo, validate_image
 from listener.migrate import check_migrated, refused_for_good
 from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
-from listener.providers.fusionbrain import FusionBrainProvider
+from listener.providers.registry import LEGACY, Choice, Connection
+from listener.sdnotify import Notifier
 from listener.slotstore import PgSlots
 from listener.store import PgStore
+
+if TYPE_CHECKING:
+    from listener.web.settings import HttpSettings
 
 log = logging.getLogger("listener")
 
@@ -95,29 +100,33 @@ def _check_database(conninfo: str, style: str) -> None:
 INLINE_VALIDATION = 64 * 1024
 
 
-async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -> None:
+async def _validate_off_the_loop(image: str, expected: tuple[int, int] | None) -> ImageInfo:
     """Decoding megabytes of base64 and reading an image header takes milliseconds: in a
-    worker thread, so the event loop never waits for it (small images: at once)."""
+    worker thread, so the event loop never waits for it (small images: at once). Returns
+    what the image is (PNG or JPEG, its size), recorded with it."""
     if len(image) < INLINE_VALIDATION:
-        validate_image(image, expected_size=expected)
-        return
-    await trio.to_thread.run_sync(partial(validate_image, image, expected_size=expected))
+        return validate_image(image, expected_size=expected)
+    return await trio.to_thread.run_sync(partial(validate_image, image, expected_size=expected))
 
 
 class _StreamEvents:
-    """Adapts the LISTEN stream's events to the engine's."""
+    """Adapts the LISTEN stream's events to the engine's; `tap` (the HTTP server's live
+    updates) sees every event first."""
 
-    def __init__(self, stream: ListenStream) -> None:
+    def __init__(self, stream: ListenStream, tap: Callable[[object], None] | None = None) -> None:
         self.stream = stream
+        self.tap = tap
         self.on_event = lambda event: None
         stream.on_event = self._translate
 
     def _translate(self, event: object) -> None:
+        if self.tap is not None:
+            self.tap(event)
         if isinstance(event, ListenMode):
             self.on_event(Polling(on=event.mode == "poll"))
         elif isinstance(event, ListenConnected):
             self.on_event(Connected(first=event.first))
-        elif isinstance(event, Notification):
+        elif isinstance(event, Notification) and event.channel == WAKEUP_CHANNEL:
             self.on_event(Wakeup(event.payload))
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -126,12 +135,23 @@ class _StreamEvents:
 
 class Service:
     def __init__(
-        self, settings: Settings, conninfo: str, options: Options, *, embedded: bool = False
+        self,
+        settings: Settings,
+        conninfo: str,
+        options: Options,
+        provider: Choice,
+        *,
+        embedded: bool = False,
+        http: HttpSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.provider = provider
         self.conninfo = conninfo
         self.options = options
         self.embedded = embedded
+        self.http = http
+        self.systemd = Notifier()
+        self.prepared = True
         self.worker = make_worker_id()
         self.engine: Engine | None = None
         self.stop_reason: str | None = None
@@ -140,57 +160,83 @@ class Service:
     async def run(self) -> int:
         s, o = self.settings, self.options
         log.info(
-            "Starting fusionbrain-listener %s (worker %s; roles: %s; %s)",
+            "Starting fusionbrain-listener %s (worker %s; roles: %s; %s; provider: %s, %s)",
             __version__,
             self.worker,
             o.roles,
             o.described,
+            self.provider.spec.name,
+            self.provider.why,
         )
         stamina.instrumentation.set_on_retry_hooks([])  # retries are logged where they happen
         async with trio.open_nursery() as top:
             top.start_soon(self._watch_signals)
             with trio.CancelScope() as self._starting:
-                base_url, key, secret = await self._api_endpoint(top)
+                emulator_url = await self._api_endpoint(top)
                 await self._wait_for_database()
             if self._starting.cancelled_caught:
                 top.cancel_scope.cancel()
                 return self._stopped()
             log.info("Database connection established")
-            prepared = await self._prepared_statements()
+            prepared = self.prepared = await self._prepared_statements()
             async with (
                 open_database(
                     self.conninfo,
                     s,
-                    application_name=f"fusionbrain-listener {self.worker}",
+                    application_name=self._pool_name(),
                     prepared=prepared,
                 ) as db,
-                FusionBrainClient(
-                    base_url,
-                    key,
-                    secret,
-                    timeout=s.api_timeout,
-                    result_timeout=s.api_result_timeout,
-                    max_response_bytes=s.max_response_bytes,
-                    retry_after_max=s.retry_backoff_max,
-                    max_connections=2 * s.api_concurrency,
+                self.provider.spec.open(
+                    self.provider.settings,
+                    Connection(
+                        concurrency=s.api_concurrency
+                        or self.provider.spec.traits.default_concurrency,
+                        max_response_bytes=s.max_response_bytes,
+                        retry_after_max=s.retry_backoff_max,
+                        emulator_url=emulator_url,
+                    ),
                 ) as api,
             ):
-                provider = FusionBrainProvider(api)
+                store = PgStore(
+                    db,
+                    self.worker,
+                    s.lease_timeout,
+                    provider=self.provider.spec.name,
+                    legacy=LEGACY,
+                    default_style=s.default_style,
+                )
                 slots = Slots(
                     PgSlots(
                         db,
-                        account=account_id(provider.name, base_url, key, secret),
-                        provider=provider.name,
+                        account=self._account(emulator_url),
+                        provider=api.name,
                         worker=self.worker,
                         lease=s.lease_timeout,
                     ),
-                    kind=provider.traits.slot,
-                    limit=s.provider_concurrency or provider.traits.default_concurrency,
+                    kind=api.traits.slot,
+                    limit=s.provider_concurrency or api.traits.default_concurrency,
                     explicit=s.provider_concurrency is not None,
                 )
-                await self._serve(PgStore(db, self.worker, s.lease_timeout), provider, slots)
+                await self._serve(store, api, slots)
             top.cancel_scope.cancel()
         return self._stopped()
+
+    def _account(self, emulator_url: str | None) -> str:
+        """The provider account this process spends (listener_accounts): a fingerprint of
+        the provider, its API's URL and its credentials, so listeners sharing a key
+        share its budget and none holds the key. The built-in emulator is an account of
+        its own per URL."""
+        spec, settings = self.provider.spec, self.provider.settings
+        parts = [emulator_url, "emulator"] if emulator_url is not None else spec.account(settings)
+        return account_id(spec.name, *parts)
+
+    def _pool_name(self) -> str:
+        """'fusionbrain-listener <worker> <provider>': the view images_listeners reads the
+        provider from it. PostgreSQL keeps 63 bytes: a name that would be cut leaves the
+        provider out rather than show part of it."""
+        name = f"fusionbrain-listener {self.worker}"
+        full = f"{name} {self.provider.spec.name}"
+        return full if len(full.encode()) <= 63 else name
 
     def _stopped(self) -> int:
         reason = self.stop_reason
@@ -202,22 +248,39 @@ class Service:
             )
         return 0
 
-    async def _serve(self, store: PgStore, provider: FusionBrainProvider, slots: Slots) -> None:
+    async def _serve(self, store: PgStore, api: Provider, slots: Slots) -> None:
         s, o = self.settings, self.options
-        wakeups = None
+        provider: Any = api
+        engine_store: Any = store
+        web = None
+        if self.http is not None:  # the web libraries are imported only then
+            from listener.web.runtime import Web
+
+            web = Web(
+                self.http,
+                settings=s,
+                conninfo=self.conninfo,
+                db=store.db,
+                mode=o.mode,
+                worker=self.worker,
+                provider_name=provider.name,
+                prepared=self.prepared,
+            )
+            engine_store, provider = web.observe(store, provider)
+        wakeups = stream = None
         if o.mode == "event":
             stream = ListenStream(
                 s.listen_conninfo() or self.conninfo,
-                [WAKEUP_CHANNEL],
+                [WAKEUP_CHANNEL] + ([DONE_CHANNEL] if web is not None else []),
                 lambda event: None,
                 keepalive=s.listen_keepalive,
                 application_name=f"fusionbrain-listener {self.worker} listen",
                 notify_conninfo=self.conninfo,
             )
-            wakeups = _StreamEvents(stream)
-        self.engine = Engine(
+            wakeups = _StreamEvents(stream, tap=web.on_stream_event if web else None)
+        self.engine = engine = Engine(
             settings=s,
-            store=store,
+            store=engine_store,
             provider=provider,
             validate=_validate_off_the_loop,
             generate=o.generate,
@@ -226,43 +289,52 @@ class Service:
             wakeups=wakeups,
             slots=slots,
         )
+
+        async def run_engine(*, task_status: trio.TaskStatus[None]) -> None:
+            await engine.serve(task_status=task_status)
+            nursery.cancel_scope.cancel()  # the HTTP server and the watchdog end with it
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.engine.serve)
+            if web is not None:
+                web.attach(engine, stream)
+                await nursery.start(web.serve)
+            await nursery.start(run_engine)
             log.info("Listener ready")
+            self.systemd.send("READY=1", "STATUS=Listener ready")
+            await nursery.start(self.systemd.serve_watchdog, lambda: engine.stop_reason is None)
             if self.embedded or o.with_emulator:
                 log.info("%s", self._try_it())
-        if self.engine.stop_reason and not self.stop_reason:
-            self.stop_reason = self.engine.stop_reason
+            if web is not None and (self.embedded or o.with_emulator):
+                log.info("Gallery: %s", web.url)
+        if engine.stop_reason and not self.stop_reason:
+            self.stop_reason = engine.stop_reason
 
-    async def _api_endpoint(self, nursery: trio.Nursery) -> tuple[str, str, str]:
-        s = self.settings
-        if s.fusion_brain_api_key is not None:
-            if s.fusion_brain_secret_key is None:
-                raise ConfigError(
-                    "configuration error: FUSION_BRAIN_SECRET_KEY is not set "
-                    "(the API needs both the key and the secret)"
-                )
-            log.info("Fusion Brain API: %s", s.fusion_brain_url)
-            return (
-                str(s.fusion_brain_url),
-                s.fusion_brain_api_key.get_secret_value(),
-                s.fusion_brain_secret_key.get_secret_value(),
-            )
+    async def _api_endpoint(self, nursery: trio.Nursery) -> str | None:
+        """None: the provider's own API (its credentials are set). Otherwise, with
+        --with-emulator, the URL of its built-in emulator, started here."""
+        spec, settings = self.provider.spec, self.provider.settings
+        key = spec.variables[0] if spec.variables else f"{spec.name}'s credentials"
+        if self.provider.configured:
+            hosts = spec.shown_hosts(settings)
+            log.info("%s: %s", spec.title, ", ".join(hosts) or "configured")
+            return None
         if not self.options.with_emulator:
+            needed = " and ".join(spec.variables[:2]) or "its credentials"
             raise ConfigError(
-                "configuration error: FUSION_BRAIN_API_KEY is not set: set it "
-                "and FUSION_BRAIN_SECRET_KEY, or start with --with-emulator "
-                "(make run) to try the service with the built-in API emulator"
+                f"configuration error: {key} is not set: set {needed}, or start with "
+                "--with-emulator (make run) to try the service with the built-in API "
+                "emulator"
             )
-        from listener.emulator import EmulatorConfig, serve_emulator
-
-        url = await nursery.start(serve_emulator, EmulatorConfig())
+        serve = spec.load_emulator()
+        url = await nursery.start(serve)
         log.info(
-            "No FUSION_BRAIN_API_KEY: using the built-in Fusion Brain emulator at %s; "
-            "images are placeholders until an API key is set",
+            "No %s: using the built-in %s emulator at %s; images are placeholders until "
+            "an API key is set",
+            key,
+            spec.title.removesuffix(" API"),
             url,
         )
-        return url, "emulator", "emulator"
+        return str(url)
 
     async def _prepared_statements(self) -> bool:
         """DB_PREPARED_STATEMENTS; auto looks for a transaction pooler (off if unsure)."""
@@ -325,6 +397,7 @@ class Service:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.systemd.send("STOPPING=1", f"STATUS=Stopping ({reason})")
         if self.engine is not None:
             self.engine.stop(reason)
         elif self._starting is not None:
@@ -336,9 +409,14 @@ class Service:
                 name = signal.Signals(signum).name
                 if self.stop_reason is None:
                     log.info(
-                        "Received %s: stopping; API calls in flight get up to %gs",
+                        "Received %s: stopping; claiming stopped. A paid call in flight "
+                        "is given until its own deadline (at most %gs); send %s again "
+                        "to cut it now (it may have been paid for)",
                         name,
-                        self.settings.shutdown_grace,
+                        self.engine.longest_stop()
+                        if self.engine is not None
+                        else self.settings.shutdown_grace,
+                        name,
                     )
                     self.stop(name)
                 else:
@@ -360,8 +438,16 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
     return expected[0] if expected and len(expected) == len(leaves) else group
 
 
-def run(settings: Settings, conninfo: str, options: Options, *, embedded: bool = False) -> int:
-    service = Service(settings, conninfo, options, embedded=embedded)
+def run(
+    settings: Settings,
+    conninfo: str,
+    options: Options,
+    provider: Choice,
+    *,
+    embedded: bool = False,
+    http: HttpSettings | None = None,
+) -> int:
+    service = Service(settings, conninfo, options, provider, embedded=embedded, http=http)
     try:
         return trio.run(service.run)
     except BaseExceptionGroup as group:

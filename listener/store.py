@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from listener.db import Database
 from listener.engine.ports import Claimed, Generation, ReadyRow
 from listener.errors import LeaseLost, RuleBroken
+from listener.providers.registry import DEFAULT, LEGACY
 from listener.sanitize import clean
 from listener.sqlfiles import queries
 
@@ -40,13 +41,36 @@ def _seconds_until(at: datetime | None, now: datetime) -> float | None:
 
 
 class PgStore:
-    def __init__(self, db: Database, worker: str, lease: float) -> None:
+    """`provider`: the name of the provider this process runs (images.provider): claims
+    take rows for any provider or pinned to it, and only the generations it accepted
+    (a Generate row that names none was written before providers were recorded: it is
+    `legacy`'s). `default_style` (DEFAULT_STYLE) finds the style words of a row that
+    names no style."""
+
+    def __init__(
+        self,
+        db: Database,
+        worker: str,
+        lease: float,
+        *,
+        provider: str = DEFAULT,
+        legacy: str = LEGACY,
+        default_style: str = "ANIME",
+    ) -> None:
         self.db, self.worker, self.lease = db, worker, lease
+        self.provider, self.legacy, self.default_style = provider, legacy, default_style
         self._checked_until = -math.inf
         self._claims = 0
 
     def _params(self, **extra: Any) -> dict[str, Any]:
-        return {"worker": self.worker, "lease": self.lease, **extra}
+        return {
+            "worker": self.worker,
+            "lease": self.lease,
+            "provider": self.provider,
+            "legacy": self.legacy,
+            "default_style": self.default_style,
+            **extra,
+        }
 
     # -- claims (the pickup lane: one warm autocommit connection) ---------------------
 
@@ -170,10 +194,28 @@ class PgStore:
             "fail", id_, "Failed", error=clean(error), from_status=from_status, censored=censored
         )
 
-    async def finalise(self, id_: int, handle: str, image: str) -> None:
-        """Write the image. Idempotent: if a retried write finds the row already holding
-        this generation's result, it was ours and it is durable."""
-        await self._fenced("finalise", id_, "ReadyToPublish", uuid=handle, base64=image)
+    async def finalise(
+        self,
+        id_: int,
+        handle: str,
+        image: str,
+        *,
+        image_type: str = "png",
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        """Write the image and what it is. Idempotent: if a retried write finds the row
+        already holding this generation's result, it was ours and it is durable."""
+        await self._fenced(
+            "finalise",
+            id_,
+            "ReadyToPublish",
+            uuid=handle,
+            base64=image,
+            image_type=image_type,
+            image_width=width,
+            image_height=height,
+        )
 
     # -- leases ------------------------------------------------------------------------
 

@@ -24,14 +24,29 @@ FROM images_in_flight
 SELECT reason, failures, latest, latest_ids FROM images_recent_failures
 
 -- name: listeners
-SELECT worker, connected, listening, rows_held, earliest_lease_until FROM images_listeners
+SELECT worker, connected, listening, rows_held, earliest_lease_until, provider
+FROM images_listeners
+
+-- Why rows wait (a retry's reason, a paused provider's words: "waiting: ... paid quota
+-- used up"), most frequent first; only rows still waiting for a later try.
+-- name: waiting_reasons
+SELECT last_error AS reason, count(*) AS rows, min(not_before) AS next_try
+FROM images
+WHERE status = 'ReadyToGenerate' AND last_error IS NOT NULL AND not_before > now()
+GROUP BY last_error
+ORDER BY rows DESC
+LIMIT 10
+
+-- Rows that wait for one provider, and how many connected listeners run it (0018).
+-- name: providers
+SELECT provider, pinned, generating, listeners, unknown_listeners FROM images_providers
 
 -- Every column but the image itself: its size and kind are enough on a terminal. A prompt
 -- is read as far as a cell shows it (listener.sanitize.LIMIT), however long the row's is.
 -- name: row_detail
 SELECT id, status, left(prompt, 2000) AS prompt, style, width, height,
-       left(negative_prompt, 2000) AS negative_prompt, uuid,
-       base64 IS NOT NULL AS has_image,
+       left(negative_prompt, 2000) AS negative_prompt, provider, uuid,
+       base64 IS NOT NULL AS has_image, image_type, image_width, image_height,
        -- decoded size: 3 bytes per 4 base64 characters, padding and whitespace left out
        length(regexp_replace(base64, '[^A-Za-z0-9+/]', '', 'g')) * 3 / 4 AS image_bytes,
        attempts, last_error, censored, not_before, locked_by, locked_until,
@@ -59,3 +74,17 @@ SELECT images_retry_failed(coalesce(%(since)s::timestamptz, '-infinity'::timesta
 
 -- name: cancel
 SELECT images_cancel(%(id)s::bigint) AS id
+
+-- name: providers_one
+SELECT count(*) AS generating FROM images
+WHERE status = 'Generate' AND provider = %(provider)s
+  AND (locked_by IS NULL OR locked_until IS NULL OR locked_until < now())
+
+-- name: requeue
+SELECT images_requeue(%(provider)s::text) AS count
+
+-- How many of one provider's generations a live listener still holds (left alone).
+-- name: requeue_held
+SELECT count(*) AS held FROM images
+WHERE status = 'Generate' AND provider = %(provider)s
+  AND locked_by IS NOT NULL AND locked_until >= now()

@@ -19,15 +19,23 @@ FROM (
       -- ours with a lapsed lease (a write that waited out a database outage): still
       -- owned by a task of this process, which renews or releases it
       AND locked_by IS DISTINCT FROM %(worker)s
+      -- for any provider, or pinned to ours (0018_providers.sql)
+      AND (provider IS NULL OR provider = %(provider)s)
     ORDER BY priority DESC, not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          -- the style's words, for a provider that expresses styles in words (0018)
+          (SELECT st.system_prompt FROM image_styles AS st
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- The fair share (docs/flow-control.md, "Order"): one claim in PRIORITY_FAIR_SHARE takes
 -- the oldest due rows whatever their priority, so urgent rows never starve the others.
@@ -45,15 +53,23 @@ FROM (
       -- ours with a lapsed lease (a write that waited out a database outage): still
       -- owned by a task of this process, which renews or releases it
       AND locked_by IS DISTINCT FROM %(worker)s
+      -- for any provider, or pinned to ours (0018_providers.sql)
+      AND (provider IS NULL OR provider = %(provider)s)
     ORDER BY not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          -- the style's words, for a provider that expresses styles in words (0018)
+          (SELECT st.system_prompt FROM image_styles AS st
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- The same claim, leaving out every row that breaks a rule of the table: used only after
 -- the claim above failed on one (a rule re-added NOT VALID after an operator changed a
@@ -72,6 +88,8 @@ FROM (
       -- ours with a lapsed lease (a write that waited out a database outage): still
       -- owned by a task of this process, which renews or releases it
       AND locked_by IS DISTINCT FROM %(worker)s
+      -- for any provider, or pinned to ours (0018_providers.sql)
+      AND (provider IS NULL OR provider = %(provider)s)
       -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
       -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
       -- at most 100000 / 10000 characters (0016), decided from octet_length first
@@ -93,10 +111,16 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016)
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
 RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
           images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes
+          i.last_error, i.unknown_outcomes,
+          -- the style's words, for a provider that expresses styles in words (0018)
+          (SELECT st.system_prompt FROM image_styles AS st
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
 -- not_before, or another listener's lease running out; our own leases do not run out).
@@ -105,6 +129,7 @@ SELECT least(
     (SELECT not_before FROM images
       WHERE status = 'ReadyToGenerate' AND (locked_until IS NULL OR locked_until < now())
         AND locked_by IS DISTINCT FROM %(worker)s
+        AND (provider IS NULL OR provider = %(provider)s)
         -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
         -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
         -- at most 100000 / 10000 characters (0016), decided from octet_length first
@@ -124,7 +149,8 @@ SELECT least(
       ORDER BY not_before LIMIT 1),
     (SELECT min(locked_until) FROM images
       WHERE locked_by IS NOT NULL AND locked_by <> %(worker)s
-        AND status = 'ReadyToGenerate' AND locked_until >= now())
+        AND status = 'ReadyToGenerate' AND locked_until >= now()
+        AND (provider IS NULL OR provider = %(provider)s))
 ) AS at, now() AS now
 
 -- Generations that nobody follows: left by a stopped or crashed listener (lease expired
@@ -138,6 +164,9 @@ FROM (
     SELECT id FROM images
     WHERE status = 'Generate' AND (locked_until IS NULL OR locked_until < now())
       AND locked_by IS DISTINCT FROM %(worker)s  -- see claim_ready
+      -- only generations our provider accepted (a row written by a listener older than
+      -- 0018 names none: the seed's provider's, %(legacy)s)
+      AND coalesce(provider, %(legacy)s) = %(provider)s
       -- a row that breaks a rule cannot move on: left out (view images_blocked)
       AND uuid IS NOT NULL AND attempts >= 0
     ORDER BY locked_until NULLS FIRST, id
@@ -153,12 +182,14 @@ RETURNING i.id, i.uuid AS handle, i.width, i.height, i.attempts,
 SELECT min(locked_until) AS at, now() AS now FROM images
 WHERE status = 'Generate' AND locked_until >= now()
   AND locked_by IS DISTINCT FROM %(worker)s
+  AND coalesce(provider, %(legacy)s) = %(provider)s
 
 -- The API accepted the run: the uuid is durable before anything else happens. Fenced on
 -- the lease, so a listener that lost the row cannot overwrite the new owner's work.
 -- name: record_accepted
 UPDATE images
 SET status = 'Generate', uuid = %(uuid)s, last_error = NULL, generated_by = %(worker)s,
+    provider = %(provider)s,  -- the handle means something to this provider only
     generation_started_at = now(), generation_finished_at = NULL,
     -- kept when this process follows the generation itself; released (which wakes the
     -- processors elsewhere) when it runs the generator role only
@@ -197,10 +228,13 @@ SET status = 'Failed', last_error = %(error)s, censored = %(censored)s,
     locked_by = NULL, locked_until = NULL, generation_finished_at = now()
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(from_status)s
 
--- The result, handed out once by the API, in one transaction with the status.
+-- The result, handed out once by the API, in one transaction with the status; with what
+-- the validation found it to be (media type, size in pixels).
 -- name: finalise
 UPDATE images
 SET status = 'ReadyToPublish', base64 = %(base64)s, uuid = %(uuid)s, last_error = NULL,
+    image_type = %(image_type)s, image_width = %(image_width)s,
+    image_height = %(image_height)s,
     censored = false, locked_by = NULL, locked_until = NULL, generation_finished_at = now()
 WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'Generate'
 

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Variables a developer's shell might carry that would change what a test sees.
 CONFIG_PREFIXES = (
     "FUSION_BRAIN_", "DEFAULT_", "DB_", "DATABASE_URL", "PG", "LISTEN_DATABASE_URL",
-    "POLL_INTERVAL", "UNKNOWN_OUTCOME_RESENDS", "EMULATOR_",
+    "POLL_INTERVAL", "UNKNOWN_OUTCOME_RESENDS", "EMULATOR_", "GIGACHAT_", "IMAGE_PROVIDER",
+    "API_CONCURRENCY", "HTTP_", "NOTIFY_SOCKET", "WATCHDOG_",
 )  # fmt: skip
 
 

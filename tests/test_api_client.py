@@ -11,15 +11,6 @@ import httpx
 import pytest
 import stamina
 
-from listener.api.client import (
-    FusionBrainClient,
-    choose_pipeline,
-    json_depth_exceeds,
-    parse_json,
-    parse_retry_after,
-    parse_status,
-)
-from listener.api.models import GenerationRequest
 from listener.edge import json_shape_problem
 from listener.errors import (
     ApiBusy,
@@ -32,6 +23,15 @@ from listener.errors import (
     ApiTransient,
     ConfigError,
 )
+from listener.providers.fusionbrain.client import (
+    FusionBrainClient,
+    choose_pipeline,
+    json_depth_exceeds,
+    parse_json,
+    parse_retry_after,
+    parse_status,
+)
+from listener.providers.fusionbrain.models import GenerationRequest
 
 KEY, SECRET = "the-key-123", "the-secret-456"
 PIPELINES = [{"id": "pipe-1", "name": "Kandinsky", "version": 3.1, "status": "ACTIVE",

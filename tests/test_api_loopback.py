@@ -14,8 +14,6 @@ import stamina
 import trio
 from PIL import Image
 
-from listener.api.client import FusionBrainClient
-from listener.api.models import GenerationRequest, GenerationStatus
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
@@ -25,6 +23,8 @@ from listener.errors import (
     ApiPermanent,
     ApiTransient,
 )
+from listener.providers.fusionbrain.client import FusionBrainClient
+from listener.providers.fusionbrain.models import GenerationRequest, GenerationStatus
 
 REQUEST = GenerationRequest("a red fox in the snow", 192, 128, "UHD", "blurry")
 

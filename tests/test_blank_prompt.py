@@ -10,10 +10,10 @@ import re
 import psycopg
 import pytest
 
-from listener.api.models import GenerationRequest
 from listener.errors import ApiPermanent, BlankPrompt
 from listener.objects import OBJECTS
 from listener.prompt import BLANK_CLASS, is_blank, truncate_prompt
+from listener.providers.fusionbrain.models import GenerationRequest
 from listener.sqlfiles import migrations, queries
 from tests.fixtures.listener import rows, wait_until
 

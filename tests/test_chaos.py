@@ -200,8 +200,14 @@ async def test_sigterm_with_50_in_flight_then_resume(
 ) -> None:
     emulator.configure(generation_time=4)
     # The emulator keeps each generation's 4 s; checks every 0.05 s must not time out.
-    # ... and 50 at once must be allowed by the account's shared budget
-    patient = {"DEFAULT_MAX_ATTEMPTS": "1000", "PROVIDER_CONCURRENCY": "64"}
+    # API_CONCURRENCY is one limit on every call: room for the runs beside the checks of
+    # fifty generations polled every 0.05 s, on a loaded machine; and 50 at once must be
+    # allowed by the account's shared budget.
+    patient = {
+        "DEFAULT_MAX_ATTEMPTS": "1000",
+        "API_CONCURRENCY": "16",
+        "PROVIDER_CONCURRENCY": "64",
+    }
     listener = await start_listener(SHUTDOWN_GRACE="2", **patient)
     insert_many(database_url, 50, "inflight")
     await wait_until(lambda: statuses(database_url)["Generate"] == 50, what="50 generations")

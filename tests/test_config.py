@@ -8,6 +8,7 @@ import pytest
 
 from listener.config import SEED_NEGATIVE_PROMPT, load_settings
 from listener.errors import ConfigError
+from listener.providers.fusionbrain.settings import FusionBrainSettings
 from tests.helpers import CONFIG_PREFIXES, clean_env, run_listener
 
 SEED_ENV = """\
@@ -56,9 +57,10 @@ def test_seed_env_block_loads_verbatim(isolated):
         .replace("your-password-here", "pw-3")
         .replace("your-database-name", "images")
     )
-    s = load_settings()
-    assert s.fusion_brain_api_key.get_secret_value() == "k-1"
-    assert s.fusion_brain_secret_key.get_secret_value() == "s-2"
+    s, fb = load_settings(), FusionBrainSettings()
+    assert fb.fusion_brain_api_key.get_secret_value() == "k-1"
+    assert fb.fusion_brain_secret_key.get_secret_value() == "s-2"
+    assert fb.placeholders_ignored == ()
     assert (s.default_image_width, s.default_image_height) == (1024, 1024)
     assert s.default_num_images == 1
     assert s.default_style == "ANIME"
@@ -78,9 +80,9 @@ def test_seed_env_block_loads_verbatim(isolated):
 def test_seed_env_block_as_shipped_means_nothing_configured(isolated):
     """Its placeholders are not a key, a password or a database name (issue 13)."""
     (isolated / ".env").write_text(SEED_ENV)
-    s = load_settings()
-    assert s.fusion_brain_api_key is None and s.fusion_brain_secret_key is None
-    assert not s.api_configured and not s.database_configured
+    s, fb = load_settings(), FusionBrainSettings()
+    assert fb.fusion_brain_api_key is None and fb.fusion_brain_secret_key is None
+    assert not fb.configured and not s.database_configured
     assert (s.db_host, s.db_name, s.db_password) == (None, None, None)
     assert s.db_conn_max_lifetime == 300  # everything else still loads
 
@@ -102,9 +104,13 @@ def test_defaults_are_the_seeds(isolated):
         s.db_max_idle_conns,
         s.db_conn_max_lifetime,
     ) == (5432, "disable", 25, 25, 300)
-    assert str(s.fusion_brain_url) == "https://api-key.fusionbrain.ai/"
+    fb = FusionBrainSettings()
+    assert str(fb.fusion_brain_url) == "https://api-key.fusionbrain.ai/"
     assert (s.generator_sweep_interval, s.processor_sweep_interval) == (300, 600)
-    assert not s.database_configured and not s.api_configured
+    assert not s.database_configured and not fb.configured
+    # Unset: the provider's own defaults (Fusion Brain 8 and 1)
+    assert s.api_concurrency is None and s.unknown_outcome_resends is None
+    assert s.image_provider is None
 
 
 def test_database_url_wins_over_db_variables(isolated, monkeypatch):
@@ -118,11 +124,12 @@ def test_secrets_never_shown(isolated, monkeypatch):
     monkeypatch.setenv("FUSION_BRAIN_API_KEY", "KEY-s3cr3t-1")
     monkeypatch.setenv("FUSION_BRAIN_SECRET_KEY", "SECRET-s3cr3t-2")
     monkeypatch.setenv("DB_PASSWORD", "PW-s3cr3t-3")
-    s = load_settings()
-    shown = repr(s) + str(s) + str(s.model_dump())
+    s, fb = load_settings(), FusionBrainSettings()
+    shown = repr(s) + str(s) + str(s.model_dump()) + repr(fb) + str(fb.model_dump())
     for secret in ("KEY-s3cr3t-1", "SECRET-s3cr3t-2", "PW-s3cr3t-3"):
         assert secret not in shown
-    assert sorted(s.secrets()) == ["KEY-s3cr3t-1", "PW-s3cr3t-3", "SECRET-s3cr3t-2"]
+    assert s.secrets() == ["PW-s3cr3t-3"]
+    assert sorted(fb.secrets()) == ["KEY-s3cr3t-1", "SECRET-s3cr3t-2"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 from listener.config import describe_conninfo, load_settings
 from listener.errors import ConfigError
 from listener.logs import setup_logging
+from listener.providers.fusionbrain.spec import SPEC as FB
 from tests.helpers import CONFIG_PREFIXES, clean_env, run_listener
 
 
@@ -99,25 +100,28 @@ def test_http_to_another_machine_is_refused_unless_allowed(isolated, tmp_path, m
         run_listener("migrate", env=env, cwd=tmp_path), "ALLOW_INSECURE_API_URL=true", "clear"
     )
     for url in ("http://10.0.0.5:8080/", "http://localhost.example.com/", "http://[::2]/"):
+        monkeypatch.setenv("FUSION_BRAIN_URL", url)
         with pytest.raises(ConfigError, match="in clear"):
-            load_settings(env_file=None, fusion_brain_url=url)
-    allowed = load_settings(
-        env_file=None, fusion_brain_url="http://api.example.com/", allow_insecure_api_url=True
-    )
+            FB.load_settings(env_file=None)
+    monkeypatch.setenv("FUSION_BRAIN_URL", "http://api.example.com/")
+    monkeypatch.setenv("ALLOW_INSECURE_API_URL", "true")
+    allowed = FB.load_settings(env_file=None)
     assert str(allowed.fusion_brain_url) == "http://api.example.com/"
+    monkeypatch.delenv("ALLOW_INSECURE_API_URL")
     for url in ("http://127.0.0.1:8089/", "http://localhost:8089/", "http://[::1]:8089/",
                 "https://api.example.com/"):  # fmt: skip
-        assert load_settings(env_file=None, fusion_brain_url=url)
+        monkeypatch.setenv("FUSION_BRAIN_URL", url)
+        assert FB.load_settings(env_file=None)
 
 
 # -- redaction tells nothing -----------------------------------------------------------
 
 
-def _logged(settings, text: str, capsys) -> str:
+def _logged(settings, text: str, capsys, extra: list[str] | None = None) -> str:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        setup_logging(secrets=settings.secrets())
+        setup_logging(secrets=settings.secrets() + (extra or []))
         logging.getLogger("listener").info("%s", text)
         return capsys.readouterr().err
     finally:
@@ -173,7 +177,12 @@ def test_other_secrets_are_still_masked_everywhere(isolated, monkeypatch, capsys
     monkeypatch.setenv("FUSION_BRAIN_API_KEY", "KEY-77aa")
     monkeypatch.setenv("FUSION_BRAIN_SECRET_KEY", "KEY-77aa-and-more")
     s = load_settings(env_file=None)
-    line = _logged(s, "leak: Pw-9f3e KEY-77aa KEY-77aa-and-more alice", capsys)
+    line = _logged(
+        s,
+        "leak: Pw-9f3e KEY-77aa KEY-77aa-and-more alice",
+        capsys,
+        extra=FB.secrets(FB.load_settings(env_file=None)),
+    )
     assert "leak: *** *** *** alice" in line
 
 

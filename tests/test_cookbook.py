@@ -143,7 +143,8 @@ def test_the_cookbook_runs_as_documented(database_url, conn, tmp_path):
     image = png()
     conn.execute("UPDATE images SET status = 'Generate', uuid = 'u-1' WHERE id = 1")
     conn.execute(
-        "UPDATE images SET status = 'ReadyToPublish', base64 = %s WHERE id = 1",
+        "UPDATE images SET status = 'ReadyToPublish', base64 = %s, image_type = 'png' "
+        "WHERE id = 1",  # as the listener writes an image: with its media type
         (base64.b64encode(image).decode(),),
     )
     for name in ("export-cli", "export-shell", "export-psql"):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from listener.cli import build_parser
-from listener.emulator import EmulatorConfig, EmulatorControl
+from listener.providers.fusionbrain.emulator import EmulatorConfig, EmulatorControl
 from tests.fixtures.emulator import EMULATOR_API_KEY as KEY
 from tests.fixtures.emulator import EMULATOR_SECRET_KEY as SECRET
 from tests.fixtures.emulator import EmulatorProcess, start_emulator

@@ -15,8 +15,6 @@ import pytest
 import stamina
 import trio
 
-from listener.api.client import FusionBrainClient
-from listener.api.models import GenerationRequest
 from listener.errors import (
     ApiError,
     ApiMalformed,
@@ -26,6 +24,8 @@ from listener.errors import (
     InvalidImage,
 )
 from listener.images import validate_image
+from listener.providers.fusionbrain.client import FusionBrainClient
+from listener.providers.fusionbrain.models import GenerationRequest
 from listener.sanitize import LIMIT
 
 REQUEST = GenerationRequest("a hostile fox", 64, 64, "DEFAULT")

@@ -10,9 +10,9 @@ import zlib
 import pytest
 from PIL import Image
 
-from listener.emulator.images import image_b64
 from listener.errors import InvalidImage
 from listener.images import MAX_PIXELS, ImageInfo, validate_image
+from listener.providers.fusionbrain.emulator.images import image_b64
 
 
 def encoded(image: Image.Image, fmt: str) -> str:

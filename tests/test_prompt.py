@@ -10,7 +10,6 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.api.models import GenerationRequest
 from listener.errors import BlankPrompt
 from listener.prompt import (
     MAX_PROMPT,
@@ -23,6 +22,7 @@ from listener.prompt import (
     strip_blank,
     truncate_prompt,
 )
+from listener.providers.fusionbrain.models import GenerationRequest
 from listener.sanitize import clean
 
 CLUSTERS = st.sampled_from(

@@ -22,7 +22,15 @@ from listener.sqlfiles import migrations, queries
 from tests.fixtures.listener import rows
 from tests.helpers import clean_env, run_listener
 
-PARAMS = {"worker": "w", "lease": 30, "limit": 100}
+PARAMS = {
+    "worker": "w",
+    "lease": 30,
+    "limit": 100,
+    # the claims' provider rule and style words (0018): what PgStore passes
+    "provider": "fusionbrain",
+    "legacy": "fusionbrain",
+    "default_style": "ANIME",
+}
 
 
 def insert(conn, prompt: str, negative: str | None = None) -> int:

@@ -206,7 +206,9 @@ def test_the_listener_never_claims_or_moves_rows_in_other_statuses(conn) -> None
     q = queries()
     params = {"worker": "w", "lease": 30, "limit": 100, "id": 1, "delay": 0, "error": "e",
               "keep": True, "uuid": "u", "censored": False, "from_status": "Generate",
-              "base64": "AA==", "uncount": False, "count": True, "unknown": False}  # fmt: skip
+              "base64": "AA==", "uncount": False, "count": True, "unknown": False,
+              "provider": "fusionbrain", "legacy": "fusionbrain", "default_style": "ANIME",
+              "image_type": "png", "image_width": 1, "image_height": 1}  # fmt: skip
     ids = [i for (i,) in conn.execute("SELECT id FROM images ORDER BY id").fetchall()]
     for name in ("claim_ready", "claim_generating"):
         assert conn.execute(q[name], params).rowcount == 0, name
@@ -298,17 +300,22 @@ def test_the_claims_leave_out_a_row_that_breaks_a_rule(conn) -> None:
             for _ in range(3)]  # fmt: skip
     blocked = make_blocked_rows(conn)
     q = queries()
-    params = {"worker": "w", "lease": 30, "limit": 100}
+    params = {"worker": "w", "lease": 30, "limit": 100, "provider": "fusionbrain",
+              "legacy": "fusionbrain", "default_style": "ANIME"}  # fmt: skip
     # the check that this test can fail: the fast claim, without the predicates, fails on
     # them (the store then falls back to the checked claim: test_store.py)
     unguarded = re.sub(r"\n\s*-- a row that breaks a rule.*?(?=\n\s*ORDER BY)", "",
                        q["claim_ready_checked"], flags=re.S)  # fmt: skip
 
-    def statement(text: str) -> list[str]:  # without the comments that follow it
-        words = text.split()
-        return words[: words.index("i.unknown_outcomes") + 1]
+    def statement(text: str) -> list[str]:  # its words, without any comment
+        return re.sub(r"--[^\n]*", "", text).split()
 
     assert statement(unguarded) == statement(q["claim_ready"])  # the same claim, unguarded
+    # the fair-share claim is the same statement but for its order (oldest first)
+    oldest = q["claim_ready_oldest"].replace(
+        "ORDER BY not_before, id", "ORDER BY priority DESC, not_before, id"
+    )
+    assert statement(oldest) == statement(q["claim_ready"])
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(q["claim_ready"], params)
     claimed = [r[0] for r in conn.execute(q["claim_ready_checked"], params)]

@@ -21,13 +21,19 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import trio
 
-from listener.emulator.config import AFTER_RUN_ERRORS, BUSY_KEYS, EmulatorConfig
 from listener.errors import UsageError
 from listener.logs import setup_logging
+from listener.providers.fusionbrain.emulator.config import (
+    AFTER_RUN_ERRORS,
+    BUSY_KEYS,
+    EmulatorConfig,
+)
 
 log = logging.getLogger("listener")
 
@@ -89,7 +95,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "emulator",
         parents=[common],
-        help="serve a local emulator of the Fusion Brain API (real images, injectable faults)",
+        help="serve a local emulator of an image API (Fusion Brain's; --provider gigachat "
+        "for GigaChat's): real images, injectable faults",
         description="Serve a local emulator of the Fusion Brain API: the same endpoints, "
         "real PNG images of the requested size, configurable timings and faults, and a "
         "control endpoint under /_emulator/ (see docs/emulator.md).",
@@ -174,6 +181,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--wrong-credentials", action="store_true", help="answer 401 to every API request"
     )
     p.add_argument("--seed", type=int, help="seed of the random faults (default: random)")
+    p.add_argument(
+        "--provider",
+        choices=("fusionbrain", "gigachat"),
+        default="fusionbrain",
+        help="which API to emulate (default fusionbrain); gigachat serves its token service "
+        "and API under one port (--error-rate, --censor and --seed apply to both)",
+    )
+    from listener.providers.gigachat.emulator.cli import add_arguments
+
+    add_arguments(p, _seconds)
     p.set_defaults(handler=handle)
 
 
@@ -197,25 +214,46 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-async def _main(config: EmulatorConfig, host: str, port: int, token: str | None) -> None:
-    from listener.emulator.server import serve_emulator  # hypercorn: only when serving
+async def _main(config: Any, host: str, port: int, token: str | None) -> None:
+    serve: Callable[..., Awaitable[None]]
+    if isinstance(config, EmulatorConfig):
+        from listener.providers.fusionbrain.emulator.server import (
+            serve_emulator,  # hypercorn: only when serving
+        )
+
+        serve = serve_emulator
+    else:
+        from listener.providers.gigachat.emulator.server import serve as serve_gigachat
+
+        serve = serve_gigachat
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(
-                partial(serve_emulator, config, host=host, port=port, control_token=token)
+                partial(serve, config, host=host, port=port, control_token=token)
             )
             print(f"Emulator listening on {url}", flush=True)
             if token is not None:
                 print(f"{TOKEN_LINE}{token}", flush=True)
-            log.info(
-                "Fusion Brain API emulator at %s (control: %s; %s)",
-                url,
-                f"{url}_emulator/ with its token" if token else "off",
-                "credentials checked"
-                if config.api_key or config.secret_key
-                else "any credentials accepted",
-            )
+            if not isinstance(config, EmulatorConfig):
+                log.info(
+                    "GigaChat API emulator at %s (control: %s; %s): set "
+                    "GIGACHAT_AUTH_URL=%sapi/v2/oauth GIGACHAT_BASE_URL=%sapi/v1",
+                    url,
+                    f"{url}_emulator/ with its token" if token else "off",
+                    "key checked" if config.credentials else "any key accepted",
+                    url,
+                    url,
+                )
+            else:
+                log.info(
+                    "Fusion Brain API emulator at %s (control: %s; %s)",
+                    url,
+                    f"{url}_emulator/ with its token" if token else "off",
+                    "credentials checked"
+                    if config.api_key or config.secret_key
+                    else "any credentials accepted",
+                )
             async for signum in signals:
                 log.info("Emulator stopping (%s)", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -223,11 +261,26 @@ async def _main(config: EmulatorConfig, host: str, port: int, token: str | None)
 
 
 def handle(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config: Any
+    if args.provider == "gigachat":
+        from listener.providers.gigachat.emulator.cli import config_from_args as gigachat_config
+
+        config = gigachat_config(args)
+    else:
+        config = config_from_args(args)
     token = None if args.no_control else (os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(18))
     setup_logging(
         verbose=bool(getattr(args, "verbose", False)),
-        secrets=[s for s in (config.api_key, config.secret_key, token) if s],
+        secrets=[
+            s
+            for s in (
+                getattr(config, "api_key", None),
+                getattr(config, "secret_key", None),
+                getattr(config, "credentials", None),
+                token,
+            )
+            if s
+        ],
     )
     if args.verbose:
         logging.getLogger("listener.emulator").setLevel(logging.DEBUG)

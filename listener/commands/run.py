@@ -37,8 +37,17 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--with-emulator",
         action="store_true",
-        help="when FUSION_BRAIN_API_KEY is not set, start the built-in API emulator "
+        help="when the provider's credentials are not set, start its built-in emulator "
         "and use it (placeholder images); `make run` does this",
+    )
+    g.add_argument(
+        "--http",
+        "-http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the gallery, /metrics, /healthz and /readyz on this address "
+        "(default: HTTP_ADDRESS; off when neither is set). Loopback unless "
+        "HTTP_ALLOW_REMOTE=true and HTTP_TOKEN are set",
     )
 
 
@@ -64,8 +73,26 @@ def options_from(args: argparse.Namespace):
 
 
 def handle(args: argparse.Namespace) -> int:
-    from listener.commands.common import prepare
-    from listener.service import run
+    import logging
 
+    from listener.commands.common import prepare
+    from listener.logs import RedactSecrets
+    from listener.sanitize import register_secrets
+    from listener.service import run
+    from listener.web.settings import load_http_settings
+
+    http = load_http_settings(address=getattr(args, "http", None))
     ctx = prepare(args)
-    return run(ctx.settings, ctx.conninfo, options_from(args), embedded=ctx.embedded)
+    if http.enabled and http.secrets():
+        register_secrets(ctx.settings.secrets() + http.secrets())
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RedactSecrets(http.secrets()))
+    assert ctx.provider is not None
+    return run(
+        ctx.settings,
+        ctx.conninfo,
+        options_from(args),
+        ctx.provider,
+        embedded=ctx.embedded,
+        http=http if http.enabled else None,
+    )

@@ -2,9 +2,15 @@
 
 A row held by this process is in exactly one state: `claimed` (held, its run call not yet
 made), `submitting` (run call in flight) or `following` (its generation is being
-followed). `rows` bounds them all (MAX_IN_FLIGHT); `calls` bounds run calls in flight
-and, separately, status calls in flight (API_CONCURRENCY each). A claim first reserves
-its room synchronously (`reserve`), so two claim passes can never take more than there is.
+followed). `rows` bounds them all (MAX_IN_FLIGHT). `calls` (API_CONCURRENCY) is ONE
+limit on every call to the provider, whatever it is (a submission, a status check or a
+download, the credentials probe): `call()` holds one of its slots for the call's
+duration, so API_CONCURRENCY=1 means one call at a time. A free slot goes to a waiting
+submission first (a paid call does not queue behind a crowd of status checks), then to
+the other calls in the order they came. It also sizes how many
+ReadyToGenerate rows are claimed at once (no row waits long, claimed, for a slot). A
+claim first reserves its room synchronously (`reserve`), so two claim passes can never
+take more than there is.
 
 Every time room frees, the budget calls its subscribers: the claims loops look at
 waiting work again (claims and adoptions alike), so nothing waits for the next sweep.
@@ -12,11 +18,13 @@ waiting work again (claims and adoptions alike), so nothing waits for the next s
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
 import trio
+import trio.lowlevel
 
 State = Literal["claimed", "submitting", "following", "done"]
 
@@ -48,8 +56,9 @@ class Budget:
         self.calls = calls
         self.counts: dict[str, int] = {"claimed": 0, "submitting": 0, "following": 0}
         self.reserved = 0
-        self.checking = 0
-        self._status_calls = trio.Semaphore(calls)
+        self.calling = 0  # calls to the provider in flight now
+        self.most_calling = 0  # the most ever in flight at once (tests, `make bench`)
+        self._calls = Slots(calls)
         self._subscribers: list[Callable[[], None]] = []
         self._change = trio.Event()
 
@@ -64,7 +73,7 @@ class Budget:
         return max(0, self.rows - self.held - self.reserved)
 
     def snapshot(self) -> dict[str, int]:
-        return {**self.counts, "checking": self.checking, "free": self.free}
+        return {**self.counts, "calling": self.calling, "free": self.free}
 
     def __str__(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.snapshot().items())
@@ -110,16 +119,20 @@ class Budget:
             self.counts[state] += 1
         self._changed()
 
-    # -- status calls ------------------------------------------------------------------
+    # -- calls to the provider -----------------------------------------------------------
 
     @asynccontextmanager
-    async def status_call(self) -> AsyncIterator[None]:
-        async with self._status_calls:
-            self.checking += 1
-            try:
-                yield
-            finally:
-                self.checking -= 1
+    async def call(self, *, submission: bool = False) -> AsyncIterator[None]:
+        """One slot of API_CONCURRENCY for the duration of one call to the provider; a
+        `submission` is served before the other calls waiting."""
+        await self._calls.acquire(first=submission)
+        self.calling += 1
+        self.most_calling = max(self.most_calling, self.calling)
+        try:
+            yield
+        finally:
+            self.calling -= 1
+            self._calls.release()
 
     # -- waking ------------------------------------------------------------------------
 
@@ -142,3 +155,38 @@ class Budget:
         """Until no run call is in flight or about to be made (soft shutdown)."""
         while self.counts["claimed"] or self.counts["submitting"] or self.reserved:
             await self._change.wait()
+
+
+class Slots:
+    """A counting limiter with two queues: `first` waiters are served before the rest,
+    each queue in arrival order. Cancellation-safe: a waiter cancelled after a slot was
+    handed to it passes the slot on."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self._first: deque[trio.Event] = deque()
+        self._rest: deque[trio.Event] = deque()
+
+    async def acquire(self, *, first: bool = False) -> None:
+        if self.free and not self._first and (first or not self._rest):
+            self.free -= 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        handed = trio.Event()
+        queue = self._first if first else self._rest
+        queue.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():
+                self.release()  # it was ours already: pass it on
+            else:
+                queue.remove(handed)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._first, self._rest):
+            if queue:
+                queue.popleft().set()  # the slot goes straight to the next waiter
+                return
+        self.free += 1

@@ -146,7 +146,7 @@ class Claims:
         """Claim and start every due ReadyToGenerate row there is room for."""
         total = 0
         while not self.stopping and self.health.may_generate():
-            want = self.budget.reserve(self.budget.room_for_runs())
+            want = self.budget.reserve(min(self.budget.room_for_runs(), self.health.claim_limit()))
             self._ready_starved = want == 0
             if not want:
                 self._due("ready", None)  # freed room rings the doorbell

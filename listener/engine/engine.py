@@ -12,10 +12,14 @@ Built from plain values: settings, a store, a provider, a validator; no CLI obje
 
 Stop (`stop()`), in two phases:
 1. soft: claiming stops at once (claims, sweeps and the wake-up source are cancelled);
-   run calls in flight and the writes of their outcome get SHUTDOWN_GRACE seconds;
-2. hard: the row tasks are cancelled (shielded API calls keep the rest of the grace
-   period); every row still held is released in one statement (a Generate row keeps its
+   a row claimed but not yet sent is released; a paid call in flight (a submission, a
+   draw) keeps its own deadline, the provider's `Traits.call_timeout`, and the writes of
+   its outcome SHUTDOWN_GRACE after it; other calls get SHUTDOWN_GRACE;
+2. hard: the row tasks are cancelled (shielded API calls keep what is left of their
+   time); every row still held is released in one statement (a Generate row keeps its
    uuid), so the next start or another listener resumes it at once.
+A second signal (`stop_now()`) cuts everything at once, paid calls included: a call cut
+that way may have been paid for, and counts as an unknown outcome.
 """
 
 from __future__ import annotations
@@ -94,7 +98,15 @@ class Engine:
         self.settings = settings
         self.mode = mode
         self.guard = Guard()
-        self.budget = Budget(rows=s.max_in_flight, calls=s.api_concurrency)
+        traits = provider.traits
+        # The settings override the provider's defaults.
+        self.concurrency = s.api_concurrency or traits.default_concurrency
+        self.resends = (
+            traits.unknown_outcome_resends
+            if s.unknown_outcome_resends is None
+            else s.unknown_outcome_resends
+        )
+        self.budget = Budget(rows=s.max_in_flight, calls=self.concurrency)
         self.health = ApiHealth(
             backoff_base=s.retry_backoff_base,
             backoff_max=s.retry_backoff_max,
@@ -113,7 +125,17 @@ class Engine:
             else None
         )
         runs = (
-            Runs(s, store, provider, self.health, self.guard, follow_here=follow, slots=slots)
+            Runs(
+                s,
+                store,
+                provider,
+                self.health,
+                self.guard,
+                follow_here=follow,
+                resends=self.resends,
+                budget=self.budget,
+                slots=slots,
+            )
             if generate
             else None
         )
@@ -186,7 +208,7 @@ class Engine:
                     self._control = control.cancel_scope
                     if self.stop_reason is not None:
                         control.cancel_scope.cancel()
-                    await control.start(self.health.serve_credentials_probe, self.provider.probe)
+                    await control.start(self.health.serve_credentials_probe, self._probe)
                     if self.mode == "event":
                         await control.start(self.claims.serve)
                         control.start_soon(self._poll)
@@ -199,8 +221,9 @@ class Engine:
                         else:
                             await control.start(self.wakeups.serve)
                     task_status.started()
-                # Phase 1: nothing new is claimed; run calls in flight get the grace period.
-                with trio.move_on_at(self.guard.deadline):
+                # Phase 1: nothing new is claimed; paid calls in flight keep their own
+                # deadline, the rest get the grace period.
+                with trio.move_on_at(max(self.guard.deadline, self.guard.paid_until())):
                     await self.budget.wait_runs_done()
                 # Phase 2: the row tasks are cancelled (shielded calls keep the grace) ...
                 self.rows.cancel()
@@ -228,6 +251,12 @@ class Engine:
                 limiter.refusals,
             )
 
+    async def _probe(self) -> None:
+        """The credentials probe is a call to the provider like any other: it takes one
+        slot of API_CONCURRENCY."""
+        async with self.budget.call():
+            await self.provider.probe()
+
     async def _poll(self) -> None:
         """While the wake-up source is deaf: look at the table every POLL_INTERVAL."""
         while True:
@@ -240,18 +269,23 @@ class Engine:
         await self.budget.wait_idle()
         self.stop("one pass done")
 
-    def stop(self, reason: str, *, grace: float | None = None) -> None:
-        """Phase 1 now; phase 2 when the runs in flight are done or the grace is over."""
+    def stop(self, reason: str, *, grace: float | None = None, hard: bool = False) -> None:
+        """Phase 1 now; phase 2 when the runs in flight are done or their time is up."""
         if self.stop_reason is None:
             self.stop_reason = reason
         grace = self.settings.shutdown_grace if grace is None else grace
         self.claims.stopping = True
-        self.guard.stop_by(trio.current_time() + grace)
+        self.guard.stop_by(trio.current_time() + grace, hard=hard)
         if self._control is not None:
             self._control.cancel()
 
+    def longest_stop(self) -> float:
+        """The longest a stop may take from now: a paid call started now keeps the
+        provider's call timeout, and the writes of its outcome the grace after it."""
+        return self.provider.traits.call_timeout + 2 * self.settings.shutdown_grace
+
     def stop_now(self) -> None:
-        """A second signal: skip what is left of the grace period."""
-        self.stop(self.stop_reason or "stopped", grace=0)
+        """A second signal: cut everything now, paid calls included."""
+        self.stop(self.stop_reason or "stopped", grace=0, hard=True)
         if self._hard is not None:
             self.rows.cancel()

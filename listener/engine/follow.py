@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -39,15 +40,20 @@ from listener.errors import (
     ApiNotFound,
     ApiNotTaken,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
     InvalidImage,
 )
 from listener.sanitize import clean
 
+if TYPE_CHECKING:
+    from listener.images import ImageInfo
+
 log = logging.getLogger("listener.engine")
 
-# await validate(image_base64, expected (width, height) or None): raises InvalidImage
-Validate = Callable[[str, "tuple[int, int] | None"], Awaitable[object]]
+# await validate(image_base64, expected (width, height) or None) -> what the image is
+# (listener.images.ImageInfo: format "png" / "jpeg", width, height); raises InvalidImage
+Validate = Callable[[str, "tuple[int, int] | None"], Awaitable["ImageInfo"]]
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Follow:
             with self.guard.shielded() as scope:
                 try:
                     pacing.checked()
-                    async with self.budget.status_call():
+                    async with self.budget.call():
                         outcome = await self.provider.outcome(gen.handle)
                 except ApiNotFound:
                     pacing.ended()
@@ -99,10 +105,12 @@ class Follow:
                 except (ApiBusy, ApiNotTaken) as exc:  # asked too often: wait as told
                     outcome, heard = Pending(), False
                     wait_at_least = min(exc.retry_after or 0.0, s.retry_backoff_max)
-                except ApiTransient as exc:
+                except (ApiTransient, ApiQuotaExhausted) as exc:
+                    # asked again at the next check (a download is not a draw: the quota
+                    # only delays it)
                     log.warning("Image ID %d: status check failed: %s", gen.id, clean(exc.message))
                     outcome, heard = Pending(), False
-                    failed = exc
+                    failed = exc if isinstance(exc, ApiTransient) else None
                 else:
                     failed = None
                 now = trio.current_time()
@@ -150,13 +158,20 @@ class Follow:
         if self.provider.traits.honours_size and gen.width and gen.height:
             expected = (gen.width, gen.height)
         try:
-            await self.validate(image, expected)
+            info = await self.validate(image, expected)
         except InvalidImage as exc:
             await self._fail(gen, own, clean(f"invalid image: {exc.message}"))
             return
         await self.guard.durable(
             f"Image ID {gen.id}: writing the image",
-            lambda: self.store.finalise(gen.id, gen.handle, image),
+            lambda: self.store.finalise(
+                gen.id,
+                gen.handle,
+                image,
+                image_type=info.format,
+                width=info.width,
+                height=info.height,
+            ),
         )
         own.settle()
         elapsed = trio.current_time() - accepted

@@ -4,7 +4,11 @@ An API call in flight may already have cost the user quota (a run) or be carryin
 result the API hands out only once (a status answer): cancelling it would throw that
 away. So such calls, and the writes that record their outcome, run *shielded* from
 cancellation. Only shutdown bounds them: `stop_by(deadline)` gives every shielded scope,
-present and future, until the hard deadline (SHUTDOWN_GRACE after the stop signal).
+present and future, until the deadline (SHUTDOWN_GRACE after the stop signal), except
+that a *paid* call keeps its own (`shielded(until=...)`: its start plus the provider's
+call timeout, and the grace again for the writes of its outcome), so a stop never
+abandons a draw that was going to finish. A second signal (`stop_by(now, hard=True)`)
+cuts everything, paid calls included.
 
 A durable write (a uuid the API accepted, an image it handed out, a row's release) is
 retried with backoff (stamina) while the database cannot take it now: unavailable, or
@@ -39,27 +43,46 @@ class WriteAbandoned(ListenerError):
 class Guard:
     def __init__(self) -> None:
         self.deadline = math.inf
-        self._scopes: set[trio.CancelScope] = set()
+        self.hard = False  # a second signal: paid calls are cut too
+        self._scopes: dict[trio.CancelScope, float] = {}  # scope -> its own floor
 
     @contextmanager
-    def shielded(self) -> Iterator[trio.CancelScope]:
-        """A scope that ignores cancellation until the shutdown deadline."""
-        with trio.CancelScope(shield=True, deadline=self.deadline) as scope:
-            self._scopes.add(scope)
+    def shielded(self, *, until: float = -math.inf) -> Iterator[trio.CancelScope]:
+        """A scope that ignores cancellation until the shutdown deadline, or, for a paid
+        call, until `until` (trio clock) when that is later, unless the stop is hard."""
+        with trio.CancelScope(shield=True, deadline=self._deadline_for(until)) as scope:
+            self._scopes[scope] = until
             try:
                 yield scope
             finally:
-                self._scopes.discard(scope)
+                self._scopes.pop(scope, None)
 
-    def stop_by(self, deadline: float) -> None:
-        """From now on, nothing shielded outlives `deadline` (trio clock)."""
+    @property
+    def stopping(self) -> bool:
+        return self.deadline < math.inf
+
+    def _deadline_for(self, floor: float) -> float:
+        return self.deadline if self.hard else max(self.deadline, floor)
+
+    def stop_by(self, deadline: float, *, hard: bool = False) -> None:
+        """From now on, nothing shielded outlives `deadline` (trio clock), but a paid
+        call its own deadline; with `hard`, not even that."""
         self.deadline = min(self.deadline, deadline)
-        for scope in self._scopes:
-            scope.deadline = min(scope.deadline, deadline)
+        self.hard = self.hard or hard
+        for scope, floor in self._scopes.items():
+            scope.deadline = min(scope.deadline, self._deadline_for(floor))
 
-    async def durable(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
-        """Run `write` until it lands; shielded, retried while the database cannot take it."""
-        with self.shielded():
+    def paid_until(self) -> float:
+        """When the last paid call in flight (and the writes of its outcome) must end."""
+        floors = [floor for floor in self._scopes.values() if floor > -math.inf]
+        return -math.inf if self.hard or not floors else max(floors)
+
+    async def durable(
+        self, what: str, write: Callable[[], Awaitable[T]], *, until: float = -math.inf
+    ) -> T:
+        """Run `write` until it lands; shielded, retried while the database cannot take it.
+        `until`: the paid call's own deadline, when the write records its outcome."""
+        with self.shielded(until=until):
             async for attempt in stamina.retry_context(
                 on=RETRYABLE,
                 attempts=None,

@@ -1,9 +1,13 @@
 """What the service knows about the provider as a whole, shared by every in-flight call.
 
 * Busy (the provider says "wait": ApiBusy) or not taken (ApiNotTaken: 408, 425, 429):
-  the generator pauses with capped, jittered exponential backoff, at least the
-  provider's own (capped) Retry-After; the first accepted submission resets it. (With a
-  shared concurrency budget, a refusal for load first lowers the budget: Runs._busy.)
+  the generator pauses with capped, jittered exponential backoff, at least as long as a
+  Retry-After asks (up to RETRY_BACKOFF_MAX); the first accepted submission resets it.
+  (With a shared concurrency budget, a refusal for load first lowers the budget:
+  Runs._busy.)
+* Quota used up (ApiQuotaExhausted): drawing pauses for RETRY_BACKOFF_MAX, then one
+  draw (one row) is tried; until one is accepted, every pause admits one draw. No row
+  fails because of it; the rows it held wait with the provider's words in last_error.
 * Credentials refused (ApiCredentials): nothing is failed because of a bad key.
   Generation stops, a probe asks the API every few seconds, one clear line is logged per
   minute (the provider's likely cause and what to check), and work resumes by itself
@@ -45,6 +49,7 @@ class ApiHealth:
         self.backoff_max = backoff_max
         self.busy_streak = 0
         self.busy_until = -math.inf
+        self.quota: str | None = None  # the provider's words while its quota is used up
         self.credentials_ok = trio.Event()
         self.credentials_ok.set()
         self._changed = trio.Event()
@@ -54,10 +59,45 @@ class ApiHealth:
     def accepted(self) -> None:
         if self.busy_streak:
             log.info("%s accepts requests again; generation resumed", self.title)
+        if self.quota is not None:
+            log.info("%s draws again (the paid quota allows it); generation resumed", self.title)
         self.busy_streak = 0
         self.busy_until = -math.inf
+        self.quota = None
 
-    def busy(self, what: str, retry_after: float | None = None) -> float:
+    def quota_exhausted(self, words: str) -> float:
+        """The paid quota is used up: pause drawing for RETRY_BACKOFF_MAX; return the
+        pause."""
+        now = trio.current_time()
+        if self.quota is None:
+            log.error(
+                "%s: the paid quota is used up (%s): drawing is paused and no row fails; "
+                "one draw is tried every %.0fs until it is accepted",
+                self.title,
+                words,
+                self.backoff_max,
+            )
+        self.quota = words
+        self.busy_until = max(self.busy_until, now + self.backoff_max)
+        return self.busy_until - now
+
+    def quota_reason(self) -> str:
+        """What a row waiting for the quota says in last_error."""
+        return (
+            f"waiting: {self.title}: paid quota used up ({self.quota}); one draw is tried "
+            f"every {self.backoff_max:.0f}s"
+        )
+
+    def claim_limit(self) -> int:
+        """How many rows a claim may take for drawing: one while the quota is used up
+        (each time the pause ends, one draw is tried, and the pause starts again until
+        a draw is accepted)."""
+        if self.quota is None:
+            return 1_000_000
+        self.busy_until = max(self.busy_until, trio.current_time() + self.backoff_max)
+        return 1
+
+    def busy(self, what: str, *, retry_after: float | None = None) -> float:
         """Record a busy (or not taken) answer; return how long the generator pauses."""
         now = trio.current_time()
         if now < self.busy_until:  # another call of the same burst already backed off
@@ -94,8 +134,16 @@ class ApiHealth:
     async def serve_credentials_probe(
         self, probe, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """While the credentials are refused, ask the API until it accepts them again."""
+        """At start, one probe: a key the provider refuses (or a provider that is gone)
+        is said at once, in one line, before any row is claimed for it. Then, while the
+        credentials are refused, ask the API until it accepts them again."""
         task_status.started()
+        try:
+            await probe()
+        except ApiCredentials as exc:
+            self.credentials_refused(exc.message)
+        except ApiError:
+            pass  # anything else is the calls' business (busy, transient...)
         while True:
             await self._changed.wait()
             self._changed = trio.Event()

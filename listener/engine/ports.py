@@ -5,9 +5,9 @@ in-memory fake in the engine's own tests). `Provider` is an image API seen from 
 engine: submit a request, learn its outcome, nothing more. Two shapes fit, and neither
 leaks into the engine:
 
-* submit-then-poll (Fusion Brain): `submit` starts a generation and returns its handle;
+* submit-then-poll: `submit` starts a generation and returns its handle;
   `outcome` asks about it until it is final;
-* draw-then-download (GigaChat): `submit` is the blocking, paid draw and returns the
+* draw-then-download: `submit` is the blocking, paid draw and returns the
   handle of the drawn file; `outcome` downloads it (Ready at the first ask).
 
 In both, the handle is made durable in the row (its `uuid` column: "the provider's
@@ -37,6 +37,11 @@ class ReadyRow:
     attempts: int = 1  # this claim included
     last_error: str | None = None
     unknown_outcomes: int = 0  # runs sent whose outcome never came back
+    style_prompt: str | None = None  # image_styles.system_prompt of its (or the default) style
+    # For the metrics: seconds since the row fell due (not_before) and since it was
+    # committed (created_at), by the database's clock at the claim.
+    waited: float | None = None
+    age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,19 @@ class Store(Protocol):
     async def fail(
         self, id_: int, error: str, *, from_status: str, censored: bool = False
     ) -> None: ...
-    async def finalise(self, id_: int, handle: str, image: str) -> None: ...
+    async def finalise(
+        self,
+        id_: int,
+        handle: str,
+        image: str,
+        *,
+        image_type: str = "png",
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        """The image, with what validation found it to be (media type, size)."""
+        ...
+
     async def renew(self, owned: dict[int, str]) -> tuple[set[int], set[int]]:
         """Extend the leases of `owned` (id -> the status its task expects); return
         (renewed, lost). A row locked by someone else for now is in neither."""
@@ -161,8 +178,8 @@ class Provider(Protocol):
     ApiCredentials, ApiQuotaExhausted. Every call (submit, outcome, probe) goes through
     the provider's one concurrency limit (API_CONCURRENCY), held inside the provider."""
 
-    name: str  # the registry key, stored in rows: "fusionbrain", "gigachat"
-    title: str  # for log lines: "Fusion Brain API"
+    name: str  # the registry key, stored in rows (images.provider)
+    title: str  # for log lines: "<Name> API"
     credentials_help: str  # what to check when the key is refused: names its variables
     traits: Traits
 

@@ -3,11 +3,15 @@
 Outcomes of a run:
 * accepted      -> status Generate + the handle, durable before anything else; then this
                    process follows it (or, generator-only, releases it to the processors);
-* busy          -> released uncounted, generation pauses (capped, jittered backoff);
+* refused at submit (Refused: censored, an answer without an image) -> Failed;
+* busy          -> released uncounted, generation pauses (capped, jittered backoff, at
+                   least the provider's Retry-After);
 * not taken (408, 425, 429: the provider says it did not take the request) -> released
                    uncounted with the reason, generation pauses like busy, at least as
                    long as its Retry-After; a storm of them fails nothing;
 * credentials   -> released uncounted, generation paused until the key works again;
+* quota used up -> released uncounted with the provider's words in last_error;
+                   drawing pauses, one draw is tried every RETRY_BACKOFF_MAX;
 * transient     -> attempt counted, reason kept, retried after a backoff; Failed with the
                    last reason after RETRY_MAX_ATTEMPTS;
 * outcome unknown (timeout after sending, dropped connection, a 5xx, a 2xx that cannot be
@@ -15,32 +19,50 @@ Outcomes of a run:
                    may have generated it. Re-sent at most UNKNOWN_OUTCOME_RESENDS times
                    over the row's whole life (counted in the row), then Failed with a
                    reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
-                   runs, plus one per crash of the listener during its submission;
+                   runs, plus one per crash of the listener during its submission
+                   (UNKNOWN_OUTCOME_RESENDS defaults to the provider's own: Traits);
+
+At a stop, a paid call in flight keeps its own deadline (Traits.call_timeout), so a
+draw that was going to finish is not thrown away; a row claimed but not yet sent is
+released uncounted.
 * permanent     -> Failed with the provider's message.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
+import trio
+
 from listener.config import Settings
+from listener.engine.budget import Budget
 from listener.engine.doorbell import backoff_delay
 from listener.engine.flow import Slots
 from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
-from listener.engine.ports import Generation, Provider, ReadyRow, Refused, Request, Store
+from listener.engine.ports import (
+    Generation,
+    Provider,
+    ReadyRow,
+    Refused,
+    Request,
+    Store,
+    Submitted,
+)
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
     ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
     BlankPrompt,
 )
-from listener.prompt import for_log, sendable
+from listener.prompt import cap_negative_prompt, for_log, sendable, truncate_prompt
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
@@ -57,32 +79,47 @@ class Runs:
     health: ApiHealth
     guard: Guard
     follow_here: bool  # this process follows what it submits (it has the processor role)
+    resends: int = 1  # UNKNOWN_OUTCOME_RESENDS in effect (the setting, or the provider's)
+    budget: Budget | None = None  # its call() slot is held around every submission
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
     slots: Slots | None = None  # the account's shared budget (None: not shared)
     # row id -> seconds its slot rests before reuse (a refusal for load: see _busy)
     refused_slots: dict[int, float] = field(default_factory=dict)
 
     def request_for(self, row: ReadyRow) -> Request:
-        """The row as any provider is asked it: the configured defaults filled in (sizes
-        only for a provider that honours them: the others draw at their own)."""
+        """The row as any provider is asked it: the prompt without its blank edges and
+        cut to 999 characters (whole graphemes; BlankPrompt when nothing is left), the
+        configured defaults filled in (sizes only for a provider that honours them: the
+        others draw at their own)."""
         s = self.settings
         sized = self.provider.traits.honours_size
+        negative = cap_negative_prompt(row.negative_prompt or s.default_negative_prompt or "")
         return Request(
             row_id=row.id,
             attempt=row.attempts,
-            prompt=row.prompt,
-            negative_prompt=row.negative_prompt or s.default_negative_prompt or None,
+            prompt=truncate_prompt(row.prompt),
+            negative_prompt=negative or None,
             style=row.style or s.default_style,
             width=(row.width or s.default_image_width) if sized else None,
             height=(row.height or s.default_image_height) if sized else None,
+            style_prompt=row.style_prompt,
         )
 
-    async def fail(self, row_id: int, reason: str, own: Ownership, censored: bool = False) -> None:
+    async def fail(
+        self,
+        row_id: int,
+        reason: str,
+        own: Ownership,
+        censored: bool = False,
+        *,
+        until: float = -math.inf,
+    ) -> None:
         await self.guard.durable(
             f"Image ID {row_id}: recording failure",
             lambda: self.store.fail(
                 row_id, reason, from_status="ReadyToGenerate", censored=censored
             ),
+            until=until,
         )
         own.settle()
         log.info("Image ID %d failed: %s", row_id, reason)
@@ -99,15 +136,27 @@ class Runs:
                 reason += f": {row.last_error}"
             await self.fail(row.id, clean(reason), own)
             return None
-        if row.unknown_outcomes > s.unknown_outcome_resends:
+        if row.unknown_outcomes > self.resends:
             await self.fail(row.id, self.unknown_reason(row.unknown_outcomes), own)
             return None
 
+        if self.guard.stopping:
+            # Claimed, but the stop came first: nothing is sent now (nor paid for).
+            await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
+            own.settle()
+            return None
         log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
-        request = self.request_for(row)
-        with self.guard.shielded() as scope:
+        try:
+            request = self.request_for(row)
+        except BlankPrompt:
+            await self.fail(row.id, "blank prompt (not sent)", own)
+            return None
+        # A paid call keeps its own deadline at a stop (the provider's call timeout), and
+        # the writes of its outcome the grace after it; a second signal cuts it.
+        until = trio.current_time() + self.provider.traits.call_timeout + s.shutdown_grace
+        with self.guard.shielded(until=until) as scope:
             try:
-                accepted = await self.provider.submit(request)
+                accepted = await self._submit(request)
             except ApiBusy as exc:
                 delay = await self._busy(row.id, exc)
                 await self.store.release(
@@ -122,7 +171,8 @@ class Runs:
                 if exc.status_code == 429:
                     delay = await self._busy(row.id, exc)
                 else:
-                    delay = self.health.busy(clean(exc.message, limit=120), exc.retry_after)
+                    what = clean(exc.message, limit=120)
+                    delay = self.health.busy(what, retry_after=exc.retry_after)
                 await self.store.release(
                     row.id,
                     status="ReadyToGenerate",
@@ -139,17 +189,30 @@ class Runs:
                 own.settle()
                 self._look_again()
                 return None
+            except ApiQuotaExhausted as exc:
+                delay = self.health.quota_exhausted(exc.message)
+                await self.store.release(
+                    row.id,
+                    status="ReadyToGenerate",
+                    delay=delay,
+                    uncount=True,
+                    error=self.health.quota_reason(),
+                )
+                own.settle()
+                self._look_again()
+                return None
             except BlankPrompt:
-                await self.fail(row.id, "blank prompt (not sent)", own)
+                await self.fail(row.id, "blank prompt (not sent)", own, until=until)
                 return None
             except ApiPermanent as exc:
-                await self.fail(row.id, clean(f"API refused the request: {exc.message}"), own)
+                reason = clean(f"API refused the request: {exc.message}")
+                await self.fail(row.id, reason, own, until=until)
                 return None
             except ApiTransient as exc:
-                await self._transient(row, exc, own)
+                await self._transient(row, exc, own, until=until)
                 return None
             if isinstance(accepted, Refused):
-                await self.fail(row.id, clean(accepted.reason), own, accepted.censored)
+                await self.fail(row.id, clean(accepted.reason), own, accepted.censored, until=until)
                 return None
             self.health.accepted()
             if self.slots is not None:
@@ -161,6 +224,7 @@ class Runs:
                     lambda: self.store.record_accepted(
                         row.id, accepted.handle, keep=self.follow_here
                     ),
+                    until=until,
                 )
         if not self.follow_here:
             own.settle()  # released to the processors by record_accepted
@@ -177,6 +241,12 @@ class Runs:
             height=request.height,
             attempts=row.attempts,
         )
+
+    async def _submit(self, request: Request) -> Submitted | Refused:
+        if self.budget is None:
+            return await self.provider.submit(request)
+        async with self.budget.call(submission=True):
+            return await self.provider.submit(request)
 
     def unknown_reason(self, n: int) -> str:
         return (
@@ -204,13 +274,15 @@ class Runs:
             return min(exc.retry_after or 0.0, self.settings.retry_backoff_max)
         if self.slots is not None:
             await self.slots.refused(what)  # counted; at one there is nothing to lower
-        return self.health.busy(what, exc.retry_after)
+        return self.health.busy(what, retry_after=exc.retry_after)
 
     def _look_again(self) -> None:
         if callable(self.on_retry_scheduled):
             self.on_retry_scheduled()
 
-    async def _transient(self, row: ReadyRow, exc: ApiTransient, own: Ownership) -> None:
+    async def _transient(
+        self, row: ReadyRow, exc: ApiTransient, own: Ownership, *, until: float = -math.inf
+    ) -> None:
         s = self.settings
         message = clean(exc.message)
         unknown = isinstance(exc, ApiOutcomeUnknown)
@@ -221,14 +293,16 @@ class Runs:
                 "re-send(s) used)",
                 row.id,
                 message,
-                min(sent, s.unknown_outcome_resends),
-                s.unknown_outcome_resends,
+                min(sent, self.resends),
+                self.resends,
             )
-            if sent > s.unknown_outcome_resends:
-                await self.fail(row.id, self.unknown_reason(sent) + f"; last: {message}", own)
+            if sent > self.resends:
+                reason = self.unknown_reason(sent) + f"; last: {message}"
+                await self.fail(row.id, reason, own, until=until)
                 return
         if row.attempts >= s.retry_max_attempts:
-            await self.fail(row.id, f"gave up after {row.attempts} attempts: {message}", own)
+            reason = f"gave up after {row.attempts} attempts: {message}"
+            await self.fail(row.id, reason, own, until=until)
             return
         delay = backoff_delay(row.attempts, s.retry_backoff_base, s.retry_backoff_max)
         if exc.retry_after:
@@ -238,6 +312,7 @@ class Runs:
             lambda: self.store.retry_later(
                 row.id, delay=delay, error=message, unknown_outcome=unknown
             ),
+            until=until,
         )
         own.settle()
         self._look_again()

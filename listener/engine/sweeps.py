@@ -42,9 +42,15 @@ class Sweeps:
     async def generator_sweep(self) -> int:
         async with self.lock:
             log.info("Generator sweep started")
-            tickets: list[Ticket] = []
-            n = await self.claims.claim_ready(tickets)
-            if self.wait_for_work:
+            n = 0
+            while True:
+                tickets: list[Ticket] = []
+                got = await self.claims.claim_ready(tickets)
+                n += got
+                if not self.wait_for_work or not got:
+                    break
+                # -cron / --once: this sweep is the schedule, so it takes every due row,
+                # a claim (sized by API_CONCURRENCY, maybe 1) at a time.
                 for ticket in tickets:
                     await ticket.submitted.wait()
             log.info("Generator sweep finished: %d row(s) submitted", n)

@@ -21,8 +21,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from listener.errors import ConfigError
+
 if TYPE_CHECKING:
-    import trio
     from pydantic_settings import BaseSettings
 
     from listener.engine.ports import Provider, Traits
@@ -33,6 +34,9 @@ PROVIDERS: dict[str, str] = {
     "gigachat": "listener.providers.gigachat.spec:SPEC",
 }
 DEFAULT = "fusionbrain"
+# The seed's provider: a Generate row that names no provider was accepted by it (written
+# by a listener older than migration 0018, or by the seed service).
+LEGACY = "fusionbrain"
 
 # Also the CHECK of images.provider (sql/migrations/0018_providers.sql): a provider
 # name is lower-case ASCII letters and digits, at most 32 characters.
@@ -43,7 +47,9 @@ NAME_RULE = "^[a-z][a-z0-9]{0,31}$"
 class Connection:
     """What every provider's client is built from besides its own settings."""
 
-    limiter: trio.CapacityLimiter  # API_CONCURRENCY: every call to the provider holds one
+    # API_CONCURRENCY in effect (for sizing a connection pool). The engine holds one of
+    # these slots around every submit / outcome / probe: a provider takes none itself.
+    concurrency: int
     max_response_bytes: int  # MAX_RESPONSE_BYTES: a 2xx answer larger than this is refused
     retry_after_max: float  # a provider's Retry-After is capped at this (RETRY_BACKOFF_MAX)
     # The built-in emulator's base URL when the provider runs on it (no credentials set):
@@ -71,6 +77,9 @@ class Spec:
     check: Callable[[Any, Connection], Awaitable[Sequence[str]]] | None = None
     # The secrets of its settings, for the log redaction filter.
     secrets: Callable[[Any], list[str]] = field(default=lambda settings: [])
+    # What tells its accounts apart: its API's URL and its credentials, hashed into the
+    # shared budget's account id (listener.engine.flow.account_id), never stored.
+    account: Callable[[Any], list[str]] = field(default=lambda settings: [])
     # Hosts its log lines show as they are (its API's host).
     shown_hosts: Callable[[Any], list[str]] = field(default=lambda settings: [])
     # Its environment variables, for the start-up line and the docs.
@@ -81,7 +90,6 @@ class Spec:
         from pydantic import ValidationError
 
         from listener.config import format_validation_error
-        from listener.errors import ConfigError
 
         try:
             return self.settings_class(_env_file=env_file)
@@ -109,7 +117,7 @@ def available() -> list[str]:
     for name in PROVIDERS:
         try:
             spec(name)
-        except ModuleNotFoundError:
+        except ProviderMissing:
             continue
         found.append(name)
     return found
@@ -118,10 +126,12 @@ def available() -> list[str]:
 _loaded: dict[str, Spec] = {}
 
 
+class ProviderMissing(ConfigError):
+    """A registry line whose package is not installed (yet)."""
+
+
 def spec(name: str) -> Spec:
     """The provider called `name`; ConfigError for a name nobody registered."""
-    from listener.errors import ConfigError
-
     if name in _loaded:
         return _loaded[name]
     where = PROVIDERS.get(name)
@@ -131,7 +141,16 @@ def spec(name: str) -> Spec:
             f"(known: {', '.join(PROVIDERS)})"
         )
     module, _, attr = where.partition(":")
-    found = getattr(importlib.import_module(module), attr)
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise  # a dependency of the provider is missing: say which, loudly
+        raise ProviderMissing(
+            f"configuration error: IMAGE_PROVIDER: provider {name!r} is registered but its "
+            f"package ({module}) is not installed"
+        ) from None
+    found = getattr(imported, attr)
     if not isinstance(found, Spec) or found.name != name:
         raise TypeError(f"{where} is not the Spec of {name!r}")
     _loaded[name] = found

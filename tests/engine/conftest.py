@@ -6,17 +6,45 @@ import pytest
 import trio
 
 from listener.engine import Engine
-from tests.engine.fakes import FakeProvider, FakeStore, accept_all, settings
+from tests.engine.fakes import FakeDrawProvider, FakeProvider, FakeStore, accept_all, settings
+
+SHAPES = {"poll": FakeProvider, "draw": FakeDrawProvider}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "shapes(*names): the provider shapes a test runs with (default: poll and draw); "
+        "a test about following a long generation is submit-then-poll's alone",
+    )
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Every test that takes `provider` runs with a fake of each shape: submit-then-poll
+    (Fusion Brain) and draw-then-download (GigaChat)."""
+    if "provider" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("shapes")
+        metafunc.parametrize("shape", marker.args if marker else tuple(SHAPES))
 
 
 @pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
+def store(shape) -> FakeStore:
+    return FakeStore(provider=SHAPES[shape].name)
 
 
 @pytest.fixture
-def provider() -> FakeProvider:
-    return FakeProvider()
+def provider(shape) -> FakeProvider:
+    return SHAPES[shape]()
+
+
+def long_generation(provider, seconds: float = 1000.0) -> None:
+    """A generation that stays in Generate for `seconds`, followed all along: a long
+    generation polled (submit-then-poll), a long download (draw-then-download)."""
+    if isinstance(provider, FakeDrawProvider):
+        provider.generation_time = 0.0
+        provider.download_time = seconds
+    else:
+        provider.generation_time = seconds
 
 
 def make_engine(store, provider, *, validate=accept_all, **kw) -> Engine:

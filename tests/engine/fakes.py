@@ -26,6 +26,7 @@ from listener.engine.ports import (
     Traits,
 )
 from listener.errors import DatabaseUnavailable, LeaseLost
+from listener.images import ImageInfo
 
 
 def settings(**overrides) -> Settings:
@@ -54,12 +55,18 @@ class Row:
     started: float = 0.0
     width: int | None = None
     height: int | None = None
+    provider: str | None = None  # images.provider: NULL = any provider's, else pinned/accepted
+    image_type: str | None = None
+    image_size: tuple[int | None, int | None] | None = None
 
 
 @dataclass
 class FakeStore:
     worker: str = "me"
     lease: float = 30.0
+    provider: str = "fake"  # the provider this process runs (PgStore's `provider`)
+    styles: dict[str, str] = field(default_factory=dict)  # image_styles.system_prompt
+    default_style: str = "UHD"
     rows: dict[int, Row] = field(default_factory=dict)
     down: bool = False  # every call raises DatabaseUnavailable
     calls: Counter = field(default_factory=Counter)
@@ -67,6 +74,8 @@ class FakeStore:
 
     def add(self, n: int = 1, **kw) -> list[int]:
         ids = []
+        if kw.get("status") == "Generate":
+            kw.setdefault("provider", self.provider)  # accepted by our provider
         for _ in range(n):
             id_ = len(self.rows) + 1
             self.rows[id_] = Row(id_, **kw)
@@ -83,7 +92,14 @@ class FakeStore:
         """Claimable: no live lease, and not ours (a lapsed lease of ours is still held
         by a task of this process)."""
         lapsed = r.locked_until is None or r.locked_until < now
-        return lapsed and r.locked_by != self.worker
+        return lapsed and r.locked_by != self.worker and self._ours(r)
+
+    def _ours(self, r: Row) -> bool:
+        """The provider rule of the claims: a waiting row for any provider or pinned to
+        ours; a generation only if our provider accepted it."""
+        if r.status == "Generate":
+            return r.provider == self.provider
+        return r.provider in (None, self.provider)
 
     def _mine(self, id_: int, status: str) -> Row:
         r = self.rows.get(id_)
@@ -117,6 +133,7 @@ class FakeStore:
                     unknown_outcomes=r.unknown_outcomes,
                     width=r.width,
                     height=r.height,
+                    style_prompt=self.styles.get(self.default_style),
                 )
             )
         return out
@@ -133,6 +150,7 @@ class FakeStore:
             for r in self.rows.values()
             if r.status == "ReadyToGenerate"
             and r.locked_by not in (None, self.worker)
+            and self._ours(r)
             and not self._free(r, now)
         ]
         return min(waits) if waits else None
@@ -158,7 +176,10 @@ class FakeStore:
         later = [
             r.locked_until - now
             for r in self.rows.values()
-            if r.status == "Generate" and not self._free(r, now) and r.locked_by != self.worker
+            if r.status == "Generate"
+            and self._ours(r)
+            and not self._free(r, now)
+            and r.locked_by != self.worker
         ]
         return Claimed(out, min(later) if later else None)
 
@@ -168,6 +189,7 @@ class FakeStore:
         now = self._call("record_accepted")
         r = self._mine(id_, "ReadyToGenerate")
         r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
+        r.provider = self.provider
         if not keep:
             r.locked_by = r.locked_until = None
 
@@ -196,10 +218,11 @@ class FakeStore:
         r.status, r.last_error, r.censored = "Failed", error, censored
         r.locked_by = r.locked_until = None
 
-    async def finalise(self, id_, handle, image) -> None:
+    async def finalise(self, id_, handle, image, *, image_type="png", width=None, height=None):
         self._call("finalise")
         r = self._mine(id_, "Generate")
         r.status, r.image, r.last_error = "ReadyToPublish", image, None
+        r.image_type, r.image_size = image_type, (width, height)
         r.locked_by = r.locked_until = None
 
     async def renew(self, owned: dict[int, str]):
@@ -252,6 +275,7 @@ class FakeProvider:
         self.run_time = run_time
         self.generation_time = generation_time
         self.submitted: list[str] = []
+        self.requests: list = []  # the Request of each submission
         self.checks: Counter = Counter()
         self.started: dict[str, float] = {}
         self.on_submit = None  # callable(request) -> Submitted | raise
@@ -265,6 +289,7 @@ class FakeProvider:
         try:
             await trio.sleep(self.run_time)
             self.submitted.append(request.prompt)
+            self.requests.append(request)
             if self.on_submit is not None:
                 return self.on_submit(request)
             handle = f"uuid-{len(self.submitted)}"
@@ -275,7 +300,12 @@ class FakeProvider:
 
     async def outcome(self, handle: str) -> Outcome:
         self.checks[handle] += 1
-        await trio.sleep(0.01)
+        self.in_flight += 1  # a status check is a call too (one API_CONCURRENCY limit)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(0.01)
+        finally:
+            self.in_flight -= 1
         if self.on_outcome is not None:
             return self.on_outcome(handle)
         if trio.current_time() - self.started.get(handle, 0) >= self.generation_time:
@@ -286,11 +316,66 @@ class FakeProvider:
         return None
 
 
+class FakeDrawProvider(FakeProvider):
+    """The other shape (GigaChat's): `submit` is the blocking, paid draw and returns the
+    drawn file's handle; `outcome` downloads it: Ready at the first ask, never Pending.
+
+    The same knobs as FakeProvider, so one test runs with either: `run_time` + the
+    `generation_time` is the draw (one call), `download_time` the download. It draws at
+    its own size (honours_size False) and declares GigaChat's defaults: one call at a
+    time, no automatic re-send of a draw whose outcome is unknown."""
+
+    name = "fakedraw"
+    title = "Fake drawing API"
+    traits = Traits(
+        honours_size=False,
+        default_concurrency=1,
+        unknown_outcome_resends=0,
+        call_timeout=120.0,
+        slot="call",
+    )
+
+    def __init__(self, *, run_time: float = 0.1, generation_time: float = 1.0) -> None:
+        super().__init__(run_time=run_time, generation_time=generation_time)
+        self.download_time = 0.05
+        self.downloads: Counter = Counter()
+
+    async def submit(self, request) -> Submitted:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.run_time + self.generation_time)  # the draw
+            self.submitted.append(request.prompt)
+            self.requests.append(request)
+            if self.on_submit is not None:
+                return self.on_submit(request)
+            handle = f"file-{len(self.submitted)}"
+            self.started[handle] = trio.current_time() - self.generation_time
+            return Submitted(handle)
+        finally:
+            self.in_flight -= 1
+
+    async def outcome(self, handle: str) -> Outcome:
+        self.checks[handle] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.download_time)
+            if self.on_outcome is not None:
+                return self.on_outcome(handle)
+            self.downloads[handle] += 1
+            return Ready(PNG_B64)
+        finally:
+            self.in_flight -= 1
+
+
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
-async def accept_all(image: str, expected) -> None:
-    """The engine's validate seam, accepting everything."""
+async def accept_all(image: str, expected) -> ImageInfo:
+    """The engine's validate seam, accepting everything (as the size asked for)."""
+    width, height = expected or (1, 1)
+    return ImageInfo("png", width, height, len(image))
 
 
 @dataclass

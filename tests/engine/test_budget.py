@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from listener.engine.budget import Budget
+import trio
+
+from listener.engine.budget import Budget, Slots
 
 
 async def test_claims_are_sized_by_room_and_by_free_run_calls():
@@ -15,7 +17,7 @@ async def test_claims_are_sized_by_room_and_by_free_run_calls():
     assert budget.room_for_runs() == 4 and budget.free == 6
     more = budget.take(budget.reserve(6), 6, "following")
     assert budget.free == 0 and budget.room_for_runs() == 0
-    assert str(budget) == "claimed 0, submitting 0, following 10, checking 0, free 0"
+    assert str(budget) == "claimed 0, submitting 0, following 10, calling 0, free 0"
     for t in more:
         t.close()
     assert budget.snapshot()["free"] == 6
@@ -37,3 +39,39 @@ async def test_subscribers_hear_every_freed_place():
     ticket.move("submitting")
     ticket.close()
     assert heard[-1] == 2 and ticket.finished.is_set() and ticket.submitted.is_set()
+
+
+async def test_a_free_call_slot_goes_to_a_waiting_submission_first(autojump_clock):
+    slots = Slots(1)
+    order: list[str] = []
+
+    async def call(name: str, first: bool) -> None:
+        await slots.acquire(first=first)
+        order.append(name)
+        await trio.sleep(1)
+        slots.release()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(call, "check 1", False)
+        await trio.sleep(0.1)
+        for i in (2, 3):
+            n.start_soon(call, f"check {i}", False)
+            await trio.sleep(0.1)  # trio starts tasks of one batch in any order
+        n.start_soon(call, "submit", True)
+    assert order == ["check 1", "submit", "check 2", "check 3"]
+    assert slots.free == 1
+
+
+async def test_a_cancelled_wait_for_a_call_slot_leaks_nothing(autojump_clock):
+    slots = Slots(1)
+    await slots.acquire()
+    with trio.move_on_after(1):
+        await slots.acquire(first=True)  # cancelled while waiting
+    slots.release()
+    assert slots.free == 1
+    with trio.move_on_after(1) as scope:
+        await slots.acquire()
+        await slots.acquire()  # the second waits: no slot left
+    assert scope.cancelled_caught and slots.free == 0
+    slots.release()
+    assert slots.free == 1

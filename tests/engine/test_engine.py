@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from listener.engine import Wakeup
@@ -21,6 +22,7 @@ async def test_rows_inserted_while_running_are_generated(store, provider, autoju
     assert all(r.locked_by is None for r in store.rows.values())
 
 
+@pytest.mark.shapes("poll")  # a draw in flight at stop: test_a_draw_in_flight_...
 async def test_soft_stop_lets_runs_in_flight_finish_then_releases_the_rest(
     store, provider, autojump_clock
 ):
@@ -39,10 +41,12 @@ async def test_soft_stop_lets_runs_in_flight_finish_then_releases_the_rest(
     assert all(r.locked_by is None for r in store.rows.values())
 
 
-async def test_past_the_grace_period_a_run_is_abandoned_and_its_row_released(
+async def test_a_paid_call_keeps_its_own_deadline_at_a_stop_then_is_abandoned(
     store, provider, autojump_clock
 ):
-    provider.run_time = 100.0
+    """SHUTDOWN_GRACE is shorter than one draw: the call in flight is given until the
+    provider's call timeout (Traits.call_timeout), not the grace; past it, abandoned."""
+    provider.run_time = 1000.0
     engine = make_engine(store, provider, settings={"shutdown_grace": 1})
     store.add(1)
     async with trio.open_nursery() as n:
@@ -50,7 +54,48 @@ async def test_past_the_grace_period_a_run_is_abandoned_and_its_row_released(
         await run_until(lambda: provider.in_flight == 1)
         start = trio.current_time()
         engine.stop("SIGTERM")
-    assert trio.current_time() - start < 2
+    took = trio.current_time() - start
+    assert provider.traits.call_timeout <= took < provider.traits.call_timeout + 3
+    (row,) = store.rows.values()
+    assert row.status == "ReadyToGenerate" and row.locked_by is None
+
+
+async def test_a_draw_in_flight_at_a_stop_completes_and_its_handle_is_kept(
+    store, provider, autojump_clock
+):
+    """A draw longer than the grace (5 s): the stop waits for it (within its own
+    deadline), records its handle, and the next start follows it: never drawn twice."""
+    provider.run_time = provider.traits.call_timeout * 2 / 3  # 20 s, or 80 s for a draw
+    provider.generation_time = 0.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 1)
+        engine.stop("SIGTERM")
+    (row,) = store.rows.values()
+    assert row.status == "Generate" and row.uuid and row.locked_by is None
+    assert len(provider.submitted) == 1
+    again = make_engine(store, provider)
+    async with trio.open_nursery() as n:
+        await n.start(again.serve)
+        await run_until(lambda: row.status == "ReadyToPublish")
+        again.stop("test")
+    assert len(provider.submitted) == 1, "followed, never drawn again"
+
+
+async def test_a_second_signal_cuts_a_paid_call_at_once(store, provider, autojump_clock):
+    provider.run_time = 1000.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+        await trio.sleep(2)
+        engine.stop_now()
+    assert trio.current_time() - start < 3
     (row,) = store.rows.values()
     assert row.status == "ReadyToGenerate" and row.locked_by is None
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from listener.engine.ports import Submitted
+from listener.engine.ports import Refused, Submitted
 from listener.errors import (
+    ApiBusy,
     ApiCredentials,
     ApiNotTaken,
     ApiOutcomeUnknown,
     ApiPermanent,
+    ApiQuotaExhausted,
     ApiTransient,
 )
 from tests.engine.conftest import make_engine, run_until
@@ -87,13 +89,151 @@ async def test_refused_credentials_touch_no_row_and_pause_generation(
         await trio.sleep(60)
         row = store.rows[id_]
         assert (row.status, row.attempts, row.locked_by) == ("ReadyToGenerate", 0, None)
-        assert len(provider.submitted) == 1
+        # the start-up probe found the key refused before anything was submitted
+        assert len(provider.submitted) == 0
         engine.stop("test")
+
+
+async def test_without_the_setting_the_provider_says_how_often_an_unknown_outcome_is_resent(
+    store, provider, autojump_clock
+):
+    """UNKNOWN_OUTCOME_RESENDS unset: the provider's default (Fusion Brain 1; a provider
+    that draws in one call, GigaChat, 0: a lost draw is never drawn again by itself)."""
+
+    def on_submit(request):
+        raise ApiOutcomeUnknown("draw: the connection dropped after sending")
+
+    provider.on_submit = on_submit
+    engine = make_engine(store, provider, settings={"retry_max_attempts": 9})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
+        engine.stop("test")
+    assert len(provider.submitted) == 1 + provider.traits.unknown_outcome_resends
+    assert "listener retry" in store.rows[id_].last_error
+
+
+async def test_a_refusal_known_at_submit_fails_the_row_and_is_not_followed(
+    store, provider, autojump_clock
+):
+    """GigaChat's `blacklist` answer to the draw itself: Refused, censored."""
+    provider.on_submit = lambda request: Refused("censored: the model declined", censored=True)
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Failed")
+        engine.stop("test")
+    row = store.rows[id_]
+    assert (row.last_error, row.censored, row.uuid) == (
+        "censored: the model declined",
+        True,
+        None,
+    )
+    assert not provider.checks, "nothing to follow"
+
+
+async def test_api_concurrency_is_one_limit_on_every_call(store, provider, autojump_clock):
+    """Submissions, status checks and downloads together: never more than
+    API_CONCURRENCY calls in flight (its default: the provider's)."""
+    provider.generation_time = 0.5
+    engine = make_engine(store, provider, settings={"api_concurrency": 2})
+    store.add(12)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 12)
+        engine.stop("test")
+    assert provider.max_in_flight == 2 == engine.budget.most_calling
+    default = make_engine(store, provider)
+    assert default.concurrency == provider.traits.default_concurrency
+
+
+async def test_busy_waits_at_least_the_providers_retry_after(store, provider, autojump_clock):
+    calls = []
+    real_submit = provider.submit
+
+    async def submit(request):
+        calls.append(trio.current_time())
+        if len(calls) == 1:
+            raise ApiBusy("busy: 429", retry_after=40)
+        return await real_submit(request)
+
+    provider.submit = submit
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish")
+        engine.stop("test")
+    assert calls[1] - calls[0] >= 40, "Retry-After honoured (capped by RETRY_BACKOFF_MAX)"
+    assert store.rows[id_].attempts == 1, "busy is never an attempt"
+
+
+async def test_a_used_up_quota_pauses_drawing_one_try_per_backoff_and_fails_nothing(
+    store, provider, autojump_clock
+):
+    """402 (GigaChat): no row fails; after the first refusals, one draw is tried every
+    RETRY_BACKOFF_MAX with the provider's words kept in the waiting rows; drawing
+    resumes once a draw is accepted."""
+    tries = []
+    refusals = 6
+    real_submit = provider.submit
+
+    async def submit(request):
+        tries.append(trio.current_time())
+        if len(tries) <= refusals:
+            raise ApiQuotaExhausted("402: Payment Required: no tokens left")
+        return await real_submit(request)
+
+    provider.submit = submit
+    engine = make_engine(store, provider, settings={"api_concurrency": 4, "retry_backoff_max": 100})
+    ids = store.add(4)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: len(tries) > refusals - 1, seconds=3600)
+        waiting = [store.rows[i] for i in ids if store.rows[i].status == "ReadyToGenerate"]
+        assert any("paid quota used up" in (r.last_error or "") for r in waiting)
+        assert "no tokens left" in engine.health.quota_reason()
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 4, seconds=3600)
+        engine.stop("test")
+    assert not store.statuses()["Failed"]
+    assert all(r.attempts <= 1 for r in store.rows.values()), "a paused draw is no attempt"
+    burst = [t for t in tries if t - tries[0] < 1]  # the calls already under way
+    assert len(burst) <= 4
+    trials = tries[len(burst) : refusals + 1]  # one at a time, a pause apart
+    gaps = [b - a for a, b in zip([burst[-1], *trials[:-1]], trials, strict=True)]
+    assert gaps and all(gap >= 100 for gap in gaps), gaps
+
+
+async def test_the_request_is_neutral_and_carries_what_an_idempotency_key_needs(
+    store, provider, autojump_clock
+):
+    engine = make_engine(store, provider, settings={"default_style": "UHD"})
+    (id_,) = store.add(1, prompt="  " + "fox " * 400, width=512, height=256)
+    store.styles = {"UHD": "Draw a detailed photo."}
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish")
+        engine.stop("test")
+    (request,) = provider.requests
+    assert (request.row_id, request.attempt) == (id_, 1)
+    assert (
+        len(request.prompt) <= 999
+        and request.prompt.startswith("fox")
+        and (request.prompt == request.prompt.strip())
+    )
+    assert request.style == "UHD" and request.style_prompt == "Draw a detailed photo."
+    if provider.traits.honours_size:
+        assert (request.width, request.height) == (512, 256)
+    else:  # it draws at its own size: none is asked
+        assert (request.width, request.height) == (None, None)
 
 
 async def test_a_5xx_after_sending_counts_like_a_timeout(store, provider, autojump_clock):
     """The client turns a 5xx on run into ApiOutcomeUnknown: the engine caps it like any
-    unknown outcome, before RETRY_MAX_ATTEMPTS would (2 runs, not 5)."""
+    unknown outcome, before RETRY_MAX_ATTEMPTS would (2 runs, not 5, with Fusion Brain's
+    default of one re-send; 1 with a provider that never re-sends by itself)."""
 
     def on_submit(request):
         raise ApiOutcomeUnknown("run: HTTP 504: Gateway Time-out")
@@ -105,7 +245,7 @@ async def test_a_5xx_after_sending_counts_like_a_timeout(store, provider, autoju
         await n.start(engine.serve)
         await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
         engine.stop("test")
-    assert len(provider.submitted) == 2
+    assert len(provider.submitted) == 1 + provider.traits.unknown_outcome_resends
     reason = store.rows[id_].last_error
     assert "the API may have generated the image" in reason and "HTTP 504" in reason
 

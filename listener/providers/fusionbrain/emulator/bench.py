@@ -1,7 +1,8 @@
 """Measure the emulator's own ceiling: concurrent run + status round trips for a while.
 
-    python -m listener.emulator.bench [--seconds 5] [--concurrency 32] [--size 64]
-                                      [--client httpx|raw] [--url http://127.0.0.1:8089/]
+    python -m listener.providers.fusionbrain.emulator.bench \
+        [--seconds 5] [--concurrency 32] [--size 64]
+        [--client httpx|raw] [--url http://127.0.0.1:8089/]
 
 Without --url it starts `listener emulator --port 0 --generation-time 0` itself (and
 stops it). Each worker repeats: POST run (a size x size image), GET status until the
@@ -166,7 +167,7 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m listener.emulator.bench")
+    parser = argparse.ArgumentParser(prog="python -m listener.providers.fusionbrain.emulator.bench")
     parser.add_argument("--url", help="an emulator already running (default: start one)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)

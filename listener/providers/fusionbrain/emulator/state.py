@@ -12,7 +12,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from listener.emulator.config import AFTER_RUN_ERRORS, ConfigInvalid, EmulatorConfig
+from listener.providers.fusionbrain.emulator.config import (
+    AFTER_RUN_ERRORS,
+    ConfigInvalid,
+    EmulatorConfig,
+)
 
 ENDPOINTS = ("run", "status", "pipelines", "availability", "any")
 STATUS_FAULTS = {

@@ -14,20 +14,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from listener.emulator.config import EmulatorConfig
-    from listener.emulator.control import EmulatorControl
-    from listener.emulator.server import serve_emulator
+    from listener.providers.fusionbrain.emulator.config import EmulatorConfig
+    from listener.providers.fusionbrain.emulator.control import EmulatorControl
+    from listener.providers.fusionbrain.emulator.server import serve_emulator
 
 __all__ = ["EmulatorConfig", "EmulatorControl", "serve_emulator"]
 
 _WHERE = {
-    "EmulatorConfig": "listener.emulator.config",
-    "EmulatorControl": "listener.emulator.control",
-    "serve_emulator": "listener.emulator.server",
+    "EmulatorConfig": "listener.providers.fusionbrain.emulator.config",
+    "EmulatorControl": "listener.providers.fusionbrain.emulator.control",
+    "serve_emulator": "listener.providers.fusionbrain.emulator.server",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'listener.emulator' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

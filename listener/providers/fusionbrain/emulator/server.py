@@ -19,9 +19,9 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from listener.emulator.app import EmulatorApp
-from listener.emulator.config import EmulatorConfig
-from listener.emulator.state import EmulatorState
+from listener.providers.fusionbrain.emulator.app import EmulatorApp
+from listener.providers.fusionbrain.emulator.config import EmulatorConfig
+from listener.providers.fusionbrain.emulator.state import EmulatorState
 
 log = logging.getLogger("listener.emulator")
 
@@ -55,7 +55,7 @@ async def _expire_forever(state: EmulatorState) -> None:
 
 
 async def serve_emulator(
-    config: EmulatorConfig,
+    config: EmulatorConfig | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -65,7 +65,7 @@ async def serve_emulator(
     """Serve the emulated API until cancelled; `task_status.started(url)` once listening,
     with the real port in the URL (`http://127.0.0.1:PORT/`). The control endpoint
     answers requests carrying `control_token`; without one it is off."""
-    state = EmulatorState(config)
+    state = EmulatorState(config or EmulatorConfig())
     connections: dict[tuple[Any, ...], trio.socket.SocketType] = {}
     app = EmulatorApp(state, connections, control_token=control_token)
     hconfig = HypercornConfig()

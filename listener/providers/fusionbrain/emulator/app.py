@@ -43,9 +43,9 @@ import trio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from listener.emulator.config import ConfigInvalid
-from listener.emulator.images import ImageCache
-from listener.emulator.state import (
+from listener.providers.fusionbrain.emulator.config import ConfigInvalid
+from listener.providers.fusionbrain.emulator.images import ImageCache
+from listener.providers.fusionbrain.emulator.state import (
     BODY_FAULTS,
     CANCEL,
     CANCEL_DESCRIPTION,
@@ -350,6 +350,8 @@ class EmulatorApp:
     ) -> Answer | None:
         state = self.state
         state.stats.requests_total += 1
+        if state.config.retired:
+            return spring_error(404, "Not Found", path)
         route = path.removeprefix(API_PREFIX).rstrip("/")
         found = _route(route)
         if found is None:

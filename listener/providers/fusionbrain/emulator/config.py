@@ -60,6 +60,9 @@ class EmulatorConfig:
     censor_words: list[str] = field(default_factory=list)
     # Answer 401 to every API request, whatever the credentials.
     wrong_credentials: bool = False
+    # Answer 404 to every key-API request, as the retired key service does (since about
+    # May 2026 its key page and API answer 404).
+    retired: bool = False
     # Seed of the random faults; None seeds from the system.
     seed: int | None = None
     # The account's true limits (flow control benchmarks and tests): at most
@@ -100,8 +103,9 @@ class EmulatorConfig:
             raise ConfigInvalid(f"busy must be one of {', '.join(BUSY_KEYS)} or null")
         if not isinstance(self.busy_value, str) or not self.busy_value:
             raise ConfigInvalid("busy_value must be a non-empty string")
-        if not isinstance(self.wrong_credentials, bool):
-            raise ConfigInvalid("wrong_credentials must be true or false")
+        for flag in ("wrong_credentials", "retired"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigInvalid(f"{flag} must be true or false")
         if self.max_concurrent is not None and (
             not _is_int(self.max_concurrent) or self.max_concurrent < 0
         ):

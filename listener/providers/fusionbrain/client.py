@@ -20,7 +20,7 @@ The API is not trusted. Bodies are read as they stream and abandoned past their 
 error body far sooner than an answer); every request has a whole-request deadline, not
 only httpx's per-read timeout, so a body dripped one byte a second ends on time; a
 status read, which may carry a result the API hands out only once, has a longer deadline
-of its own. Answers are parsed into the strict models of listener.api.models. Every
+of its own. Answers are parsed into the strict models of its `models` module. Every
 message built from API text goes through `listener.sanitize.clean` (and the client's own
 credentials are redacted from it), so it is one bounded, safe line wherever it lands.
 
@@ -47,15 +47,6 @@ import pydantic
 import stamina
 import trio
 
-from listener.api.models import (
-    Accepted,
-    AvailabilityAnswer,
-    GenerationRequest,
-    GenerationStatus,
-    PipelineEntry,
-    RunAnswer,
-    StatusAnswer,
-)
 from listener.edge import (
     EXCERPT,
     MAX_JSON_DEPTH,
@@ -81,6 +72,15 @@ from listener.errors import (
     ApiPermanent,
     ApiTransient,
     ConfigError,
+)
+from listener.providers.fusionbrain.models import (
+    Accepted,
+    AvailabilityAnswer,
+    GenerationRequest,
+    GenerationStatus,
+    PipelineEntry,
+    RunAnswer,
+    StatusAnswer,
 )
 from listener.sanitize import clean, redact, secret_forms
 
