@@ -14,7 +14,7 @@ HTTP   ?= 127.0.0.1:8090
 TEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help install run stop test migrate psql lint format emulator bench browser clean
+.PHONY: help install run stop test migrate psql lint format emulator bench mutants browser clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -60,6 +60,12 @@ bench: $(STAMP) ## benchmarks vs procrastinate, ~25 min (ARGS=--quick, DRAIN_ARG
 	$(BIN)/python bench/run.py $(ARGS)
 	$(BIN)/python bench/drain.py $(DRAIN_ARGS)
 
+mutants: $(STAMP) ## mutation testing of listener/engine/ by tests/engine/ (mutmut, two cores, at most 20 min; not CI); docs/engine.md
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,mutants]'
+	rm -rf mutants
+	timeout 1200 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
 browser: $(STAMP) ## install headless Chromium from the distribution (apt, as root) and Playwright, for the browser test
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -70,4 +76,4 @@ browser: $(STAMP) ## install headless Chromium from the distribution (apt, as ro
 		|| echo "playwright could not be installed: the browser test will be skipped" >&2
 
 clean: ## remove the virtualenv and caches (keeps .data, the embedded database)
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis mutants

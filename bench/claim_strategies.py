@@ -91,7 +91,8 @@ class Worker(threading.Thread):
                     t0 = time.perf_counter()
                     conn.autocommit = True
                     claimed = conn.execute(
-                        q["claim_ready"], {"worker": self.worker, "lease": 30, "limit": 1}
+                        q["claim_ready"],
+                        {"worker": self.worker, "lease": 30, "limit": 1, "held": []},
                     ).fetchall()
                     conn.autocommit = False
                     self.db_seconds += time.perf_counter() - t0

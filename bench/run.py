@@ -278,7 +278,7 @@ def claim_cost(url: str, repeats: int = 30) -> dict:
     from listener.sqlfiles import queries
 
     query = queries()["claim_ready"]
-    params = {"worker": "bench", "lease": 30, "limit": 8}
+    params = {"worker": "bench", "lease": 30, "limit": 8, "held": []}
     server: list[float] = []
     client: list[float] = []
     with psycopg.connect(url) as c:

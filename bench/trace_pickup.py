@@ -48,9 +48,9 @@ def listener_main() -> int:
 
     claim_ready = store.PgStore.claim_ready
 
-    async def traced_claim_ready(self, limit):
+    async def traced_claim_ready(self, limit, **kw):
         t0 = time.time()
-        claimed = await claim_ready(self, limit)
+        claimed = await claim_ready(self, limit, **kw)
         steps.append(["claim", t0, time.time(), [r.prompt for r in claimed]])
         return claimed
 

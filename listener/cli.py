@@ -1,8 +1,8 @@
 """Command line: the seed's flags as the seed spelled them, plus subcommands.
 
     listener [-generator] [-processor] [-cron] [-verbose] [--once]   run the service
-    listener migrate | emulator | enqueue | status | export | retry | requeue | cancel |
-             watch | psql
+    listener migrate | emulator | enqueue | status | export | retry | regenerate | requeue |
+             cancel | watch | psql
 
 Go's `flag` package accepts `-name`, `--name` and `-name=true|false`; so do we, so that
 scripts and unit files written for the seed keep working.

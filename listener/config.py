@@ -121,12 +121,12 @@ class Settings(BaseSettings):
     db_statement_timeout: float = Field(30, gt=0)
     db_max_idle_time: float = Field(30, gt=0)
 
-    # -- .env.example placeholders (issue 13) -------------------------------------------
+    # -- .env.example placeholders ------------------------------------------------------
     # Not a setting: the variables whose .env.example placeholder was treated as unset,
     # so the log can say so (listener.commands.common.prepare).
     _placeholders: tuple[str, ...] = PrivateAttr(default=())
 
-    # -- behind a connection pooler (issue 15) --
+    # -- behind a connection pooler -----------------------------------------------------
     # The LISTEN connection's own address, straight to PostgreSQL, when DATABASE_URL goes
     # through a transaction-mode pooler (which cannot deliver notifications).
     listen_database_url: SecretStr | None = None

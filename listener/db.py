@@ -276,7 +276,7 @@ async def open_database(
                 await trio.to_thread.run_sync(functools.partial(pool.close, timeout=5))
 
 
-# -- prepared statements behind a transaction pooler (issue 15) -------------------------------
+# -- prepared statements behind a transaction pooler ------------------------------------------
 
 
 def _prepared_kwargs(prepared: bool) -> dict[str, Any]:

@@ -75,11 +75,6 @@ def psql_target(conninfo: str) -> str:
     return f"{command} {shlex.quote(target)}"
 
 
-def psql_command(uri: str) -> str:
-    """Kept for callers of the old name: the same as psql_target."""
-    return psql_target(uri)
-
-
 # -- status and stop ---------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 Trio waits on the connection's socket (`trio.lowlevel.wait_readable`) and reads
 notifications with libpq's non-blocking calls, so no thread is parked on it and
-cancellation is immediate. Pitfalls designed against (DESIGN.md):
+cancellation is immediate. The pitfalls of LISTEN/NOTIFY it is built against:
 
 * NOTIFY is not durable: after every (re)connect the consumer is told (`Connected`),
   *after* LISTEN succeeded, so the sweep it runs cannot miss a row inserted meanwhile.
@@ -12,7 +12,7 @@ cancellation is immediate. Pitfalls designed against (DESIGN.md):
   without blocking and bounded in time) after `keepalive` seconds of silence.
 * A lost connection is reopened at once, then with capped, jittered exponential backoff
   (stamina) while it keeps failing, one log line per attempt.
-* A connection that cannot hear (issue 15): a transaction-mode pooler (PgBouncer, a
+* A connection that cannot hear: a transaction-mode pooler (PgBouncer, a
   managed pooler) runs LISTEN on whichever server connection it lends for that statement,
   and the notifications never reach us. So after every (re)connect a self-test: a unique
   token is NOTIFYed through an ordinary, short-lived connection (`notify_conninfo`, the
@@ -243,7 +243,7 @@ class ListenStream:
         for item in batch:
             self.on_event(item)
 
-    # -- the self-test (issue 15) -------------------------------------------------------------
+    # -- the self-test ----------------------------------------------------------------------
 
     async def _self_test(self, conn: psycopg.Connection) -> Literal["heard", "deaf", "unsent"]:
         """A unique token NOTIFYed through `notify_conninfo` must arrive on `conn` (which

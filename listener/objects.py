@@ -143,6 +143,7 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("function", "images_retry(bigint)", operator=("EXECUTE",)),
     Obj("function", "images_retry_failed(timestamp with time zone)", operator=("EXECUTE",)),
     Obj("function", "images_cancel(bigint)", operator=("EXECUTE",)),
+    Obj("function", "images_regenerate(bigint)", operator=("EXECUTE",)),
     Obj("function", "images_fail_blocked()", operator=("EXECUTE",)),
     Obj("function", "images_prompt_is_blank(text)", operator=("EXECUTE",)),
     Obj("function", "images_requeue(text)", operator=("EXECUTE",)),

@@ -1,7 +1,7 @@
 """What the operator commands share: connection, errors, exit codes, formatting.
 
-The commands (`listener enqueue|status|export|retry|cancel|watch`) are short-lived
-processes, not the trio service: they use plain sync psycopg on one connection and call
+The commands (`listener enqueue|status|export|retry|regenerate|cancel|watch`) are
+short-lived processes, not the trio service: they use plain sync psycopg on one connection and call
 the views and functions of `sql/migrations/0010_operator.sql` through the named queries of
 `sql/operator.sql`, so that what they do is exactly what an operator can do in psql.
 
@@ -13,7 +13,8 @@ Exit codes (documented in docs/operations.md):
        size out of range, unknown style)
     3  no image with that id
     4  the image is not in a state that allows this (retry of a row that is not
-       Failed, cancel of a row that is not waiting or is claimed, export of a row
+       Failed, regenerate of a row that is waiting already or in another application's
+       status, cancel of a row that is not waiting or is claimed, export of a row
        without an image)
     5  `enqueue --wait` gave up after --timeout seconds
 """
@@ -73,7 +74,7 @@ def translate_error(exc: psycopg.Error) -> ListenerError:
     if isinstance(exc, pgerrors.InsufficientPrivilege):
         return DatabaseError(
             f"database error: {_primary(exc)}: this login lacks the role for it "
-            "(images_operator: status, retry, cancel, watch, export; images_writer: "
+            "(images_operator: status, retry, regenerate, cancel, watch, export; images_writer: "
             "enqueue; README, Running in production)"
         )
     if isinstance(exc, pgerrors.UndefinedTable | pgerrors.UndefinedFunction):

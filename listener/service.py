@@ -125,7 +125,7 @@ class _StreamEvents:
         if isinstance(event, ListenMode):
             self.on_event(Polling(on=event.mode == "poll"))
         elif isinstance(event, ListenConnected):
-            self.on_event(Connected(first=event.first))
+            self.on_event(Connected())
         elif isinstance(event, Notification) and event.channel == WAKEUP_CHANNEL:
             self.on_event(Wakeup(event.payload))
 

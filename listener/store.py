@@ -3,7 +3,10 @@ query each (sql/queries.sql).
 
 All writes are fenced on the lease (`locked_by = this worker`): a listener that lost a
 row (its lease expired and another listener took it, or an operator moved it) cannot
-overwrite the new owner's work. Such a refused write raises `LeaseLost`. Writes that
+overwrite the new owner's work. Such a refused write raises `LeaseLost`, and the same
+statement clears this listener's lease on the row where it still names us, so that a
+row that changed under us is never left "ours" with no task on it. A retried write that
+finds its own first attempt landed (the answer to its COMMIT was lost) succeeds. Writes that
 carry something the API handed us (a uuid, an image) use the database's critical lane,
 which routine work can never exhaust. Text written into a row has been through
 `listener.sanitize.clean` (no NUL, no control characters, bounded).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -73,11 +77,14 @@ class PgStore:
         }
 
     # -- claims (the pickup lane: one warm autocommit connection) ---------------------
+    # `held`: the rows a live task of this process holds (Leases). The claims leave them
+    # out even when their lease lapsed (a write that waited out a database outage); any
+    # other lapsed lease, ours included, is claimable.
 
-    async def claim_ready(self, limit: int) -> list[ReadyRow]:
+    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]:
         """The fast claim; after it failed on a row that breaks a rule of the table, the
         claim that leaves such rows out, for CHECKED_CLAIMS_FOR seconds."""
-        params = self._params(limit=limit)
+        params = self._params(limit=limit, held=list(held))
         if time.monotonic() < self._checked_until:
             return await self._claim(queries()["claim_ready_checked"], params)
         self._claims += 1
@@ -103,8 +110,8 @@ class PgStore:
 
         return await self.db.run(go, pickup=True)
 
-    async def next_ready_in(self) -> float | None:
-        query, params = queries()["next_ready_at"], self._params()
+    async def _next(self, name: str, held: Collection[int]) -> float | None:
+        query, params = queries()[name], self._params(held=list(held))
 
         def go(conn: psycopg.Connection) -> float | None:
             with conn.cursor(row_factory=dict_row) as cur:
@@ -114,13 +121,22 @@ class PgStore:
 
         return await self.db.run(go, pickup=True)
 
-    async def claim_generating(self, limit: int) -> Claimed:
+    async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None:
+        return await self._next("next_ready_at", held)
+
+    async def next_generating_in(self, *, held: Collection[int] = ()) -> float | None:
+        return await self._next("next_generating_at", held)
+
+    async def claim_generating(self, limit: int, *, held: Collection[int] = ()) -> Claimed:
         q = queries()
-        params = self._params(limit=limit)
+        params = self._params(limit=limit, held=list(held))
 
         def go(conn: psycopg.Connection) -> Claimed:
             with conn.cursor(row_factory=dict_row) as cur:
-                rows = [Generation(**r) for r in cur.execute(q["claim_generating"], params)]
+                rows = [
+                    Generation(r["id"], r["handle"], r["age"], width=r["width"], height=r["height"])
+                    for r in cur.execute(q["claim_generating"], params)
+                ]
                 if len(rows) == limit:
                     return Claimed(rows, 0.0)
                 nxt = cur.execute(q["next_generating_at"], params).fetchone()
@@ -131,27 +147,32 @@ class PgStore:
 
     # -- fenced writes -----------------------------------------------------------------
 
-    async def _fenced(self, name: str, id_: int, target: str, **params: Any) -> None:
-        """Run a fenced write; a retry that finds its own write already done is fine."""
-        n = await self.db.execute(name, self._params(id=id_, **params), critical=True)
-        if n == 1:
+    async def _fenced(
+        self, name: str, id_: int, done: Callable[[dict[str, Any]], bool], **params: Any
+    ) -> None:
+        """Run a fenced write (one statement: the write, or letting go of a row that
+        changed under us). `done(row)` says whether the row as it was found is this
+        write already landed: a retry after a COMMIT whose answer was lost."""
+        (row,) = await self.db.fetch(name, self._params(id=id_, **params), critical=True)
+        if row["written"] or (row["status"] is not None and done(row)):
             return
-        state = await self.db.fetch("row_state", {"id": id_}, critical=True)
-        if (
-            state
-            and state[0]["status"] == target
-            and state[0]["locked_by"] in (None, self.worker)
-            and (params.get("uuid") is None or state[0]["uuid"] == params["uuid"])
-        ):
-            return
-        now = f"status {state[0]['status']}" if state else "deleted"
+        if row["status"] is None:
+            now = "deleted"
+        elif row["locked_by"] not in (None, self.worker):
+            now = f"status {clean(row['status'])}, held by another listener"
+        else:
+            now = f"status {clean(row['status'])}, held by nobody now"
         raise LeaseLost(
             f"image ID {id_}: write refused ({name}): the row changed under this listener "
-            f"({now}; another listener or an operator owns it now)"
+            f"({now}); let go"
         )
 
     async def record_accepted(self, id_: int, handle: str, *, keep: bool) -> None:
-        await self._fenced("record_accepted", id_, "Generate", uuid=handle, keep=keep)
+        def done(r: dict[str, Any]) -> bool:
+            mine = r["locked_by"] == self.worker if keep else True
+            return r["status"] == "Generate" and r["uuid"] == handle and mine
+
+        await self._fenced("record_accepted", id_, done, uuid=handle, keep=keep)
 
     async def release(
         self,
@@ -163,35 +184,36 @@ class PgStore:
         uncount: bool = False,
         count: bool = False,
     ) -> None:
-        n = await self.db.execute(
+        def done(r: dict[str, Any]) -> bool:
+            return r["status"] == status and r["locked_by"] is None
+
+        await self._fenced(
             "release",
-            self._params(
-                id=id_,
-                status=status,
-                delay=delay,
-                error=None if error is None else clean(error),
-                uncount=uncount,
-                count=count,
-            ),
-            critical=True,
+            id_,
+            done,
+            status=status,
+            delay=delay,
+            error=None if error is None else clean(error),
+            uncount=uncount,
+            count=count,
         )
-        if n != 1:
-            raise LeaseLost(f"image ID {id_}: not released, it is not this listener's any more")
 
     async def retry_later(
         self, id_: int, *, delay: float, error: str, unknown_outcome: bool = False
     ) -> None:
-        n = await self.db.execute(
-            "retry_later",
-            self._params(id=id_, delay=delay, error=clean(error), unknown=unknown_outcome),
-            critical=True,
+        def done(r: dict[str, Any]) -> bool:
+            return r["status"] == "ReadyToGenerate" and r["locked_by"] is None
+
+        await self._fenced(
+            "retry_later", id_, done, delay=delay, error=clean(error), unknown=unknown_outcome
         )
-        if n != 1:
-            raise LeaseLost(f"image ID {id_}: retry not recorded, the row is not ours any more")
 
     async def fail(self, id_: int, error: str, *, from_status: str, censored: bool = False) -> None:
+        def done(r: dict[str, Any]) -> bool:
+            return r["status"] == "Failed" and r["locked_by"] is None
+
         await self._fenced(
-            "fail", id_, "Failed", error=clean(error), from_status=from_status, censored=censored
+            "fail", id_, done, error=clean(error), from_status=from_status, censored=censored
         )
 
     async def finalise(
@@ -206,10 +228,14 @@ class PgStore:
     ) -> None:
         """Write the image and what it is. Idempotent: if a retried write finds the row
         already holding this generation's result, it was ours and it is durable."""
+
+        def done(r: dict[str, Any]) -> bool:
+            return r["status"] == "ReadyToPublish" and r["uuid"] == handle
+
         await self._fenced(
             "finalise",
             id_,
-            "ReadyToPublish",
+            done,
             uuid=handle,
             base64=image,
             image_type=image_type,
@@ -227,13 +253,8 @@ class PgStore:
         lost = {r["id"] for r in rows if r["lost"]}
         return renewed, lost
 
-    async def release_rows(self, ids: list[int]) -> int:
-        return await self.db.execute("release_rows", self._params(ids=ids), critical=True)
-
-    async def style_check(self, style: str) -> tuple[bool, str]:
-        (row,) = await self.db.fetch("style_exists", {"style": style})
-        return bool(row["known"]), row["known_styles"] or ""
-
-
-# The name the rest of the code and the tests know it by.
-Store = PgStore
+    async def release_rows(self, ids: list[int], *, unknown: Collection[int] = ()) -> int:
+        rows = await self.db.fetch(
+            "release_rows", self._params(ids=ids, unknown=list(unknown)), critical=True
+        )
+        return int(rows[0]["released"])

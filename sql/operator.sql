@@ -1,6 +1,7 @@
 -- Named queries of the operator commands (listener enqueue|status|export|retry|cancel|
--- watch), loaded by listener.sqlfiles.named("operator.sql"). They call the views and
--- functions of migrations/0010_operator.sql, so psql users and the CLI share one surface.
+-- regenerate|watch), loaded by listener.sqlfiles.named("operator.sql"). They call the
+-- views and functions of migrations/0010_operator.sql (and images_regenerate,
+-- 0015_regenerate.sql), so psql users and the CLI share one surface.
 -- Every argument of a function call is cast to the declared type: an exact match is
 -- ours, where an untyped or int2 parameter could prefer an overload planted by a role
 -- with CREATE on the schema.
@@ -74,6 +75,9 @@ SELECT images_retry_failed(coalesce(%(since)s::timestamptz, '-infinity'::timesta
 
 -- name: cancel
 SELECT images_cancel(%(id)s::bigint) AS id
+
+-- name: regenerate
+SELECT images_regenerate(%(id)s::bigint) AS id
 
 -- name: providers_one
 SELECT count(*) AS generating FROM images

@@ -16,9 +16,10 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
-      -- ours with a lapsed lease (a write that waited out a database outage): still
-      -- owned by a task of this process, which renews or releases it
-      AND locked_by IS DISTINCT FROM %(worker)s
+      -- a row a live task of this process holds, its lease lapsed (a write that waited
+      -- out a database outage): that task renews or releases it. The process names
+      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+      AND id <> ALL (%(held)s::bigint[])
       -- for any provider, or pinned to ours (0018_providers.sql)
       AND (provider IS NULL OR provider = %(provider)s)
     ORDER BY priority DESC, not_before, id
@@ -50,9 +51,10 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
-      -- ours with a lapsed lease (a write that waited out a database outage): still
-      -- owned by a task of this process, which renews or releases it
-      AND locked_by IS DISTINCT FROM %(worker)s
+      -- a row a live task of this process holds, its lease lapsed (a write that waited
+      -- out a database outage): that task renews or releases it. The process names
+      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+      AND id <> ALL (%(held)s::bigint[])
       -- for any provider, or pinned to ours (0018_providers.sql)
       AND (provider IS NULL OR provider = %(provider)s)
     ORDER BY not_before, id
@@ -85,9 +87,10 @@ FROM (
     WHERE status = 'ReadyToGenerate'
       AND not_before <= now()
       AND (locked_until IS NULL OR locked_until < now())
-      -- ours with a lapsed lease (a write that waited out a database outage): still
-      -- owned by a task of this process, which renews or releases it
-      AND locked_by IS DISTINCT FROM %(worker)s
+      -- a row a live task of this process holds, its lease lapsed (a write that waited
+      -- out a database outage): that task renews or releases it. The process names
+      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+      AND id <> ALL (%(held)s::bigint[])
       -- for any provider, or pinned to ours (0018_providers.sql)
       AND (provider IS NULL OR provider = %(provider)s)
       -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
@@ -123,12 +126,13 @@ RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, 
           extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
--- not_before, or another listener's lease running out; our own leases do not run out).
+-- not_before, or a lease running out; the leases of rows our live tasks hold do not run
+-- out). Asked after a pass and at least every LEASE_TIMEOUT / 3 in between.
 -- name: next_ready_at
 SELECT least(
     (SELECT not_before FROM images
       WHERE status = 'ReadyToGenerate' AND (locked_until IS NULL OR locked_until < now())
-        AND locked_by IS DISTINCT FROM %(worker)s
+        AND id <> ALL (%(held)s::bigint[])
         AND (provider IS NULL OR provider = %(provider)s)
         -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
         -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
@@ -148,7 +152,7 @@ SELECT least(
         AND attempts BETWEEN 0 AND 2147483646
       ORDER BY not_before LIMIT 1),
     (SELECT min(locked_until) FROM images
-      WHERE locked_by IS NOT NULL AND locked_by <> %(worker)s
+      WHERE locked_by IS NOT NULL AND id <> ALL (%(held)s::bigint[])
         AND status = 'ReadyToGenerate' AND locked_until >= now()
         AND (provider IS NULL OR provider = %(provider)s))
 ) AS at, now() AS now
@@ -163,7 +167,7 @@ SET locked_by = %(worker)s,
 FROM (
     SELECT id FROM images
     WHERE status = 'Generate' AND (locked_until IS NULL OR locked_until < now())
-      AND locked_by IS DISTINCT FROM %(worker)s  -- see claim_ready
+      AND id <> ALL (%(held)s::bigint[])  -- see claim_ready
       -- only generations our provider accepted (a row written by a listener older than
       -- 0018 names none: the seed's provider's, %(legacy)s)
       AND coalesce(provider, %(legacy)s) = %(provider)s
@@ -178,76 +182,142 @@ WHERE i.id = orphan.id
 RETURNING i.id, i.uuid AS handle, i.width, i.height, i.attempts,
           extract(epoch FROM now() - coalesce(i.generation_started_at, i.updated_at))::float8 AS age
 
+-- When the next lease of a Generate row that no live task of ours holds runs out (a dead
+-- listener's generations are adopted then, not at the sweep). Asked after a pass and at
+-- least every LEASE_TIMEOUT / 3 in between: a row enters Generate leased, which rings
+-- nobody, and each renewal moves its lease on.
 -- name: next_generating_at
 SELECT min(locked_until) AS at, now() AS now FROM images
 WHERE status = 'Generate' AND locked_until >= now()
-  AND locked_by IS DISTINCT FROM %(worker)s
+  AND id <> ALL (%(held)s::bigint[])
   AND coalesce(provider, %(legacy)s) = %(provider)s
 
--- The API accepted the run: the uuid is durable before anything else happens. Fenced on
--- the lease, so a listener that lost the row cannot overwrite the new owner's work.
+-- The fenced writes. Each is one statement that either writes the row (`written`: it is
+-- still ours, in the status its task expects) or, when the row changed under this
+-- listener (an operator moved it or set a status of its own, another listener took it
+-- over, it was deleted), lets go of it: our lease on it is cleared where it still names
+-- us (`let_go`), so the row is nobody's and every listener is woken for it (the trigger
+-- images_wakeup_after_update, when it is due). The last SELECT reports the row as it
+-- was when the statement began, for `listener.store`: a retry whose first attempt
+-- committed but whose answer was lost finds its own write there, which is success.
+
+-- The API accepted the run: the uuid is durable before anything else happens. A retry
+-- that finds the row already Generate with this uuid and our lease keeps that lease.
 -- name: record_accepted
-UPDATE images
-SET status = 'Generate', uuid = %(uuid)s, last_error = NULL, generated_by = %(worker)s,
-    provider = %(provider)s,  -- the handle means something to this provider only
-    generation_started_at = now(), generation_finished_at = NULL,
-    -- kept when this process follows the generation itself; released (which wakes the
-    -- processors elsewhere) when it runs the generator role only
-    locked_until = CASE WHEN %(keep)s THEN now() + make_interval(secs => %(lease)s::float8) END,
-    locked_by = CASE WHEN %(keep)s THEN %(worker)s END
-WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
+WITH written AS (
+    UPDATE images
+    SET status = 'Generate', uuid = %(uuid)s, last_error = NULL, generated_by = %(worker)s,
+        provider = %(provider)s,  -- the handle means something to this provider only
+        generation_started_at = now(), generation_finished_at = NULL,
+        -- kept when this process follows the generation itself; released (which wakes
+        -- the processors elsewhere) when it runs the generator role only
+        locked_until = CASE WHEN %(keep)s THEN now() + make_interval(secs => %(lease)s::float8) END,
+        locked_by = CASE WHEN %(keep)s THEN %(worker)s END
+    WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
+    RETURNING id
+),
+let_go AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL
+    WHERE id = %(id)s AND locked_by = %(worker)s AND NOT EXISTS (SELECT FROM written)
+      AND NOT (status = 'Generate' AND uuid IS NOT DISTINCT FROM %(uuid)s)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM written) AS written, EXISTS (SELECT FROM let_go) AS let_go,
+       i.status, i.uuid, i.locked_by
+FROM (VALUES (true)) AS asked (x) LEFT JOIN images AS i ON i.id = %(id)s
 
 -- Give a row back: its task cannot go on (API busy, credentials refused, a database
 -- error, an internal error). `uncount` gives the claim's attempt back; `count` counts a
 -- follow's failure as an attempt. A ReadyToGenerate row waits `delay` in not_before; a
 -- Generate row waits it in locked_until, owned by nobody.
 -- name: release
-UPDATE images
-SET locked_by = NULL,
-    locked_until = CASE WHEN status = 'Generate' AND %(delay)s::float8 > 0
-                        THEN now() + make_interval(secs => %(delay)s::float8) END,
-    attempts = greatest(attempts - CASE WHEN %(uncount)s THEN 1 ELSE 0 END
-                        + CASE WHEN %(count)s AND status = 'Generate' THEN 1 ELSE 0 END, 0),
-    not_before = CASE WHEN status = 'ReadyToGenerate'
-                      THEN now() + make_interval(secs => %(delay)s::float8) ELSE not_before END,
-    last_error = coalesce(%(error)s, last_error)
-WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(status)s
+WITH written AS (
+    UPDATE images
+    SET locked_by = NULL,
+        locked_until = CASE WHEN status = 'Generate' AND %(delay)s::float8 > 0
+                            THEN now() + make_interval(secs => %(delay)s::float8) END,
+        attempts = greatest(attempts - CASE WHEN %(uncount)s THEN 1 ELSE 0 END
+                            + CASE WHEN %(count)s AND status = 'Generate' THEN 1 ELSE 0 END, 0),
+        not_before = CASE WHEN status = 'ReadyToGenerate'
+                          THEN now() + make_interval(secs => %(delay)s::float8) ELSE not_before END,
+        last_error = coalesce(%(error)s, last_error)
+    WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(status)s
+    RETURNING id
+),
+let_go AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL
+    WHERE id = %(id)s AND locked_by = %(worker)s AND NOT EXISTS (SELECT FROM written)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM written) AS written, EXISTS (SELECT FROM let_go) AS let_go,
+       i.status, i.uuid, i.locked_by
+FROM (VALUES (true)) AS asked (x) LEFT JOIN images AS i ON i.id = %(id)s
 
 -- A transient failure: the attempt counts, the reason is kept, the row waits. A run
 -- whose outcome is unknown is counted: it may have been paid for.
 -- name: retry_later
-UPDATE images
-SET locked_by = NULL, locked_until = NULL, last_error = %(error)s,
-    not_before = now() + make_interval(secs => %(delay)s::float8),
-    unknown_outcomes = unknown_outcomes + CASE WHEN %(unknown)s THEN 1 ELSE 0 END
-WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
+WITH written AS (
+    UPDATE images
+    SET locked_by = NULL, locked_until = NULL, last_error = %(error)s,
+        not_before = now() + make_interval(secs => %(delay)s::float8),
+        unknown_outcomes = unknown_outcomes + CASE WHEN %(unknown)s THEN 1 ELSE 0 END
+    WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'ReadyToGenerate'
+    RETURNING id
+),
+let_go AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL
+    WHERE id = %(id)s AND locked_by = %(worker)s AND NOT EXISTS (SELECT FROM written)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM written) AS written, EXISTS (SELECT FROM let_go) AS let_go,
+       i.status, i.uuid, i.locked_by
+FROM (VALUES (true)) AS asked (x) LEFT JOIN images AS i ON i.id = %(id)s
 
 -- name: fail
-UPDATE images
-SET status = 'Failed', last_error = %(error)s, censored = %(censored)s,
-    locked_by = NULL, locked_until = NULL, generation_finished_at = now()
-WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(from_status)s
+WITH written AS (
+    UPDATE images
+    SET status = 'Failed', last_error = %(error)s, censored = %(censored)s,
+        locked_by = NULL, locked_until = NULL, generation_finished_at = now()
+    WHERE id = %(id)s AND locked_by = %(worker)s AND status = %(from_status)s
+    RETURNING id
+),
+let_go AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL
+    WHERE id = %(id)s AND locked_by = %(worker)s AND NOT EXISTS (SELECT FROM written)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM written) AS written, EXISTS (SELECT FROM let_go) AS let_go,
+       i.status, i.uuid, i.locked_by
+FROM (VALUES (true)) AS asked (x) LEFT JOIN images AS i ON i.id = %(id)s
 
 -- The result, handed out once by the API, in one transaction with the status; with what
 -- the validation found it to be (media type, size in pixels).
 -- name: finalise
-UPDATE images
-SET status = 'ReadyToPublish', base64 = %(base64)s, uuid = %(uuid)s, last_error = NULL,
-    image_type = %(image_type)s, image_width = %(image_width)s,
-    image_height = %(image_height)s,
-    censored = false, locked_by = NULL, locked_until = NULL, generation_finished_at = now()
-WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'Generate'
-
--- What became of a row whose fenced write matched nothing.
--- name: row_state
-SELECT status, uuid, locked_by FROM images WHERE id = %(id)s
+WITH written AS (
+    UPDATE images
+    SET status = 'ReadyToPublish', base64 = %(base64)s, uuid = %(uuid)s, last_error = NULL,
+        image_type = %(image_type)s, image_width = %(image_width)s,
+        image_height = %(image_height)s,
+        censored = false, locked_by = NULL, locked_until = NULL, generation_finished_at = now()
+    WHERE id = %(id)s AND locked_by = %(worker)s AND status = 'Generate'
+    RETURNING id
+),
+let_go AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL
+    WHERE id = %(id)s AND locked_by = %(worker)s AND NOT EXISTS (SELECT FROM written)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM written) AS written, EXISTS (SELECT FROM let_go) AS let_go,
+       i.status, i.uuid, i.locked_by
+FROM (VALUES (true)) AS asked (x) LEFT JOIN images AS i ON i.id = %(id)s
 
 -- Lease renewal for exactly the rows owned by live tasks, each in the status its task
 -- expects. Rows locked by someone else right now (an operator's SELECT ... FOR UPDATE)
 -- are skipped, so renewal never waits behind a lock. Rows that moved under us come back
 -- as lost: another owner took them, or an operator changed their status, in which case
--- our lease on them is dropped here (the row is work again: the wake-up trigger fires).
--- Touches the lease only: not a change of the row (updated_at stays).
+-- our lease on them is dropped here, whatever the status (in ours the row is work again
+-- and the wake-up trigger fires; in a status of another application nothing of ours is
+-- left on it). Touches the lease only: not a change of the row (updated_at stays).
 -- name: renew
 WITH mine AS (
     SELECT o.id, o.status FROM unnest(%(ids)s::bigint[], %(statuses)s::text[]) AS o (id, status)
@@ -267,10 +337,8 @@ renewed AS (
     RETURNING i.id
 ),
 moved AS (
-    -- only in the listener's statuses: a row in any other is never touched
     UPDATE images AS i SET locked_by = NULL, locked_until = NULL
     FROM lockable WHERE i.id = lockable.id AND NOT lockable.same
-      AND i.status IN ('ReadyToGenerate', 'Generate')
     RETURNING i.id
 )
 SELECT mine.id, renewed.id IS NOT NULL AS renewed,
@@ -282,15 +350,25 @@ LEFT JOIN moved ON moved.id = mine.id
 LEFT JOIN images AS i ON i.id = mine.id
 
 -- Rows whose tasks ended without settling them (shutdown, a database that was down):
--- back to the queue, at once, so other listeners (or the next start) resume them.
+-- back to the queue, at once, so other listeners (or the next start) resume them. The
+-- rows in `unknown` had a paid call cut off at a stop (a second signal, or its own
+-- deadline): it may have been accepted and paid for, so it counts towards UNKNOWN_OUTCOME_RESENDS. Two disjoint
+-- UPDATEs, so that only a counted row's updated_at moves.
 -- name: release_rows
-UPDATE images SET locked_by = NULL, locked_until = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s
-  AND status IN ('ReadyToGenerate', 'Generate')
-
--- name: style_exists
-SELECT EXISTS (SELECT 1 FROM image_styles WHERE name = %(style)s) AS known,
-       (SELECT string_agg(name, ', ' ORDER BY name) FROM image_styles) AS known_styles
+WITH counted AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL,
+        unknown_outcomes = unknown_outcomes + 1
+    WHERE id = ANY (%(ids)s::bigint[]) AND id = ANY (%(unknown)s::bigint[])
+      AND locked_by = %(worker)s AND status IN ('ReadyToGenerate', 'Generate')
+    RETURNING id
+),
+plain AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL
+    WHERE id = ANY (%(ids)s::bigint[]) AND id <> ALL (%(unknown)s::bigint[])
+      AND locked_by = %(worker)s AND status IN ('ReadyToGenerate', 'Generate')
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM counted) + (SELECT count(*) FROM plain) AS released
 
 -- ---------------------------------------------------------------------------------------
 -- The shared concurrency budget (0021_flow_control.sql, docs/flow-control.md).

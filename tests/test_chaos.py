@@ -100,7 +100,7 @@ async def test_a_late_write_after_a_stolen_lease_is_refused(
         "WHERE id = %s",
         (image_id,),
     )
-    await listener.wait_for_log("another listener or an operator", seconds=20)
+    await listener.wait_for_log("changed under this listener", seconds=20)
     status, owner = rows(
         database_url, "SELECT status, locked_by FROM images WHERE id = %s", (image_id,)
     )[0]

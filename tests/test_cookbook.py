@@ -153,6 +153,19 @@ def test_the_cookbook_runs_as_documented(database_url, conn, tmp_path):
         book.run(name)
         assert target.read_bytes() == image, name
 
+    book.run("regenerate")
+    assert conn.execute("SELECT status, base64, uuid FROM images WHERE id = 1").fetchone() == (
+        "ReadyToGenerate",
+        None,
+        None,
+    )
+    conn.execute("UPDATE images SET status = 'Generate', uuid = 'u-2' WHERE id = 2")
+    book.run("regenerate-by-hand")
+    assert conn.execute("SELECT status, uuid FROM images WHERE id = 2").fetchone() == (
+        "ReadyToGenerate",
+        None,
+    )
+
     assert sorted(book.ran) == sorted(book.commands), "a cookbook block is not tested"
     assert set(book.outputs) <= set(book.commands)
 

@@ -195,38 +195,51 @@ def test_the_listeners_own_statuses_cannot_be_removed(conn) -> None:
 def test_the_listener_never_claims_or_moves_rows_in_other_statuses(conn) -> None:
     """Every query of the listener and every operator function filters by status: a
     row in a status it does not own, even with a stale lease, is never claimed,
-    renewed, released, retried or cancelled."""
+    renewed, released, retried or cancelled. The one thing the listener does there is
+    let go: a write or a renewal that finds a row of its own moved to such a status
+    clears its own lease on it (the lease columns only: updated_at stays)."""
     conn.execute("INSERT INTO image_statuses VALUES ('Published'), ('Archived')")
     conn.execute(
         "INSERT INTO images (prompt, status, uuid, base64, locked_by, locked_until, not_before) "
         "VALUES ('p', 'Published', 'u-1', 'AA==', 'w', now() - interval '1 hour', now() - interval '1 day'),"
         "       ('a', 'Archived', NULL, NULL, NULL, NULL, now() - interval '1 day')"
     )
-    before = conn.execute("SELECT i::text FROM images AS i ORDER BY id").fetchall()
+    snapshot = (
+        "SELECT (i #- '{locked_by}' #- '{locked_until}')::text"
+        " FROM (SELECT to_jsonb(i) AS i FROM images AS i ORDER BY id) AS i"
+    )
+    before = conn.execute(snapshot).fetchall()
     q = queries()
     params = {"worker": "w", "lease": 30, "limit": 100, "id": 1, "delay": 0, "error": "e",
               "keep": True, "uuid": "u", "censored": False, "from_status": "Generate",
               "base64": "AA==", "uncount": False, "count": True, "unknown": False,
-              "provider": "fusionbrain", "legacy": "fusionbrain", "default_style": "ANIME",
-              "image_type": "png", "image_width": 1, "image_height": 1}  # fmt: skip
+              "held": [], "provider": "fusionbrain", "legacy": "fusionbrain",
+              "default_style": "ANIME", "image_type": "png", "image_width": 1,
+              "image_height": 1}  # fmt: skip
     ids = [i for (i,) in conn.execute("SELECT id FROM images ORDER BY id").fetchall()]
     for name in ("claim_ready", "claim_generating"):
         assert conn.execute(q[name], params).rowcount == 0, name
     for status in ("ReadyToGenerate", "Generate"):
         renewal = {**params, "ids": ids, "statuses": [status] * len(ids)}
         assert not any(renewed for _, renewed, _ in conn.execute(q["renew"], renewal)), status
-    assert conn.execute(q["release_rows"], {**params, "ids": ids}).rowcount == 0
+    released = conn.execute(q["release_rows"], {**params, "ids": ids, "unknown": ids})
+    assert released.fetchone() == (0,)
     for ident in ids:
         params["id"] = ident
         for name in ("record_accepted", "retry_later", "fail", "finalise"):
-            assert conn.execute(q[name], params).rowcount == 0, name
+            assert conn.execute(q[name], params).fetchone()[0] is False, name  # not written
         for status in ("ReadyToGenerate", "Generate"):
-            assert conn.execute(q["release"], {**params, "status": status}).rowcount == 0
+            written = conn.execute(q["release"], {**params, "status": status}).fetchone()[0]
+            assert written is False
         for fn in ("images_retry", "images_cancel"):
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
                 conn.execute(f"SELECT {fn}(%s)", (ident,))
     assert conn.execute("SELECT images_retry_failed()").fetchone() == (0,)
-    assert conn.execute("SELECT i::text FROM images AS i ORDER BY id").fetchall() == before
+    assert conn.execute(snapshot).fetchall() == before
+    # our stale lease on the Published row is gone; nothing else of the rows changed
+    assert conn.execute("SELECT count(*) FROM images WHERE locked_by IS NOT NULL").fetchone() == (
+        0,
+    )
     # and the views leave them out
     (counted,) = conn.execute("SELECT sum(rows) FROM images_queue").fetchone()
     assert counted == 0
@@ -300,7 +313,7 @@ def test_the_claims_leave_out_a_row_that_breaks_a_rule(conn) -> None:
             for _ in range(3)]  # fmt: skip
     blocked = make_blocked_rows(conn)
     q = queries()
-    params = {"worker": "w", "lease": 30, "limit": 100, "provider": "fusionbrain",
+    params = {"worker": "w", "lease": 30, "limit": 100, "held": [], "provider": "fusionbrain",
               "legacy": "fusionbrain", "default_style": "ANIME"}  # fmt: skip
     # the check that this test can fail: the fast claim, without the predicates, fails on
     # them (the store then falls back to the checked claim: test_store.py)
@@ -321,7 +334,8 @@ def test_the_claims_leave_out_a_row_that_breaks_a_rule(conn) -> None:
     claimed = [r[0] for r in conn.execute(q["claim_ready_checked"], params)]
     assert sorted(claimed) == good
     assert conn.execute(q["claim_generating"], params).fetchall() == []
-    (at, _now) = conn.execute(q["next_ready_at"], params).fetchone()
+    # the claimed rows are held by their tasks: their leases are not a due time
+    (at, _now) = conn.execute(q["next_ready_at"], {**params, "held": good}).fetchone()
     assert at is None  # a blocked row never looks due
     listed = dict(conn.execute("SELECT id, reason FROM images_blocked").fetchall())
     assert listed == blocked

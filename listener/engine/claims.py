@@ -1,9 +1,17 @@
 """Wake-ups become claims: the one place that decides how many rows to take.
 
 Two loops, one per kind of work, each woken by its doorbell: a notification, a row
-falling due (a retry's not_before, another listener's lease running out), or room
-freeing in the budget. Each pass takes as many rows as the budget has room for, in
-batches, until fewer come back than were asked for.
+falling due (a retry's not_before, another listener's lease running out), room freeing
+in the budget, or a row task letting go of a row. Each pass takes as many rows as the
+budget has room for, in batches, until fewer come back than were asked for.
+
+A lease that lapses rings nobody (a row enters Generate leased, and a dead listener
+sends nothing), so each loop asks when the next one runs out after every pass and again
+at least every LEASE_TIMEOUT / 3 while it waits (`refresh`): a dead listener's rows are
+taken over within a moment of their lease running out, not at the sweep.
+
+The claims leave out the rows a live task of this process holds (`Leases.held`), and
+only those: a lapsed lease of ours that no task holds any more is claimable.
 
 * `claim_ready`: ReadyToGenerate rows, as many as there are run calls free; each one
   starts a row task that submits it (and follows it, when this process has the
@@ -12,7 +20,8 @@ batches, until fewer come back than were asked for.
   by a generator-only listener, or by the seed service); each starts a row task that
   follows it.
 
-The sweeps call the same passes; they never wait for the work the passes start.
+The sweeps call the same passes; in the event-driven mode they never wait for the work
+the passes start (with -cron, a sweep waits for it, as the seed's did: `sweeps`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import random
 import trio
 
 from listener.engine.budget import Budget, Ticket
-from listener.engine.doorbell import Doorbell, jittered
+from listener.engine.doorbell import Doorbell
 from listener.engine.flow import SLOT_POLL, Slots
 from listener.engine.health import ApiHealth
 from listener.engine.ports import Store
@@ -39,6 +48,10 @@ ADOPT_BATCH = 100
 # this long before the next claim, so ten listeners do not stampede one row.
 CONTENDED_JITTER = 0.003
 RETRY_AFTER_DB_ERROR = 1.0
+# A lease seen running out is looked at this long after it did, plus a random spread of
+# up to ADOPT_SPREAD, so that many listeners do not all claim at the same instant.
+ADOPT_AFTER = 0.05
+ADOPT_SPREAD = 0.25
 
 
 class Claims:
@@ -52,6 +65,7 @@ class Claims:
         generate: bool,
         adopt: bool,
         slots: Slots | None = None,
+        refresh: float = math.inf,
     ) -> None:
         self.slots = slots
         self._slots_starved = False  # the last pass found no free slot of the account
@@ -65,6 +79,7 @@ class Claims:
         self.rows = rows
         self.generate = generate
         self.adopting = adopt
+        self.refresh = refresh  # the due times are asked again at least this often
         self.ready = Doorbell()
         self.generating = Doorbell()
         self.stopping = False
@@ -103,13 +118,13 @@ class Claims:
                 nursery.start_soon(self._generating_loop)
             task_status.started()
 
-    async def _wait(self, kind: str, bell: Doorbell, due: float | None) -> bool:
-        """Until the doorbell rings (True) or the due time passes (False)."""
-        deadline = math.inf if due is None else trio.current_time() + due
+    async def _wait(self, kind: str, bell: Doorbell, deadline: float) -> bool:
+        """Until the doorbell rings (True) or the deadline (trio clock) passes (False)."""
         with trio.CancelScope(deadline=deadline) as scope:
             self._sleeping[kind] = scope
             try:
-                return await bell.wait()
+                await bell.wait()
+                return True
             finally:
                 del self._sleeping[kind]
         return False
@@ -120,24 +135,50 @@ class Claims:
         if scope is not None and seconds is not None:
             scope.deadline = min(scope.deadline, trio.current_time() + seconds)
 
+    async def _until_due(self, kind: str, bell: Doorbell, ask, spread: bool = False) -> bool:
+        """Until the doorbell rings (True) or work falls due (False). The due time is
+        asked again (`ask`) every `refresh` seconds meanwhile: a lease that runs out
+        rings nobody, and a live one moves on at each renewal."""
+        while True:
+            due = getattr(self, f"{kind}_due_in")
+            if due is not None and spread:
+                due += ADOPT_AFTER + random.uniform(0, ADOPT_SPREAD)
+            now = trio.current_time()
+            due_at = math.inf if due is None else now + due
+            if await self._wait(kind, bell, min(due_at, now + self.refresh)):
+                return True
+            if trio.current_time() >= due_at:
+                return False
+            if self.stopping:
+                continue
+            try:
+                seconds = await ask(held=self.rows.leases.held())
+            except DatabaseError:
+                seconds = RETRY_AFTER_DB_ERROR
+            if seconds is not None and seconds <= 0:
+                return False
+            self._due(kind, seconds)
+
     async def _ready_loop(self) -> None:
         # The first look at the table is the start-up sweep's, so its count is true.
-        rung = await self._wait("ready", self.ready, None)
+        rung = await self._until_due("ready", self.ready, self.store.next_ready_in)
         while True:
             await self.health.ready_to_generate()
             found = await self.claim_ready()
             contended = rung and found == 0
-            rung = await self._wait("ready", self.ready, self.ready_due_in)
+            rung = await self._until_due("ready", self.ready, self.store.next_ready_in)
             if rung and contended:
                 await trio.sleep(random.uniform(0, CONTENDED_JITTER))
 
     async def _generating_loop(self) -> None:
-        await self._wait("generating", self.generating, None)  # the start-up sweep first
+        # the start-up sweep first (it may have run already: then its due time counts)
+        await self._until_due(
+            "generating", self.generating, self.store.next_generating_in, spread=True
+        )
         while True:
             await self.adopt()
-            due = self.generating_due_in
-            await self._wait(
-                "generating", self.generating, None if due is None else jittered(due + 0.05)
+            await self._until_due(
+                "generating", self.generating, self.store.next_generating_in, spread=True
             )
 
     # -- the passes --------------------------------------------------------------------
@@ -170,7 +211,7 @@ class Claims:
                     break
                 n = len(slots)
             try:
-                claimed = await self.store.claim_ready(n)
+                claimed = await self.store.claim_ready(n, held=self.rows.leases.held())
             except DatabaseError as exc:
                 self.budget.take(want, 0, "claimed")
                 if self.slots is not None:
@@ -200,7 +241,7 @@ class Claims:
             if len(claimed) < n:
                 # Asked only now, while the runs just started are already on their way.
                 try:
-                    self._due("ready", await self.store.next_ready_in())
+                    self._due("ready", await self.store.next_ready_in(held=self.rows.leases.held()))
                 except DatabaseError:
                     self._due("ready", RETRY_AFTER_DB_ERROR)
                 break
@@ -217,7 +258,7 @@ class Claims:
                 self._due("generating", None)  # freed room rings the doorbell
                 break
             try:
-                claimed = await self.store.claim_generating(want)
+                claimed = await self.store.claim_generating(want, held=self.rows.leases.held())
             except DatabaseError as exc:
                 self.budget.take(want, 0, "following")
                 log.warning("Processor: cannot claim generations: %s", exc.message)

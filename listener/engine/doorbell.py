@@ -4,7 +4,6 @@ NOTIFY is a doorbell, not a mailbox: a ring only says "look at the table"."""
 
 from __future__ import annotations
 
-import math
 import random
 
 import trio
@@ -17,14 +16,11 @@ class Doorbell:
     def ring(self) -> None:
         self._event.set()
 
-    async def wait(self, within: float | None = None) -> bool:
-        """Wait for a ring (True), or `within` seconds (False; None = no limit)."""
-        with trio.move_on_after(math.inf if within is None else max(0.0, within)):
-            await self._event.wait()
-        rung = self._event.is_set()
-        if rung:
-            self._event = trio.Event()
-        return rung
+    async def wait(self) -> None:
+        """Until a ring (any number of rings since the last wait count as one); a wait
+        with a time limit is the caller's cancel scope (`Claims._wait`)."""
+        await self._event.wait()
+        self._event = trio.Event()
 
 
 def jittered(seconds: float, spread: float = 0.1) -> float:

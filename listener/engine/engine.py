@@ -62,8 +62,6 @@ class Wakeups(Protocol):
 class Connected:
     """The wake-up source is (again) in place: what happened meanwhile was not heard."""
 
-    first: bool = True
-
 
 @dataclass(frozen=True)
 class Polling:
@@ -157,7 +155,11 @@ class Engine:
             generate=generate,
             adopt=follow,
             slots=slots,
+            refresh=s.lease_timeout / 3,
         )
+        # A task that let go of a row it lost: the row may be work again, and the claims
+        # see it only now that no task of ours holds it.
+        self.leases.on_let_go = self.claims.look
         if runs is not None:
             runs.on_retry_scheduled = self.claims.ready.ring
         self.sweeps = Sweeps(

@@ -8,15 +8,23 @@ listener took it, an operator changed its status or cleared the lease) is *lost*
 task is cancelled and must not write it again. A row locked by someone else for now (an
 operator's SELECT ... FOR UPDATE) is skipped, not lost, so renewal never waits on it.
 
+A task that lets go of a lost row leaves nothing of ours on it: the statement that found
+the row moved (a fenced write, or the renewal) cleared our lease there. When such a task
+has ended, `on_let_go` is called (the claims look at the table again): the row may be
+work again, and only now do the claims, which leave out every row a live task holds
+(`held`), see it.
+
 What a task leaves behind when it ends without settling (it was cancelled, or its own
-release could not be written) stays registered; `serve` releases all of it in one
-statement when it stops, so the next start or another listener takes over at once.
+release could not be written) stays registered; it is released in one statement at the
+next tick, and by `serve` when it stops, so the next start or another listener takes
+over at once. A paid call cut off at a stop (`unknown_outcome`: by a second signal, or at
+its own deadline) is counted in that statement: it may have been accepted and paid for.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -37,6 +45,7 @@ class Ownership:
         self.lost = False
         self.abandoned = False  # the task ended without settling: release, never renew
         self.moving = False  # a write that changes the row's status is in flight
+        self.unknown_outcome = False  # a run call was cut off: count it when releasing
         self.scope = trio.CancelScope()
 
     @contextmanager
@@ -64,6 +73,12 @@ class Leases:
         self.store = store
         self.lease = lease
         self.owned: dict[int, Ownership] = {}
+        self.on_let_go: Callable[[], None] | None = None
+
+    def held(self) -> list[int]:
+        """The rows a task of this process holds (or left to be released): the claims
+        leave these out, and only these, whatever their lease says."""
+        return list(self.owned)
 
     @contextmanager
     def own(self, id_: int, status: str) -> Iterator[Ownership]:
@@ -80,6 +95,8 @@ class Leases:
                 self.owned.pop(id_, None)
             else:  # released by `release_remaining`, at the next tick or at the end
                 ownership.abandoned = True
+            if ownership.lost and not ownership.settled and self.on_let_go is not None:
+                self.on_let_go()
 
     async def renew_once(self) -> None:
         if any(o.abandoned for o in self.owned.values()):
@@ -108,8 +125,9 @@ class Leases:
         ids = [i for i, o in self.owned.items() if o.abandoned]
         if not ids:
             return 0
+        unknown = [i for i in ids if self.owned[i].unknown_outcome]
         try:
-            n = await self.store.release_rows(ids)
+            n = await self.store.release_rows(ids, unknown=unknown)
         except DatabaseError as exc:
             log.warning(
                 "Could not release %d row(s) (%s); their leases run out in %gs",
@@ -120,6 +138,8 @@ class Leases:
             return 0
         for id_ in ids:
             self.owned.pop(id_, None)
+        if n and self.on_let_go is not None:
+            self.on_let_go()  # work again, and no longer left out of the claims
         return n
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -15,11 +15,16 @@ handle") the moment `submit` returns, before anything else: after a crash the
 generation is followed again, never submitted again.
 
 Every write a `Store` makes for a row is fenced on the lease: it raises `LeaseLost` when
-this worker no longer owns the row.
+this worker no longer owns the row, and then clears this worker's lease on it in the same
+step (where it still names us), so the row is nobody's rather than "ours" with no task.
+A write retried after its first attempt landed unseen succeeds. The contract, refusals
+included, is one test suite run against both stores (tests/test_store_contract.py): a new
+method gets its contract test before the engine uses it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -50,12 +55,10 @@ class Generation:
 
     id: int
     handle: str
-    prompt: str = ""
     age: float = 0.0  # seconds since the provider accepted it, by the database's clock
     check_after: float = 0.0  # the provider's hint: no point asking before this
     width: int | None = None
     height: int | None = None
-    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,15 @@ class Claimed:
 class Store(Protocol):
     """Every read and write the engine makes, by intent."""
 
-    async def claim_ready(self, limit: int) -> list[ReadyRow]: ...
-    async def next_ready_in(self) -> float | None: ...
-    async def claim_generating(self, limit: int) -> Claimed: ...
+    # `held`: the rows live tasks of this process hold (Leases); claims and due times
+    # leave them out even when their lease lapsed, and only them.
+    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]: ...
+    async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None: ...
+    async def claim_generating(self, limit: int, *, held: Collection[int] = ()) -> Claimed: ...
+    async def next_generating_in(self, *, held: Collection[int] = ()) -> float | None:
+        """Seconds until the next lease of a Generate row not in `held` runs out."""
+        ...
+
     async def record_accepted(self, id_: int, handle: str, *, keep: bool) -> None: ...
     async def retry_later(
         self, id_: int, *, delay: float, error: str, unknown_outcome: bool = False
@@ -105,7 +114,10 @@ class Store(Protocol):
         (renewed, lost). A row locked by someone else for now is in neither."""
         ...
 
-    async def release_rows(self, ids: list[int]) -> int: ...
+    async def release_rows(self, ids: list[int], *, unknown: Collection[int] = ()) -> int:
+        """Release the rows of `ids` still ours; those in `unknown` count one unknown
+        outcome (a paid call cut off at a stop). Returns how many were released."""
+        ...
 
 
 @dataclass(frozen=True)

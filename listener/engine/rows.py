@@ -8,8 +8,10 @@ the row is written to its next state or released, with the reason kept:
 * an unexpected exception: logged once with its traceback, counted as an attempt, the
   row released with `internal error: ...` in last_error (a submission waits a backoff
   before it is tried again); it never reaches the engine's nursery;
-* a database error the work could not get past, or a lease lost: released if still ours
-  (a lost row belongs to someone else: untouched);
+* a database error the work could not get past: released if still ours;
+* the row changed under it (a fenced write refused, or the renewal found it moved): the
+  statement that found out cleared our lease there; one line is logged, and once the
+  task has ended the claims look again (`Leases.on_let_go`): the row may be work again;
 * cancelled (shutdown): left to `Leases`, which releases every such row in one statement.
 """
 
@@ -56,7 +58,6 @@ class Rows:
         self.runs = runs
         self.follow = follow
         self._nursery: trio.Nursery | None = None
-        self.errors = 0  # unexpected exceptions contained so far
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -72,11 +73,13 @@ class Rows:
 
     def start_run(self, row: ReadyRow, ticket: Ticket) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._row, row, ticket, name=f"image {row.id}: submit")
+        name = f"image {row.id}: submit"  # pragma: no mutate (a task name, for debuggers)
+        self._nursery.start_soon(self._row, row, ticket, name=name)  # pragma: no mutate
 
     def start_follow(self, gen: Generation, ticket: Ticket) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._row, gen, ticket, name=f"image {gen.id}: follow")
+        name = f"image {gen.id}: follow"  # pragma: no mutate (a task name, for debuggers)
+        self._nursery.start_soon(self._row, gen, ticket, name=name)  # pragma: no mutate
 
     # -- one row -----------------------------------------------------------------------
 
@@ -95,13 +98,12 @@ class Rows:
                     await self._work(item, ticket, own)
                 except LeaseLost as exc:
                     own.lose()
-                    log.error("%s; leaving it to its new owner", exc.message)
+                    log.warning("%s", exc.message)
                 except WriteAbandoned as exc:
                     log.error("Image ID %d: %s", item.id, exc.message)
                 except DatabaseError as exc:
-                    await self._release(own, f"database error: {exc.message}", count=False)
+                    await self._release(own, exc.message, count=False)  # "database error: ..."
                 except Exception as exc:
-                    self.errors += 1
                     log.exception("Image ID %d: unexpected error in its task", item.id)
                     reason = clean(f"internal error: {type(exc).__name__}: {exc}")
                     await self._release(own, reason, count=True)
@@ -173,3 +175,5 @@ class Rows:
             return  # left to Leases, which tries again at every tick
         own.settle()
         log.warning("Image ID %d released: %s; it is tried again", own.id, reason)
+        if self.leases.on_let_go is not None:
+            self.leases.on_let_go()  # the claims learn when it is due again

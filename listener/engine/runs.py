@@ -21,11 +21,12 @@ Outcomes of a run:
                    reason that says so: a prompt costs at most 1 + UNKNOWN_OUTCOME_RESENDS
                    runs, plus one per crash of the listener during its submission
                    (UNKNOWN_OUTCOME_RESENDS defaults to the provider's own: Traits);
+* permanent     -> Failed with the provider's message.
 
 At a stop, a paid call in flight keeps its own deadline (Traits.call_timeout), so a
 draw that was going to finish is not thrown away; a row claimed but not yet sent is
-released uncounted.
-* permanent     -> Failed with the provider's message.
+released uncounted. A paid call cut off (a second signal, or its deadline) may have been
+paid for: its row is released as it was and counted as an unknown outcome.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from listener.config import Settings
 from listener.engine.budget import Budget
 from listener.engine.doorbell import backoff_delay
 from listener.engine.flow import Slots
-from listener.engine.guard import Guard
+from listener.engine.guard import Guard, WriteAbandoned
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
 from listener.engine.ports import (
@@ -62,7 +63,7 @@ from listener.errors import (
     ApiTransient,
     BlankPrompt,
 )
-from listener.prompt import cap_negative_prompt, for_log, sendable, truncate_prompt
+from listener.prompt import cap_negative_prompt, for_log, truncate_prompt
 from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
@@ -157,6 +158,12 @@ class Runs:
         with self.guard.shielded(until=until) as scope:
             try:
                 accepted = await self._submit(request)
+            except trio.Cancelled:
+                # Cut off (a second signal, or its own deadline at a stop): it may have
+                # been accepted and paid for. Released with the rest, counted as an
+                # unknown outcome.
+                own.unknown_outcome = True
+                raise
             except ApiBusy as exc:
                 delay = await self._busy(row.id, exc)
                 await self.store.release(
@@ -219,13 +226,26 @@ class Runs:
                 await self.slots.succeeded()
             log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
             with own.moving_to("Generate"):
-                await self.guard.durable(
-                    f"Image ID {row.id}: recording uuid {clean(accepted.handle)}",
-                    lambda: self.store.record_accepted(
-                        row.id, accepted.handle, keep=self.follow_here
-                    ),
-                    until=until,
-                )
+                try:
+                    await self.guard.durable(
+                        f"Image ID {row.id}: recording uuid {clean(accepted.handle)}",
+                        lambda: self.store.record_accepted(
+                            row.id, accepted.handle, keep=self.follow_here
+                        ),
+                        until=until,
+                    )
+                except WriteAbandoned:
+                    own.unknown_outcome = True  # paid, and its uuid could not be kept
+                    raise
+        if own.unknown_outcome:
+            log.warning(
+                "Image ID %d: the paid call was cut off at the stop; it may "
+                "have been accepted (counted as an unknown outcome); the row is released",
+                row.id,
+            )
+            return None
+        if own.status != "Generate":
+            return None  # the deadline cut the write of an answer: released with the rest
         if not self.follow_here:
             own.settle()  # released to the processors by record_accepted
             return None
@@ -234,12 +254,10 @@ class Runs:
         return Generation(
             row.id,
             accepted.handle,
-            sendable(row.prompt),  # what was sent, nothing more
             age=0.0,
             check_after=accepted.check_after,
             width=request.width,
             height=request.height,
-            attempts=row.attempts,
         )
 
     async def _submit(self, request: Request) -> Submitted | Refused:

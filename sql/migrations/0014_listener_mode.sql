@@ -1,5 +1,5 @@
--- images_listeners gains a last column, `mode` (issue 15): how each listener learns of
--- new rows, from the application_name of its LISTEN connection.
+-- images_listeners gains a last column, `mode`: how each listener learns of new rows,
+-- from the application_name of its LISTEN connection.
 --   'listen'  'fusionbrain-listener <worker> listen': its LISTEN self-test passed, so
 --             notifications wake it at once
 --   'poll'    'fusionbrain-listener <worker> poll': the self-test failed (a transaction-

@@ -9,6 +9,7 @@ trio's clock, so the tests run on `autojump_clock` in milliseconds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -25,8 +26,9 @@ from listener.engine.ports import (
     Submitted,
     Traits,
 )
-from listener.errors import DatabaseUnavailable, LeaseLost
+from listener.errors import DatabaseUnavailable, LeaseLost, RuleBroken
 from listener.images import ImageInfo
+from listener.providers.registry import LEGACY
 
 
 def settings(**overrides) -> Settings:
@@ -55,29 +57,49 @@ class Row:
     started: float = 0.0
     width: int | None = None
     height: int | None = None
+    style: str | None = None
+    negative_prompt: str | None = None
     provider: str | None = None  # images.provider: NULL = any provider's, else pinned/accepted
     image_type: str | None = None
+    created: float = 0.0  # images.created_at
     image_size: tuple[int | None, int | None] | None = None
+
+    def breaks_a_rule(self, status: str | None = None, attempts: int | None = None) -> bool:
+        """The table's CHECKs that an old row (or a rule re-added NOT VALID) may break,
+        for the row as a write would leave it: attempts never negative; a waiting row's
+        prompt not blank."""
+        waiting = (status or self.status) == "ReadyToGenerate"
+        attempts = self.attempts if attempts is None else attempts
+        return attempts < 0 or (waiting and not self.prompt.strip())
+
+
+LISTENER_STATUSES = ("ReadyToGenerate", "Generate")
 
 
 @dataclass
 class FakeStore:
+    """The contract of `listener.store.PgStore`, in memory (tests/test_store_contract.py
+    runs one suite against both)."""
+
     worker: str = "me"
     lease: float = 30.0
     provider: str = "fake"  # the provider this process runs (PgStore's `provider`)
+    legacy: str = LEGACY  # whose a Generate row naming no provider is (PgStore's `legacy`)
     styles: dict[str, str] = field(default_factory=dict)  # image_styles.system_prompt
     default_style: str = "UHD"
     rows: dict[int, Row] = field(default_factory=dict)
     down: bool = False  # every call raises DatabaseUnavailable
     calls: Counter = field(default_factory=Counter)
     released: list[int] = field(default_factory=list)
+    locked: set[int] = field(default_factory=set)  # rows another session has locked now
+    last_id: int = 0
 
     def add(self, n: int = 1, **kw) -> list[int]:
         ids = []
         if kw.get("status") == "Generate":
             kw.setdefault("provider", self.provider)  # accepted by our provider
         for _ in range(n):
-            id_ = len(self.rows) + 1
+            id_ = self.last_id = max(self.last_id, *self.rows, 0) + 1  # like a sequence
             self.rows[id_] = Row(id_, **kw)
             ids.append(id_)
         return ids
@@ -88,35 +110,56 @@ class FakeStore:
             raise DatabaseUnavailable("database unavailable: down for the test")
         return trio.current_time()
 
-    def _free(self, r: Row, now: float) -> bool:
-        """Claimable: no live lease, and not ours (a lapsed lease of ours is still held
-        by a task of this process)."""
+    def _free(self, r: Row, now: float, held: Collection[int]) -> bool:
+        """Claimable: no live lease, and not held by a live task of this process (whose
+        lease may have lapsed); a lapsed lease of ours that no task holds is free."""
         lapsed = r.locked_until is None or r.locked_until < now
-        return lapsed and r.locked_by != self.worker and self._ours(r)
+        return lapsed and r.id not in held and r.id not in self.locked and self._ours(r)
 
     def _ours(self, r: Row) -> bool:
         """The provider rule of the claims: a waiting row for any provider or pinned to
         ours; a generation only if our provider accepted it."""
         if r.status == "Generate":
-            return r.provider == self.provider
+            return (r.provider or self.legacy) == self.provider
         return r.provider in (None, self.provider)
 
-    def _mine(self, id_: int, status: str) -> Row:
+    def _check(self, r: Row, status: str | None = None, attempts: int | None = None) -> None:
+        """Any UPDATE of a row is checked against every rule, whatever it changes."""
+        if r.breaks_a_rule(status, attempts):
+            raise RuleBroken("database error: new row violates check constraint")
+
+    def _write(
+        self, name: str, id_: int, from_status: str, to: str, done, attempts=None
+    ) -> Row | None:
+        """The fenced write's contract: the row if it is ours in `from_status` (checked
+        against the rules as it will be, in status `to`); None when `done(row)` (a retry
+        finding its own write landed); otherwise our lease on it is cleared where it
+        still names us, and LeaseLost."""
         r = self.rows.get(id_)
-        if r is None or r.locked_by != self.worker or r.status != status:
-            raise LeaseLost(f"image ID {id_}: not ours")
-        return r
+        if r is not None and r.locked_by == self.worker and r.status == from_status:
+            self._check(r, to, attempts(r) if attempts else None)
+            return r
+        if r is not None and done(r):
+            return None
+        if r is not None and r.locked_by == self.worker:
+            self._check(r)
+            r.locked_by = r.locked_until = None
+        now = "deleted" if r is None else f"status {r.status}"
+        raise LeaseLost(f"image ID {id_}: write refused ({name}): the row changed ({now})")
 
     # -- claims ------------------------------------------------------------------------
 
-    async def claim_ready(self, limit: int) -> list[ReadyRow]:
+    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]:
         now = self._call("claim_ready")
         await trio.lowlevel.checkpoint()
         due = sorted(
             (
                 r
                 for r in self.rows.values()
-                if r.status == "ReadyToGenerate" and r.not_before <= now and self._free(r, now)
+                if r.status == "ReadyToGenerate"
+                and r.not_before <= now
+                and self._free(r, now, held)
+                and not r.breaks_a_rule()
             ),
             key=lambda r: (r.not_before, r.id),
         )[:limit]
@@ -128,100 +171,168 @@ class FakeStore:
                 ReadyRow(
                     r.id,
                     r.prompt,
+                    style=r.style,
+                    negative_prompt=r.negative_prompt,
                     attempts=r.attempts,
                     last_error=r.last_error,
                     unknown_outcomes=r.unknown_outcomes,
                     width=r.width,
                     height=r.height,
-                    style_prompt=self.styles.get(self.default_style),
+                    style_prompt=self.styles.get(r.style or self.default_style),
+                    waited=now - r.not_before,
+                    age=now - r.created,
                 )
             )
         return out
 
-    async def next_ready_in(self) -> float | None:
+    async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None:
         now = self._call("next_ready_in")
         waits = [
             max(0.0, r.not_before - now)
             for r in self.rows.values()
-            if r.status == "ReadyToGenerate" and self._free(r, now)
+            if r.status == "ReadyToGenerate"
+            and (r.locked_until is None or r.locked_until < now)
+            and r.id not in held
+            and self._ours(r)
+            and not r.breaks_a_rule()
         ]
         waits += [
             r.locked_until - now
             for r in self.rows.values()
             if r.status == "ReadyToGenerate"
-            and r.locked_by not in (None, self.worker)
+            and r.locked_by is not None
+            and r.id not in held
+            and r.locked_until is not None
+            and r.locked_until >= now
             and self._ours(r)
-            and not self._free(r, now)
         ]
         return min(waits) if waits else None
 
-    async def claim_generating(self, limit: int) -> Claimed:
+    def _generating_due(self, now: float, held: Collection[int]) -> float | None:
+        later = [
+            r.locked_until - now
+            for r in self.rows.values()
+            if r.status == "Generate"
+            and r.locked_until is not None
+            and r.locked_until >= now
+            and r.id not in held
+            and self._ours(r)
+        ]
+        return min(later) if later else None
+
+    async def claim_generating(self, limit: int, *, held: Collection[int] = ()) -> Claimed:
         now = self._call("claim_generating")
         await trio.lowlevel.checkpoint()
-        free = [r for r in self.rows.values() if r.status == "Generate" and self._free(r, now)]
+        free = [
+            r
+            for r in self.rows.values()
+            if r.status == "Generate"
+            and self._free(r, now, held)
+            and r.uuid is not None
+            and r.attempts >= 0
+        ]
         out = []
-        for r in sorted(free, key=lambda r: r.id)[:limit]:
+        order = sorted(free, key=lambda r: (r.locked_until is not None, r.locked_until or 0, r.id))
+        for r in order[:limit]:
             r.locked_by, r.locked_until = self.worker, now + self.lease
             out.append(
                 Generation(
                     r.id,
                     r.uuid or "",
-                    r.prompt,
                     age=now - r.started,
                     width=r.width,
                     height=r.height,
-                    attempts=r.attempts,
                 )
             )
-        later = [
-            r.locked_until - now
-            for r in self.rows.values()
-            if r.status == "Generate"
-            and self._ours(r)
-            and not self._free(r, now)
-            and r.locked_by != self.worker
-        ]
-        return Claimed(out, min(later) if later else None)
+        if len(out) == limit:
+            return Claimed(out, 0.0)
+        return Claimed(out, self._generating_due(now, held))
+
+    async def next_generating_in(self, *, held: Collection[int] = ()) -> float | None:
+        now = self._call("next_generating_in")
+        return self._generating_due(now, held)
 
     # -- writes ------------------------------------------------------------------------
 
     async def record_accepted(self, id_: int, handle: str, *, keep: bool) -> None:
         now = self._call("record_accepted")
-        r = self._mine(id_, "ReadyToGenerate")
+
+        def done(r: Row) -> bool:
+            mine = r.locked_by == self.worker if keep else True
+            return r.status == "Generate" and r.uuid == handle and mine
+
+        r = self._write("record_accepted", id_, "ReadyToGenerate", "Generate", done)
+        if r is None:
+            return
         r.status, r.uuid, r.started, r.last_error = "Generate", handle, now, None
+        r.locked_until = now + self.lease if keep else None
+        r.locked_by = self.worker if keep else None
         r.provider = self.provider
-        if not keep:
-            r.locked_by = r.locked_until = None
 
     async def retry_later(self, id_, *, delay, error, unknown_outcome=False) -> None:
         now = self._call("retry_later")
-        r = self._mine(id_, "ReadyToGenerate")
+
+        def done(r: Row) -> bool:
+            return r.status == "ReadyToGenerate" and r.locked_by is None
+
+        r = self._write("retry_later", id_, "ReadyToGenerate", "ReadyToGenerate", done)
+        if r is None:
+            return
         r.locked_by = r.locked_until = None
         r.last_error, r.not_before = error, now + delay
         r.unknown_outcomes += 1 if unknown_outcome else 0
 
     async def release(self, id_, *, status, delay=0.0, error=None, uncount=False, count=False):
         now = self._call("release")
-        r = self._mine(id_, status)
+
+        def done(r: Row) -> bool:
+            return r.status == status and r.locked_by is None
+
+        def attempts(r: Row) -> int:  # never below 0, even for an old row's
+            return max(
+                0, r.attempts - (1 if uncount else 0) + (1 if count and status == "Generate" else 0)
+            )
+
+        r = self._write("release", id_, status, status, done, attempts)
+        if r is None:
+            return
         r.locked_by, r.locked_until = None, None
         if status == "Generate" and delay > 0:
             r.locked_until = now + delay
         if status == "ReadyToGenerate":
             r.not_before = now + delay
-        r.attempts += (-1 if uncount else 0) + (1 if count and status == "Generate" else 0)
+        r.attempts = attempts(r)
         r.last_error = error if error is not None else r.last_error
         self.released.append(id_)
 
     async def fail(self, id_, error, *, from_status, censored=False) -> None:
         self._call("fail")
-        r = self._mine(id_, from_status)
+
+        def done(r: Row) -> bool:
+            return r.status == "Failed" and r.locked_by is None
+
+        r = self._write("fail", id_, from_status, "Failed", done)
+        if r is None:
+            return
         r.status, r.last_error, r.censored = "Failed", error, censored
         r.locked_by = r.locked_until = None
 
     async def finalise(self, id_, handle, image, *, image_type="png", width=None, height=None):
         self._call("finalise")
-        r = self._mine(id_, "Generate")
-        r.status, r.image, r.last_error = "ReadyToPublish", image, None
+
+        def done(r: Row) -> bool:
+            return r.status == "ReadyToPublish" and r.uuid == handle
+
+        r = self._write("finalise", id_, "Generate", "ReadyToPublish", done)
+        if r is None:
+            return
+        r.status, r.image, r.uuid, r.last_error, r.censored = (
+            "ReadyToPublish",
+            image,
+            handle,
+            None,
+            False,
+        )
         r.image_type, r.image_size = image_type, (width, height)
         r.locked_by = r.locked_until = None
 
@@ -230,6 +341,8 @@ class FakeStore:
         renewed, lost = set(), set()
         for id_, status in owned.items():
             r = self.rows.get(id_)
+            if r is not None and r.locked_by == self.worker and id_ in self.locked:
+                continue  # locked by another session for now: neither renewed nor lost
             same = r is not None and (
                 r.status == status or (status, r.status) == ("ReadyToGenerate", "Generate")
             )
@@ -243,13 +356,14 @@ class FakeStore:
                 renewed.add(id_)
         return renewed, lost
 
-    async def release_rows(self, ids: list[int]) -> int:
+    async def release_rows(self, ids: list[int], *, unknown: Collection[int] = ()) -> int:
         self._call("release_rows")
         n = 0
         for id_ in ids:
             r = self.rows.get(id_)
-            if r and r.locked_by == self.worker and r.status in ("ReadyToGenerate", "Generate"):
+            if r and r.locked_by == self.worker and r.status in LISTENER_STATUSES:
                 r.locked_by = r.locked_until = None
+                r.unknown_outcomes += 1 if id_ in unknown else 0
                 self.released.append(id_)
                 n += 1
         return n

@@ -5,6 +5,8 @@ from __future__ import annotations
 import trio
 
 from listener.engine import Connected, Wakeup
+from listener.engine.ports import Submitted
+from listener.errors import ApiBusy
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -23,16 +25,12 @@ async def test_a_wakeup_claims_no_more_rows_than_free_run_calls(store, provider,
 
 
 async def test_busy_api_pauses_claims_without_counting_attempts(store, provider, autojump_clock):
-    from listener.errors import ApiBusy
-
     busy = {"left": 2}
 
     def on_submit(request):
         if busy["left"]:
             busy["left"] -= 1
             raise ApiBusy("pipeline is DISABLED_BY_QUEUE", state="DISABLED_BY_QUEUE")
-        from listener.engine.ports import Submitted
-
         provider.started[f"u{len(provider.submitted)}"] = trio.current_time()
         return Submitted(f"u{len(provider.submitted)}")
 
@@ -92,3 +90,65 @@ async def test_generations_of_a_dead_listener_are_adopted_when_its_lease_runs_ou
         await run_until(lambda: store.statuses()["ReadyToPublish"] == 3, seconds=60)
         engine.stop("test")
     assert 10 <= trio.current_time() < 20
+
+
+async def test_a_generation_leased_after_the_last_pass_is_adopted_when_its_lease_runs_out(
+    store, provider, autojump_clock
+):
+    """Regression: a row that entered Generate leased by another listener rang nobody;
+    this listener learned its lease's end only at its next pass (the 10-minute sweep),
+    past the provider's result lifetime. The due time is asked again every
+    LEASE_TIMEOUT / 3."""
+    provider.generation_time = 0.0
+    engine = make_engine(store, provider, settings={"lease_timeout": 30})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())  # the start-up sweep: nothing to adopt
+        await trio.sleep(7)
+        # another listener submits a row, follows it, renews its lease, then dies
+        (id_,) = store.add(1, status="Generate", uuid="theirs", locked_by="other")
+        provider.started["theirs"] = 0.0
+        for _ in range(3):
+            store.rows[id_].locked_until = trio.current_time() + 30
+            await trio.sleep(10)
+        died = store.rows[id_].locked_until
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=120)
+        engine.stop("test")
+    assert died <= trio.current_time() < died + 1.5
+
+
+async def test_a_busy_answer_pauses_every_run_call_for_the_back_off(
+    store, provider, autojump_clock
+):
+    """Not only the row that got the answer waits: no run call at all is made until
+    the back-off is over, and the back-off grows while the API stays busy."""
+
+    calls, pauses = [], []
+    busy = {"left": 2}
+
+    def on_submit(request):
+        calls.append(trio.current_time())
+        if busy["left"]:
+            busy["left"] -= 1
+            raise ApiBusy("DISABLED_BY_QUEUE", state="DISABLED_BY_QUEUE")
+        provider.started[request.prompt] = trio.current_time()
+        return Submitted(request.prompt)
+
+    provider.on_submit, provider.run_time = on_submit, 0.0
+    engine = make_engine(store, provider, settings={"api_concurrency": 1, "retry_backoff_base": 10})
+    real_busy = engine.health.busy
+
+    def busy_answer(state, **kw):
+        pauses.append(real_busy(state, **kw))
+        return pauses[-1]
+
+    engine.health.busy = busy_answer
+    store.add(3)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 3, seconds=600)
+        engine.stop("test")
+    assert 5 <= pauses[0] <= 10 and 10 <= pauses[1] <= 20  # base, then twice the base
+    assert calls[1] - calls[0] >= pauses[0] - 1e-9  # the clock's floats
+    assert calls[2] - calls[1] >= pauses[1] - 1e-9

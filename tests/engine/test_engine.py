@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from listener.engine import Wakeup
+from listener.engine import Connected, Polling, Wakeup
+from listener.engine.ports import Submitted
 from tests.engine.conftest import make_engine, run_until
 
 
@@ -108,3 +109,115 @@ async def test_once_mode_does_one_pass_and_waits_for_what_it_started(
     await engine.serve()
     assert store.statuses() == {"ReadyToPublish": 5}
     assert engine.stop_reason == "one pass done"
+
+
+@pytest.mark.parametrize("follow", [True, False], ids=["both roles", "generator only"])
+async def test_a_run_call_cut_off_by_the_deadline_is_released_and_counted(
+    store, provider, autojump_clock, follow
+):
+    """Regression (generator only): the row was settled though nothing was written, so it
+    stayed leased until its lease ran out; in neither role was the abandoned, possibly
+    paid, call counted. The deadline is the call's own (Traits.call_timeout) at a stop."""
+    provider.run_time = 1000.0
+    engine = make_engine(store, provider, follow=follow, settings={"shutdown_grace": 1})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    took = trio.current_time() - start
+    assert provider.traits.call_timeout <= took < provider.traits.call_timeout + 3
+    row = store.rows[id_]
+    assert (row.status, row.uuid, row.locked_by) == ("ReadyToGenerate", None, None)
+    assert row.unknown_outcomes == 1
+    assert store.released == [id_]
+
+
+@pytest.mark.shapes("poll")  # its submit is a poll's (the download of a draw is at once)
+async def test_while_a_run_is_in_flight_at_the_stop_the_other_rows_work_goes_on(
+    store, provider, autojump_clock
+):
+    """Phase 1 of the stop waits for the run calls in flight (up to SHUTDOWN_GRACE)
+    before it cancels anything: meanwhile a generation that finishes is still written."""
+    slow_run = {"a slow run": 4.0}
+
+    async def submit(request):
+        provider.in_flight += 1
+        try:
+            await trio.sleep(slow_run.get(request.prompt, 0.1))
+            handle = f"uuid-{request.prompt}"
+            provider.submitted.append(request.prompt)
+            provider.started[handle] = trio.current_time()
+            return Submitted(handle)
+        finally:
+            provider.in_flight -= 1
+
+    provider.submit = submit
+    provider.generation_time = 1.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 10})
+    (slow,) = store.add(1, prompt="a slow run")
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 1, every=0.01)
+        (quick,) = store.add(1, prompt="a quick one")
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: store.rows[quick].status == "Generate", every=0.01)
+        engine.stop("SIGTERM")
+    assert store.rows[quick].status == "ReadyToPublish"  # written during phase 1
+    assert (store.rows[slow].status, store.rows[slow].uuid) == ("Generate", "uuid-a slow run")
+    assert store.rows[slow].locked_by is None  # followed no further: released
+
+
+async def test_a_deaf_wakeup_source_turns_on_polling_every_poll_interval(
+    store, provider, autojump_clock, caplog
+):
+    caplog.set_level("INFO")
+    engine = make_engine(store, provider, settings={"poll_interval": 2})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())
+        await trio.sleep(1)
+        engine.on_event(Polling(on=True))
+        assert caplog.text.count("Looking for due rows every 2s (POLL_INTERVAL)") == 1
+        engine.on_event(Polling(on=True))  # said once
+        (id_,) = store.add(1)  # no notification comes
+        await run_until(lambda: store.rows[id_].locked_by == "me", seconds=2.5, every=0.01)
+        engine.on_event(Polling(on=False))
+        (other,) = store.add(1)
+        await trio.sleep(5)
+        assert store.rows[other].locked_by is None  # no more polling: waits for a ring
+        engine.stop("test")
+    assert caplog.text.count("Looking for due rows every 2s (POLL_INTERVAL)") == 1
+
+
+async def test_a_generate_wakeup_adopts_at_once(store, provider, autojump_clock):
+    engine = make_engine(store, provider)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())
+        await trio.sleep(1)
+        (id_,) = store.add(1, status="Generate", uuid="left")
+        engine.on_event(Wakeup("Generate"))
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=0.5)
+        engine.stop("test")
+
+
+async def test_a_second_signal_cuts_the_grace_short(store, provider, autojump_clock):
+    provider.run_time = 1000.0
+    engine = make_engine(store, provider, settings={"shutdown_grace": 100})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 1)
+        engine.stop("SIGTERM")
+        await trio.sleep(1)
+        start = trio.current_time()
+        engine.stop_now()
+    assert trio.current_time() - start < 1
+    assert engine.stop_reason == "SIGTERM"
+    row = store.rows[id_]
+    assert (row.status, row.locked_by, row.unknown_outcomes) == ("ReadyToGenerate", None, 1)

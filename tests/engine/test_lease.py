@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from listener.engine import Connected, Wakeup
+from listener.errors import ApiTransient, DatabaseUnavailable
 from tests.engine.conftest import long_generation, make_engine, run_until
 
 
@@ -42,12 +43,11 @@ async def test_a_row_moved_by_an_operator_is_given_up_and_generated_again(
         await n.start(engine.serve)
         await run_until(lambda: store.rows[id_].status == "Generate")
         # the operator moves it back by hand, leaving our lease in place
-        store.rows[id_].status = "ReadyToGenerate"
-        await run_until(lambda: id_ not in engine.leases.owned, seconds=10)
-        assert len(provider.submitted) == 1
-        assert store.rows[id_].locked_by is None  # renewal dropped our lease
-        engine.on_event(Wakeup("ReadyToGenerate"))  # what the trigger sends
-        await run_until(lambda: len(provider.submitted) == 2)
+        store.rows[id_].status, store.rows[id_].uuid = "ReadyToGenerate", None
+        # the renewal (every LEASE_TIMEOUT / 3) drops our lease and, once the task has
+        # ended, the claims look again: no notification is needed
+        await run_until(lambda: len(provider.submitted) == 2, seconds=2)
+        assert store.calls["renew"] >= 1 and store.calls["finalise"] == 0
         engine.stop("test")
 
 
@@ -85,3 +85,97 @@ async def test_a_row_whose_lease_lapsed_under_a_live_task_is_not_claimed_twice(
         assert engine.budget.counts["following"] == 1
         assert list(engine.leases.owned) == [id_]
         engine.stop("test")
+
+
+async def test_a_write_refused_on_a_moved_row_lets_go_and_the_row_is_claimed_again(
+    store, provider, autojump_clock, caplog
+):
+    """Regression: the row's task ended on the refused write, but the row kept this
+    listener's lease and every claim left out "ours": stranded while the process lived."""
+    provider.generation_time = 2.0
+    engine = make_engine(store, provider, settings={"lease_timeout": 300})  # no renewal
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Generate")
+        # by hand, as the table's owner: the lease stays in place
+        store.rows[id_].status, store.rows[id_].uuid = "ReadyToGenerate", None
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=10)
+        engine.stop("test")
+    assert len(provider.submitted) == 2
+    assert store.calls["renew"] == 0  # the write was the first to notice
+    assert caplog.text.count("write refused (finalise)") == 1
+
+
+@pytest.mark.parametrize("change", ["deleted", "Published"])
+async def test_a_row_deleted_or_moved_downstream_while_its_image_arrives_is_let_go(
+    store, provider, autojump_clock, caplog, change
+):
+    provider.generation_time = 2.0
+    engine = make_engine(store, provider, settings={"lease_timeout": 300})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "Generate")
+        if change == "deleted":
+            row = store.rows.pop(id_)
+        else:
+            row = store.rows[id_]
+            row.status = change
+        await run_until(lambda: not engine.leases.owned, seconds=10)
+        await trio.sleep(5)
+        engine.stop("test")
+    assert caplog.text.count("write refused") == 1
+    assert row.locked_by is None or change == "deleted"
+    assert engine.budget.held == 0 and len(provider.submitted) == 1
+
+
+async def test_a_lapsed_lease_of_ours_that_no_task_holds_is_claimed(
+    store, provider, autojump_clock
+):
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1, locked_by="me", locked_until=-1.0)  # left by a task long gone
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Connected())
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=10)
+        engine.stop("test")
+
+
+async def test_a_retry_whose_commit_answer_was_lost_finds_it_done_and_looks_again(
+    store, provider, autojump_clock
+):
+    """Regression: the retried release/retry_later found nothing to write, called the
+    row lost ("leaving it to its new owner", there was none) and rang nobody: the row
+    waited for the generator sweep."""
+    provider.on_submit = None
+    failed = {"n": 0}
+    real_submit = provider.submit
+
+    async def submit(request):
+        if not failed["n"]:
+            failed["n"] += 1
+            await trio.sleep(0.1)
+            raise ApiTransient("run: HTTP 503: down")
+        return await real_submit(request)
+
+    provider.submit = submit
+    real_retry = store.retry_later
+
+    async def retry_later(*a, **kw):
+        await real_retry(*a, **kw)
+        if store.calls["retry_later"] == 1:  # landed; the answer to its COMMIT is lost
+            raise DatabaseUnavailable("database unavailable: connection lost")
+
+    store.retry_later = retry_later
+    engine = make_engine(
+        store, provider, settings={"retry_backoff_base": 1, "retry_backoff_max": 2}
+    )
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=10)
+        engine.stop("test")
+    assert store.calls["retry_later"] == 2
+    assert store.rows[id_].unknown_outcomes == 0 and store.rows[id_].attempts == 2

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 
+from listener.engine.doorbell import backoff_delay
 from listener.engine.ports import Refused, Submitted
 from listener.errors import (
     ApiBusy,
@@ -35,12 +38,21 @@ async def test_unknown_outcomes_cost_at_most_one_plus_the_resends(
         await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
         engine.stop("test")
     assert len(provider.submitted) == 1 + resends
-    assert "the API may have generated the image" in store.rows[id_].last_error
-    assert "listener retry" in store.rows[id_].last_error
+    assert store.rows[id_].last_error == (
+        f"gave up: {1 + resends} run(s) sent without a usable answer (the API may have "
+        "generated the image and charged for it); not sent again to avoid paying twice. "
+        "To send it once more: listener retry ID (or SELECT images_retry(ID)); "
+        "last: run: no answer from the API: ReadTimeout"
+    )
 
 
-async def test_transient_errors_are_retried_then_given_up(store, provider, autojump_clock):
+async def test_transient_errors_are_retried_then_given_up(store, provider, autojump_clock, caplog):
+    tries, waiting = [], []
+
     def on_submit(request):
+        tries.append(trio.current_time())
+        if len(tries) > 1:
+            waiting.append(store.rows[id_].last_error)  # kept while it waited
         raise ApiTransient("run: HTTP 503: down", retry_after=1e15)
 
     provider.on_submit = on_submit
@@ -51,7 +63,18 @@ async def test_transient_errors_are_retried_then_given_up(store, provider, autoj
         await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
         engine.stop("test")
     assert store.rows[id_].last_error == "gave up after 3 attempts: run: HTTP 503: down"
-    assert trio.current_time() < 3 * 300 + 60  # Retry-After capped at RETRY_BACKOFF_MAX
+    assert len(tries) == 3 and waiting == ["run: HTTP 503: down"] * 2
+    assert trio.current_time() < 2 * 300 + 60  # failed at the third answer, not a claim later
+    # Retry-After is honoured, capped at RETRY_BACKOFF_MAX (300 s); a draw's own time on top
+    draw = provider.run_time + provider.generation_time if provider.name == "fakedraw" else 0
+    assert [round(b - a - draw) for a, b in itertools.pairwise(tries)] == [300, 300]
+    assert "unexpected error" not in caplog.text
+
+
+def test_a_back_off_is_spread_over_its_upper_half():
+    delays = [backoff_delay(3, 10, 1000) for _ in range(500)]
+    assert min(delays) >= 20 and max(delays) <= 40  # ceiling 10 * 2**2
+    assert backoff_delay(9, 10, 100) <= 100
 
 
 async def test_a_refused_request_fails_at_once(store, provider, autojump_clock):
@@ -92,6 +115,60 @@ async def test_refused_credentials_touch_no_row_and_pause_generation(
         # the start-up probe found the key refused before anything was submitted
         assert len(provider.submitted) == 0
         engine.stop("test")
+
+
+@pytest.mark.parametrize("probe_answer", [None, ApiTransient("availability: HTTP 503")])
+async def test_generation_resumes_by_itself_once_the_key_works_again(
+    store, provider, autojump_clock, probe_answer
+):
+    """Any answer of the probe but a refusal means the key is accepted again."""
+    refused = {"until": 60.0}
+
+    def on_submit(request):
+        if trio.current_time() < refused["until"]:
+            raise ApiCredentials("run: HTTP 401")
+        provider.started[request.prompt] = trio.current_time()
+        return Submitted(request.prompt)
+
+    async def probe():
+        if trio.current_time() < refused["until"]:
+            raise ApiCredentials("availability: HTTP 401")
+        if probe_answer is not None:
+            raise probe_answer
+
+    provider.on_submit, provider.probe = on_submit, probe
+    engine = make_engine(store, provider)
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=600)
+        engine.stop("test")
+    assert 60 <= trio.current_time() < 60 + 5 + 5  # the next probe after the key came back
+    assert engine.health.credentials_ok.is_set()
+
+
+async def test_a_scheduled_retry_is_made_when_it_falls_due(store, provider, autojump_clock):
+    """The row task rings the claims when it schedules a retry: they learn the row's
+    due time at once (neither a sweep nor the periodic look is waited for)."""
+    tries = []
+
+    def on_submit(request):
+        tries.append(trio.current_time())
+        if len(tries) == 1:
+            raise ApiTransient("run: HTTP 503: down")
+        provider.started[request.prompt] = trio.current_time()
+        return Submitted(request.prompt)
+
+    provider.on_submit = on_submit
+    engine = make_engine(
+        store, provider, settings={"retry_backoff_base": 1, "retry_backoff_max": 2}
+    )
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish", seconds=600)
+        engine.stop("test")
+    assert tries[1] - tries[0] < 2.5  # the back-off (at most 2 s), not 10 s or 300 s
 
 
 async def test_without_the_setting_the_provider_says_how_often_an_unknown_outcome_is_resent(
