@@ -117,7 +117,7 @@ async def test_a_listener_killed_while_holding_a_slot_does_not_let_the_others_ex
     assert provider.most_running <= 2 and provider.refused == 0
 
 
-async def _forget(ids):
+async def _forget(ids, **_):
     return 0
 
 
