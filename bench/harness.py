@@ -39,7 +39,7 @@ SERVER = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5
 TEMPLATE = "bench_template"
 CONFIG_PREFIXES = (
     *("FUSION_BRAIN_", "DEFAULT_", "DB_", "DATABASE_URL", "PG", "API_", "MAX_"),
-    *("LISTEN_DATABASE_URL", "POLL_INTERVAL"),
+    *("LISTEN_DATABASE_URL", "POLL_INTERVAL", "PROVIDER_"),
 )
 
 
@@ -323,7 +323,7 @@ def start_listener(
 
 
 def start_procrastinate(
-    name: str, url: str, emulator: Emulator, size: int = 64, concurrency: int = 8
+    name: str, url: str, emulator: Emulator, size: int = 64, concurrency: int = 8, **extra: str
 ) -> Process:
     env = clean_env(
         DATABASE_URL=url,
@@ -331,6 +331,7 @@ def start_procrastinate(
         BENCH_IMAGE_SIZE=str(size),
         BENCH_CHECK_INTERVAL="0.05",
         BENCH_CONCURRENCY=str(concurrency),
+        **extra,
     )
     return Process(name, [PYTHON, str(REPO / "bench" / "procrastinate_app.py"), "worker"], env)
 

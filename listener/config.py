@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # Calls in flight to the provider per process (draws, status checks, downloads: one
     # limit). Unset: the provider's default (its Traits.default_concurrency).
     api_concurrency: int | None = Field(None, ge=1, le=64)
+    # The provider account's limit, shared by every listener on the database using the
+    # same credentials (docs/flow-control.md); unset: the provider's default.
+    provider_concurrency: int | None = Field(None, ge=1, le=1000)
     max_in_flight: int = Field(100, ge=1)
     retry_max_attempts: int = Field(5, ge=1)
     retry_backoff_base: float = Field(2, gt=0)

@@ -123,7 +123,19 @@ class ApiOutcomeUnknown(ApiTransient):
 
 class ApiNotTaken(ApiTransient):
     """The API said it did not take the request (408, 425, 429): nothing was charged, the
-    request may be sent again once the API has room (Retry-After when it gives one)."""
+    request may be sent again once the API has room (Retry-After when it gives one).
+    `status_code` tells a 429 (too many: the shared concurrency budget lowers its
+    effective value) from a 408 or 425."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status_code = status_code
 
 
 class ApiBusy(ApiError):

@@ -27,7 +27,7 @@ _SIGNATURE = re.compile(r"^([a-z_][a-z0-9_]*)\(([a-z0-9_ ,]*)\)$")
 _PRIVILEGE = re.compile(r"^(SELECT|INSERT|UPDATE|USAGE|EXECUTE)(?: \(([a-z0-9_, ]+)\))?$")
 
 # images: what an application may write, and what the listener may change.
-WRITER_COLUMNS = "prompt, status, style, width, height, negative_prompt, provider"
+WRITER_COLUMNS = "prompt, status, style, width, height, negative_prompt, provider, priority"
 LISTENER_COLUMNS = (
     "status, uuid, base64, last_error, attempts, not_before, locked_by, locked_until, "
     "censored, generated_by, generation_started_at, generation_finished_at, unknown_outcomes, "
@@ -113,6 +113,19 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("table", "listener_migrations", operator=("SELECT",), listener=("SELECT",)),
     Obj("table", "listener_roles", operator=("SELECT",)),
     Obj("sequence", "images_id_seq", writer=("USAGE",), operator=("USAGE",)),
+    # the provider account's shared concurrency budget (0021_flow_control.sql)
+    Obj(
+        "table",
+        "listener_limits",
+        operator=("SELECT",),
+        listener=("SELECT", "INSERT", "UPDATE"),
+    ),
+    Obj(
+        "table",
+        "listener_slots",
+        operator=("SELECT",),
+        listener=("SELECT", "INSERT", "UPDATE"),
+    ),
     # -- views -------------------------------------------------------------------------
     Obj("view", "images_queue", operator=("SELECT",)),
     Obj("view", "images_in_flight", operator=("SELECT",)),
@@ -134,6 +147,7 @@ OBJECTS: tuple[Obj, ...] = (
     Obj("function", "images_fail_blocked()", operator=("EXECUTE",)),
     Obj("function", "images_prompt_is_blank(text)", operator=("EXECUTE",)),
     Obj("function", "images_requeue(text)", operator=("EXECUTE",)),
+    Obj("function", "images_set_concurrency(integer, text)", operator=("EXECUTE",)),
     # the claims read a bounded piece of each prompt through it (0016)
     Obj("function", "images_prompt_head(text, integer)", listener=("EXECUTE",)),
     # -- helpers and trigger functions: nobody but the owner calls them ----------------

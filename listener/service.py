@@ -29,6 +29,7 @@ from listener.config import Settings
 from listener.db import connect_kwargs, open_database, translate, use_prepared_statements
 from listener.embedded import psql_target
 from listener.engine import Connected, Engine, Polling, Wakeup
+from listener.engine.flow import Slots, account_id
 from listener.engine.ports import Provider
 from listener.errors import ConfigError, DatabaseUnavailable, ListenerError
 from listener.images import ImageInfo, validate_image
@@ -37,6 +38,7 @@ from listener.notify import Connected as ListenConnected
 from listener.notify import ListenMode, ListenStream, Notification
 from listener.providers.registry import LEGACY, Choice, Connection
 from listener.sdnotify import Notifier
+from listener.slotstore import PgSlots
 from listener.store import PgStore
 
 if TYPE_CHECKING:
@@ -203,9 +205,30 @@ class Service:
                     legacy=LEGACY,
                     default_style=s.default_style,
                 )
-                await self._serve(store, api)
+                slots = Slots(
+                    PgSlots(
+                        db,
+                        account=self._account(emulator_url),
+                        provider=api.name,
+                        worker=self.worker,
+                        lease=s.lease_timeout,
+                    ),
+                    kind=api.traits.slot,
+                    limit=s.provider_concurrency or api.traits.default_concurrency,
+                    explicit=s.provider_concurrency is not None,
+                )
+                await self._serve(store, api, slots)
             top.cancel_scope.cancel()
         return self._stopped()
+
+    def _account(self, emulator_url: str | None) -> str:
+        """The provider account this process spends (listener_accounts): a fingerprint of
+        the provider, its API's URL and its credentials, so listeners sharing a key
+        share its budget and none holds the key. The built-in emulator is an account of
+        its own per URL."""
+        spec, settings = self.provider.spec, self.provider.settings
+        parts = [emulator_url, "emulator"] if emulator_url is not None else spec.account(settings)
+        return account_id(spec.name, *parts)
 
     def _pool_name(self) -> str:
         """'fusionbrain-listener <worker> <provider>': the view images_listeners reads the
@@ -225,7 +248,7 @@ class Service:
             )
         return 0
 
-    async def _serve(self, store: PgStore, api: Provider) -> None:
+    async def _serve(self, store: PgStore, api: Provider, slots: Slots) -> None:
         s, o = self.settings, self.options
         provider: Any = api
         engine_store: Any = store
@@ -264,6 +287,7 @@ class Service:
             follow=o.follow,
             mode=o.mode,
             wakeups=wakeups,
+            slots=slots,
         )
 
         async def run_engine(*, task_status: trio.TaskStatus[None]) -> None:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # After a claim failed on a row that breaks a rule, this long on the checked claim.
 CHECKED_CLAIMS_FOR = 300.0
+# One claim in this many takes the oldest due rows whatever their priority (the others
+# take the highest priority first): urgent rows cannot starve the rest.
+PRIORITY_FAIR_SHARE = 4
 
 
 def _seconds_until(at: datetime | None, now: datetime) -> float | None:
@@ -61,6 +64,7 @@ class PgStore:
         self.db, self.worker, self.lease = db, worker, lease
         self.provider, self.legacy, self.default_style = provider, legacy, default_style
         self._checked_until = -math.inf
+        self._claims = 0
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -83,8 +87,12 @@ class PgStore:
         params = self._params(limit=limit, held=list(held))
         if time.monotonic() < self._checked_until:
             return await self._claim(queries()["claim_ready_checked"], params)
+        self._claims += 1
+        fair = self._claims % PRIORITY_FAIR_SHARE == 0
         try:
-            return await self._claim(queries()["claim_ready"], params)
+            return await self._claim(
+                queries()["claim_ready_oldest" if fair else "claim_ready"], params
+            )
         except RuleBroken as exc:
             log.warning(
                 "Claims: a waiting row breaks a rule of the table (%s); claiming around "

@@ -5,7 +5,43 @@
 -- lease durable. SKIP LOCKED lets any number of listeners share the table; the lease
 -- (locked_by, locked_until) keeps the row theirs after the transaction commits. Counting
 -- the attempt here means a row that crashes its listener every time still ends Failed.
+-- Highest priority first, oldest first within one (index images_ready_priority_idx).
 -- name: claim_ready
+UPDATE images AS i
+SET locked_by = %(worker)s,
+    locked_until = now() + make_interval(secs => %(lease)s::float8),
+    attempts = i.attempts + 1
+FROM (
+    SELECT id FROM images
+    WHERE status = 'ReadyToGenerate'
+      AND not_before <= now()
+      AND (locked_until IS NULL OR locked_until < now())
+      -- a row a live task of this process holds, its lease lapsed (a write that waited
+      -- out a database outage): that task renews or releases it. The process names
+      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+      AND id <> ALL (%(held)s::bigint[])
+      -- for any provider, or pinned to ours (0018_providers.sql)
+      AND (provider IS NULL OR provider = %(provider)s)
+    ORDER BY priority DESC, not_before, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE i.id = due.id
+-- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+-- waited / age (seconds since due, since committed) feed the HTTP server's metrics
+RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
+          images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+          i.last_error, i.unknown_outcomes,
+          -- the style's words, for a provider that expresses styles in words (0018)
+          (SELECT st.system_prompt FROM image_styles AS st
+            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+
+-- The fair share (docs/flow-control.md, "Order"): one claim in PRIORITY_FAIR_SHARE takes
+-- the oldest due rows whatever their priority, so urgent rows never starve the others.
+-- The same statement as claim_ready but for its ORDER BY (keep them alike).
+-- name: claim_ready_oldest
 UPDATE images AS i
 SET locked_by = %(worker)s,
     locked_until = now() + make_interval(secs => %(lease)s::float8),
@@ -73,7 +109,7 @@ FROM (
       AND (width IS NULL OR width BETWEEN 64 AND 1024)
       AND (height IS NULL OR height BETWEEN 64 AND 1024)
       AND attempts BETWEEN 0 AND 2147483646
-    ORDER BY not_before, id
+    ORDER BY priority DESC, not_before, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) AS due
@@ -338,3 +374,106 @@ plain AS (
 )
 SELECT (SELECT count(*) FROM counted) + (SELECT count(*) FROM plain) AS released
 
+-- ---------------------------------------------------------------------------------------
+-- The shared concurrency budget (0021_flow_control.sql, docs/flow-control.md).
+
+-- A listener starting: the account's row. An explicit PROVIDER_CONCURRENCY sets the limit
+-- (and undoes an operator's change); the provider's default only fills a missing row.
+-- name: limits_register
+INSERT INTO listener_limits AS l (account, provider, configured, effective, reason, set_by)
+VALUES (%(account)s, %(provider)s, %(limit)s, %(limit)s, 'configured', 'setting')
+ON CONFLICT (account) DO UPDATE
+SET configured = EXCLUDED.configured, effective = EXCLUDED.effective, ceiling = NULL,
+    reason = 'configured', set_by = 'setting', changed_at = now()
+WHERE %(explicit)s
+  AND (l.configured <> EXCLUDED.configured OR l.set_by <> 'setting'
+       OR l.effective <> EXCLUDED.configured)
+
+-- name: slots_fill
+INSERT INTO listener_slots (account, slot)
+SELECT %(account)s, g::integer
+FROM generate_series(0, (SELECT configured FROM listener_limits WHERE account = %(account)s) - 1) AS g
+ON CONFLICT DO NOTHING
+
+-- The account's limit as it is now, and how many of its slots are held by generations
+-- that nobody follows (their listener died; nothing notifies of those): adopt them.
+-- name: limits_read
+SELECT l.configured, l.effective, l.ceiling, l.reason, l.set_by,
+       (SELECT count(*)::integer FROM listener_slots AS s JOIN images AS i ON i.id = s.image_id
+         WHERE s.account = l.account AND s.held_until < now() AND i.status = 'Generate'
+           AND (i.locked_until IS NULL OR i.locked_until < now())) AS orphaned,
+       coalesce(l.wanted_at > now() - interval '1 second'
+                AND l.wanted_by IS DISTINCT FROM %(worker)s, false) AS others_want
+FROM listener_limits AS l WHERE l.account = %(account)s
+
+-- A listener found no free slot: the others give theirs back to the table as they free,
+-- instead of keeping them for their own next claim, for a second.
+-- name: limits_want
+UPDATE listener_limits SET wanted_by = %(worker)s, wanted_at = now()
+WHERE account = %(account)s
+
+-- Take up to `n` free slots below the effective limit. Free: no live lease on it, and the
+-- row it was taken for is not generating (a holder that died leaves its generation's slot
+-- taken until the generation ends). SKIP LOCKED: listeners never wait for each other.
+-- name: slots_take
+UPDATE listener_slots AS s
+SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8),
+    image_id = NULL
+FROM (
+    SELECT f.slot FROM listener_slots AS f
+    WHERE f.account = %(account)s
+      AND f.slot < (SELECT effective FROM listener_limits WHERE account = %(account)s)
+      AND (f.holder IS NULL OR f.held_until < now())
+      AND NOT EXISTS (
+          SELECT 1 FROM images AS i WHERE i.id = f.image_id AND i.status = 'Generate')
+    ORDER BY f.slot
+    LIMIT %(n)s
+    FOR UPDATE OF f SKIP LOCKED
+) AS free
+WHERE s.account = %(account)s AND s.slot = free.slot
+RETURNING s.slot
+
+-- The rows the slots were taken for (one statement for a claim's batch).
+-- name: slots_bind
+UPDATE listener_slots AS s SET image_id = b.image_id
+FROM unnest(%(slots)s::integer[], %(ids)s::bigint[]) AS b (slot, image_id)
+WHERE s.account = %(account)s AND s.slot = b.slot AND s.holder = %(worker)s
+
+-- A generation adopted from a listener that stopped or died: its slot is ours now.
+-- name: slots_inherit
+UPDATE listener_slots AS s
+SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8)
+WHERE s.account = %(account)s AND s.image_id = %(id)s
+  AND (s.holder IS NULL OR s.held_until < now() OR s.holder = %(worker)s)
+RETURNING s.slot
+
+-- image_id stays: a generation that goes on without us (handed to the processors, or
+-- left at shutdown) keeps its slot taken until it ends (see slots_take).
+-- name: slots_release
+UPDATE listener_slots SET holder = NULL, held_until = NULL
+WHERE account = %(account)s AND slot = ANY(%(slots)s::integer[]) AND holder = %(worker)s
+
+-- The heartbeat: every slot this process holds lives on.
+-- name: slots_renew
+UPDATE listener_slots SET held_until = now() + make_interval(secs => %(lease)s::float8)
+WHERE holder = %(worker)s AND account = %(account)s
+
+-- Adapting: a refusal lowers the effective value (once per burst: not again within
+-- `cooldown` seconds of the last change); successes raise it one at a time.
+-- name: limits_lower
+UPDATE listener_limits
+SET effective = greatest(1, least(effective, %(value)s)), ceiling = effective,
+    reason = %(reason)s, changed_at = now()
+WHERE account = %(account)s AND effective > greatest(1, %(value)s)
+  AND changed_at < now() - make_interval(secs => %(cooldown)s::float8)
+RETURNING effective
+
+-- name: limits_raise
+UPDATE listener_limits
+SET effective = least(configured, effective + 1), reason = %(reason)s, changed_at = now()
+WHERE account = %(account)s AND effective = %(from)s AND effective < configured
+RETURNING effective
+
+-- Refused with one at a time: a storm, not the account's limit.
+-- name: limits_forget_ceiling
+UPDATE listener_limits SET ceiling = NULL WHERE account = %(account)s AND ceiling IS NOT NULL

@@ -191,7 +191,7 @@ async def test_run_outcomes(response: httpx.Response, error: type, fragment: str
     assert rec.count("/pipeline/run") == 1, "a run is never repeated after an answer"
 
 
-async def test_429_carries_retry_after() -> None:
+async def test_429_is_busy_and_carries_retry_after() -> None:
     rec = Recorder(run=lambda r: httpx.Response(429, headers={"Retry-After": "7"}))
     async with client(rec) as api:
         with pytest.raises(ApiNotTaken) as info:

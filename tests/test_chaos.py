@@ -131,7 +131,10 @@ async def test_four_listeners_share_1000_rows_each_run_once(
 ) -> None:
     n = 1000
     insert_many(database_url, n)
-    listeners = [await start_listener(DB_MAX_OPEN_CONNS="4") for _ in range(4)]
+    # the account allows what four processes of 8 run calls each used to send at once
+    listeners = [
+        await start_listener(DB_MAX_OPEN_CONNS="4", PROVIDER_CONCURRENCY="32") for _ in range(4)
+    ]
     await all_finished(database_url, n, seconds=120)
     assert statuses(database_url) == Counter({"ReadyToPublish": n})
     stats = emulator.stats()
@@ -198,8 +201,13 @@ async def test_sigterm_with_50_in_flight_then_resume(
     emulator.configure(generation_time=4)
     # The emulator keeps each generation's 4 s; checks every 0.05 s must not time out.
     # API_CONCURRENCY is one limit on every call: room for the runs beside the checks of
-    # fifty generations polled every 0.05 s, on a loaded machine.
-    patient = {"DEFAULT_MAX_ATTEMPTS": "1000", "API_CONCURRENCY": "16"}
+    # fifty generations polled every 0.05 s, on a loaded machine; and 50 at once must be
+    # allowed by the account's shared budget.
+    patient = {
+        "DEFAULT_MAX_ATTEMPTS": "1000",
+        "API_CONCURRENCY": "16",
+        "PROVIDER_CONCURRENCY": "64",
+    }
     listener = await start_listener(SHUTDOWN_GRACE="2", **patient)
     insert_many(database_url, 50, "inflight")
     await wait_until(lambda: statuses(database_url)["Generate"] == 50, what="50 generations")

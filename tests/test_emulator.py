@@ -583,6 +583,9 @@ def test_reset_restores_the_start_config_and_forgets_everything(emu, api):
         "status_calls": 1,
         "results_fetched": 0,
         "requests_total": 1,
+        "runs_refused": 0,
+        "refused_at": [],
+        "most_running": 0,
     }
 
 
@@ -679,3 +682,31 @@ def test_verbose_logs_requests_without_secrets(tmp_path):
     log = process.log
     assert "GET /key/api/v1/pipelines -> 200" in log
     assert SECRET not in log
+
+
+def test_the_accounts_true_limits_refuse_runs_beyond_them(emu, api):
+    emu.configure(generation_time=0.5, max_concurrent=2)
+    first = [run(api, params(f"p{i}")) for i in range(2)]
+    assert all(r.status_code == 201 for r in first)
+    third = run(api, params("p3"))
+    assert_spring(third, 429)
+    assert third.headers["retry-after"] == "1"
+    emu.configure(over_limit="busy")
+    assert run(api, params("p4")).json() == {"model_status": "DISABLED_BY_QUEUE"}
+    time.sleep(0.6)  # the two generations are over: room again
+    assert run(api, params("p5")).status_code == 201
+    stats = emu.stats()
+    assert (stats["runs_refused"], stats["most_running"]) == (2, 2)
+    emu.configure(max_concurrent=None, start_rate=2, over_limit="429")
+    time.sleep(1.05)  # the runs above are out of the sliding second
+    codes = [run(api, params(f"r{i}")).status_code for i in range(3)]
+    assert codes == [201, 201, 429]  # two a second
+
+
+def test_true_limit_settings_are_checked():
+    with pytest.raises(ValueError, match="max_concurrent"):
+        EmulatorConfig(max_concurrent=-1)
+    with pytest.raises(ValueError, match="over_limit"):
+        EmulatorConfig(over_limit="nope")
+    with pytest.raises(ValueError, match="start_rate"):
+        EmulatorConfig(start_rate=-1)

@@ -268,16 +268,36 @@ async def test_make_run_with_gigachat_uses_its_built_in_emulator(
 async def test_two_listeners_on_one_stream_wait_out_the_429s(
     gigachat, start_gigachat_listener, database_url
 ) -> None:
-    # Several listeners on one individual key share its one stream: 429 is routine.
+    # Several listeners on one individual key share its one stream: 429 is routine. Told
+    # the account allows two (PROVIDER_CONCURRENCY), they collide at the provider.
     gigachat.configure(streams=1, draw_time=0.3)
-    await start_gigachat_listener()
-    await start_gigachat_listener()
+    await start_gigachat_listener(PROVIDER_CONCURRENCY="2")
+    await start_gigachat_listener(PROVIDER_CONCURRENCY="2")
     insert(database_url, *(f"shared key {i}" for i in range(12)))  # both are ready
     await finished(database_url, 12, seconds=90)
     assert statuses(database_url) == Counter({"ReadyToPublish": 12})
     stats = gigachat.stats()
     assert stats["draws_total"] == 12  # a 429 is refused before drawing: none paid twice
     assert stats["rejected_busy"] > 0  # the two did collide, and it cost nothing
+
+
+async def test_two_listeners_on_one_key_share_its_one_stream_without_a_429(
+    gigachat, start_gigachat_listener, database_url
+) -> None:
+    # The default: the account's budget (GigaChat's one call at a time) is shared through
+    # the database by every listener using the same credentials, so they take turns.
+    gigachat.configure(streams=1, draw_time=0.3)
+    await start_gigachat_listener()
+    await start_gigachat_listener()
+    insert(database_url, *(f"taking turns {i}" for i in range(12)))
+    await finished(database_url, 12, seconds=90)
+    assert statuses(database_url) == Counter({"ReadyToPublish": 12})
+    stats = gigachat.stats()
+    assert stats["draws_total"] == 12
+    assert stats["rejected_busy"] == 0  # never two calls at once on the one stream
+    accounts = rows(database_url, "SELECT account, configured FROM listener_limits")
+    assert len(accounts) == 1 and accounts[0][1] == 1, accounts
+    assert accounts[0][0].startswith("gigachat:")
 
 
 async def test_an_expired_file_fails_the_row_and_is_not_drawn_again(

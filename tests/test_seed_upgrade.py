@@ -324,6 +324,11 @@ def test_the_claims_leave_out_a_row_that_breaks_a_rule(conn) -> None:
         return re.sub(r"--[^\n]*", "", text).split()
 
     assert statement(unguarded) == statement(q["claim_ready"])  # the same claim, unguarded
+    # the fair-share claim is the same statement but for its order (oldest first)
+    oldest = q["claim_ready_oldest"].replace(
+        "ORDER BY not_before, id", "ORDER BY priority DESC, not_before, id"
+    )
+    assert statement(oldest) == statement(q["claim_ready"])
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(q["claim_ready"], params)
     claimed = [r[0] for r in conn.execute(q["claim_ready_checked"], params)]

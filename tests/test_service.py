@@ -201,7 +201,9 @@ async def test_max_status_checks_fail_the_row(start_listener, database_url, emul
     await start_listener(DEFAULT_MAX_ATTEMPTS="3")
     done = await finished(database_url, insert(database_url))
     assert done["status"] == "Failed"
-    assert done["last_error"] == "timeout: no result after 3 status checks"
+    assert done["last_error"] == (
+        "timeout: no result 0.15s after the first status check (3 x 0.05s)"
+    )
 
 
 async def test_bad_credentials_pause_generation_until_fixed(

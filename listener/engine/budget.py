@@ -37,6 +37,9 @@ class Ticket:
         self.state: State = state
         self.finished = trio.Event()
         self.submitted = trio.Event()  # the run call is over (or there was none)
+        self.slot: int | None = None  # its slot of the account's shared budget, if any
+        self.generating = False  # its generation is (or may be) in progress at the provider
+        self.row_id = 0
         if state == "following":
             self.submitted.set()
 

@@ -34,6 +34,7 @@ import trio
 
 from listener.engine.budget import Budget, Ticket
 from listener.engine.doorbell import Doorbell
+from listener.engine.flow import SLOT_POLL, Slots
 from listener.engine.health import ApiHealth
 from listener.engine.ports import Store
 from listener.engine.rows import Rows
@@ -66,8 +67,15 @@ class Claims:
         rows: Rows,
         generate: bool,
         adopt: bool,
+        slots: Slots | None = None,
         refresh: float = math.inf,
     ) -> None:
+        self.slots = slots
+        self._slots_starved = False  # the last pass found no free slot of the account
+        if slots is not None:
+            slots.subscribe(self._slot_freed)
+            if adopt:
+                slots.on_orphans(lambda: self.generating.ring())
         self.store = store
         self.budget = budget
         self.health = health
@@ -93,6 +101,10 @@ class Claims:
             self.ready.ring()
         if self._generating_starved and self.budget.free > 0:
             self.generating.ring()
+
+    def _slot_freed(self) -> None:
+        if self._slots_starved:
+            self.ready.ring()
 
     def look(self) -> None:
         """Look at the table now (a poll, a reconnection)."""
@@ -183,20 +195,53 @@ class Claims:
             if not want:
                 self._due("ready", None)  # freed room rings the doorbell
                 break
+            slots: list[int] = []
+            n = want
+            if self.slots is not None:
+                # One slot of the account's shared budget per row, before the row is
+                # claimed: a row never waits claimed (and counted) for a slot.
+                try:
+                    slots = await self.slots.take(want)
+                except DatabaseError as exc:
+                    self.budget.take(want, 0, "claimed")
+                    log.warning("Generator: cannot take provider slots: %s", exc.message)
+                    self._due("ready", RETRY_AFTER_DB_ERROR)
+                    return total
+                self._slots_starved = not slots
+                if not slots:
+                    self.budget.take(want, 0, "claimed")
+                    self._due("ready", SLOT_POLL)  # another listener's slot may free
+                    break
+                n = len(slots)
             try:
-                claimed = await self.store.claim_ready(want, held=self.rows.leases.held())
+                claimed = await self.store.claim_ready(n, held=self.rows.leases.held())
             except DatabaseError as exc:
                 self.budget.take(want, 0, "claimed")
+                if self.slots is not None:
+                    self.slots.give_back(slots)
                 log.warning("Generator: cannot claim rows: %s", exc.message)
                 self._due("ready", RETRY_AFTER_DB_ERROR)
                 return total
             started = self.budget.take(want, len(claimed), "claimed")
+            if self.slots is not None:
+                used, unused = slots[: len(claimed)], slots[len(claimed) :]
+                for ticket, slot in zip(started, used, strict=True):
+                    ticket.slot = slot
+                self.slots.give_back(unused)
+                if len(claimed) < n:
+                    self.slots.spare_to_table()  # nothing more to do: others may use them
+                # shielded: the claimed rows must reach their tasks (which own them)
+                with trio.CancelScope(shield=True), trio.move_on_after(RETRY_AFTER_DB_ERROR * 5):
+                    try:
+                        await self.slots.bind(used, [row.id for row in claimed])
+                    except DatabaseError as exc:  # the slots' leases still hold them
+                        log.warning("Generator: cannot bind provider slots: %s", exc.message)
             for row, ticket in zip(claimed, started, strict=True):
                 self.rows.start_run(row, ticket)
             if tickets is not None:
                 tickets.extend(started)
             total += len(claimed)
-            if len(claimed) < want:
+            if len(claimed) < n:
                 # Asked only now, while the runs just started are already on their way.
                 try:
                     self._due("ready", await self.store.next_ready_in(held=self.rows.leases.held()))

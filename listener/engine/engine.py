@@ -34,10 +34,12 @@ import trio
 from listener.config import Settings
 from listener.engine.budget import Budget
 from listener.engine.claims import Claims
+from listener.engine.flow import Slots
 from listener.engine.follow import Follow, Validate
 from listener.engine.guard import Guard
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Leases
+from listener.engine.pacing import Pacing
 from listener.engine.ports import Provider, Store
 from listener.engine.rows import Rows
 from listener.engine.runs import Runs
@@ -88,6 +90,7 @@ class Engine:
         follow: bool = True,
         mode: Mode = "event",
         wakeups: Wakeups | None = None,
+        slots: Slots | None = None,
     ) -> None:
         s = settings
         self.settings = settings
@@ -110,8 +113,12 @@ class Engine:
         )
         self.leases = Leases(store, lease=s.lease_timeout)
         self.provider = provider
+        # The account's budget shared with every listener (None: this process alone).
+        self.slots = slots
+        # Status checks spaced from observed generation times; counts for /metrics.
+        self.pacing = Pacing(interval=s.default_check_interval)
         follower = (
-            Follow(s, store, provider, self.health, self.guard, self.budget, validate)
+            Follow(s, store, provider, self.health, self.guard, self.budget, validate, self.pacing)
             if follow
             else None
         )
@@ -125,6 +132,7 @@ class Engine:
                 follow_here=follow,
                 resends=self.resends,
                 budget=self.budget,
+                slots=slots,
             )
             if generate
             else None
@@ -137,6 +145,7 @@ class Engine:
             guard=self.guard,
             runs=runs,
             follow=follower,
+            slots=slots,
         )
         self.claims = Claims(
             store=store,
@@ -145,6 +154,7 @@ class Engine:
             rows=self.rows,
             generate=generate,
             adopt=follow,
+            slots=slots,
             refresh=s.lease_timeout / 3,
         )
         # A task that let go of a row it lost: the row may be work again, and the claims
@@ -191,6 +201,8 @@ class Engine:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as outer:
             self._hard = outer.cancel_scope
+            if self.slots is not None:
+                await outer.start(self.slots.serve)  # outlives the rows: gives back at exit
             await outer.start(self.leases.serve)
             async with trio.open_nursery() as work:
                 await work.start(self.rows.serve)
@@ -219,6 +231,27 @@ class Engine:
                 self.rows.cancel()
             # ... and once they have all ended, Leases releases what they left behind.
             outer.cancel_scope.cancel()
+        self._report()
+
+    def _report(self) -> None:
+        """One line on the way out: what the flow control did (also in /metrics)."""
+        p = self.pacing
+        if p.finished:
+            log.info(
+                "Status checks: %d for %d finished generations (%.2f per image)",
+                p.checks,
+                p.finished,
+                p.checks / p.finished,
+            )
+        limiter = self.slots.limiter if self.slots is not None else None
+        if limiter is not None and (limiter.refusals or limiter.effective < limiter.configured):
+            log.info(
+                "Provider concurrency: effective %d of %d (%s); %d refusal(s) for load",
+                limiter.effective,
+                limiter.configured,
+                limiter.reason,
+                limiter.refusals,
+            )
 
     async def _probe(self) -> None:
         """The credentials probe is a call to the provider like any other: it takes one

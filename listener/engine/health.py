@@ -3,6 +3,8 @@
 * Busy (the provider says "wait": ApiBusy) or not taken (ApiNotTaken: 408, 425, 429):
   the generator pauses with capped, jittered exponential backoff, at least as long as a
   Retry-After asks (up to RETRY_BACKOFF_MAX); the first accepted submission resets it.
+  (With a shared concurrency budget, a refusal for load first lowers the budget:
+  Runs._busy.)
 * Quota used up (ApiQuotaExhausted): drawing pauses for RETRY_BACKOFF_MAX, then one
   draw (one row) is tried; until one is accepted, every pause admits one draw. No row
   fails because of it; the rows it held wait with the provider's words in last_error.

@@ -24,6 +24,7 @@ import trio
 from listener.config import Settings
 from listener.engine.budget import Budget, Ticket
 from listener.engine.doorbell import backoff_delay
+from listener.engine.flow import Slots
 from listener.engine.follow import Follow
 from listener.engine.guard import Guard, WriteAbandoned
 from listener.engine.lease import Leases, Ownership
@@ -46,7 +47,9 @@ class Rows:
         guard: Guard,
         runs: Runs | None,
         follow: Follow | None,
+        slots: Slots | None = None,
     ) -> None:
+        self.slots = slots
         self.settings = settings
         self.store = store
         self.budget = budget
@@ -81,6 +84,7 @@ class Rows:
     # -- one row -----------------------------------------------------------------------
 
     async def _row(self, item: ReadyRow | Generation, ticket: Ticket) -> None:
+        ticket.row_id = item.id
         status = "ReadyToGenerate" if isinstance(item, ReadyRow) else "Generate"
         if item.id in self.leases.owned:
             # Claimed again while a task of ours still owns it (the claims leave out our
@@ -104,19 +108,49 @@ class Rows:
                     reason = clean(f"internal error: {type(exc).__name__}: {exc}")
                     await self._release(own, reason, count=True)
         finally:
+            self._give_back(ticket)
             ticket.close()
+
+    def _give_back(self, ticket: Ticket) -> None:
+        """The row's slot, once its task is over: kept for our next claim when its
+        generation is over; when the row is left generating (handed to the processors,
+        or at shutdown) its slot stays taken by the row in the table until it ends."""
+        if self.slots is None or ticket.slot is None:
+            return
+        slot, ticket.slot = ticket.slot, None
+        busy = ticket.generating and self.slots.kind == "generation"
+        rest = self.runs.refused_slots.pop(ticket.row_id, 0.0) if self.runs else 0.0
+        if rest > 0 and self._nursery is not None:
+            self._nursery.start_soon(self._give_back_later, slot, rest, not busy)
+            return
+        self.slots.give_back([slot], reusable=not busy)
+
+    async def _give_back_later(self, slot: int, rest: float, reusable: bool) -> None:
+        assert self.slots is not None
+        try:
+            await trio.sleep(rest)
+        finally:
+            self.slots.give_back([slot], reusable=reusable)
 
     async def _work(self, item: ReadyRow | Generation, ticket: Ticket, own: Ownership) -> None:
         if isinstance(item, ReadyRow):
             assert self.runs is not None
             ticket.move("submitting")
             gen = await self.runs.submit(item, own)
+            ticket.generating = own.status == "Generate"
+            if self.slots is not None and self.slots.kind == "call":
+                self._give_back(ticket)  # the call is over
             if gen is None or self.follow is None:
                 return
             item = gen
+        elif self.slots is not None and self.slots.kind == "generation":
+            # adopted: the slot its generation holds since it was submitted is ours now
+            ticket.generating = True
+            ticket.slot = await self.slots.inherit(item.id)
         assert self.follow is not None
         ticket.move("following")
         await self.follow.follow(item, own)
+        ticket.generating = not own.settled
 
     async def _release(self, own: Ownership, reason: str, *, count: bool) -> None:
         """Give the row back, durably, with the reason: its task cannot go on."""

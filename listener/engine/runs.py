@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from listener.config import Settings
 from listener.engine.budget import Budget
 from listener.engine.doorbell import backoff_delay
+from listener.engine.flow import Slots
 from listener.engine.guard import Guard, WriteAbandoned
 from listener.engine.health import ApiHealth
 from listener.engine.lease import Ownership
@@ -67,6 +68,9 @@ from listener.sanitize import clean
 
 log = logging.getLogger("listener.engine")
 
+# How long a slot whose submission was refused for load rests, at least (seconds).
+REFUSED_SLOT_REST = 1.0
+
 
 @dataclass
 class Runs:
@@ -79,6 +83,9 @@ class Runs:
     resends: int = 1  # UNKNOWN_OUTCOME_RESENDS in effect (the setting, or the provider's)
     budget: Budget | None = None  # its call() slot is held around every submission
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
+    slots: Slots | None = None  # the account's shared budget (None: not shared)
+    # row id -> seconds its slot rests before reuse (a refusal for load: see _busy)
+    refused_slots: dict[int, float] = field(default_factory=dict)
 
     def request_for(self, row: ReadyRow) -> Request:
         """The row as any provider is asked it: the prompt without its blank edges and
@@ -159,7 +166,7 @@ class Runs:
                 own.unknown_outcome = True
                 raise
             except ApiBusy as exc:
-                delay = self.health.busy(exc.state or exc.message, retry_after=exc.retry_after)
+                delay = await self._busy(row.id, exc)
                 await self.store.release(
                     row.id, status="ReadyToGenerate", delay=delay, uncount=True
                 )
@@ -167,7 +174,13 @@ class Runs:
                 self._look_again()
                 return None
             except ApiNotTaken as exc:
-                delay = self.health.busy(clean(exc.message, limit=120), retry_after=exc.retry_after)
+                # 408, 425, 429: not taken, free. A 429 is a refusal for load (the shared
+                # budget is lowered, see _busy); the others pause like busy.
+                if exc.status_code == 429:
+                    delay = await self._busy(row.id, exc)
+                else:
+                    what = clean(exc.message, limit=120)
+                    delay = self.health.busy(what, retry_after=exc.retry_after)
                 await self.store.release(
                     row.id,
                     status="ReadyToGenerate",
@@ -210,6 +223,8 @@ class Runs:
                 await self.fail(row.id, clean(accepted.reason), own, accepted.censored, until=until)
                 return None
             self.health.accepted()
+            if self.slots is not None:
+                await self.slots.succeeded()
             log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
             with own.moving_to("Generate"):
                 try:
@@ -258,6 +273,27 @@ class Runs:
             "the image and charged for it); not sent again to avoid paying twice. "
             "To send it once more: listener retry ID (or SELECT images_retry(ID))"
         )
+
+    async def _busy(self, row_id: int, exc: ApiBusy | ApiNotTaken) -> float:
+        """A refusal for load (429, DISABLED_BY_QUEUE): how long the row waits. While the
+        shared budget can still go lower, lowering it is the answer and nothing pauses
+        (the row is claimed again when a slot frees, after the provider's Retry-After);
+        at one at a time, generation pauses with the capped backoff as before."""
+        state = exc.state if isinstance(exc, ApiBusy) else None
+        what = clean(state or exc.message, limit=64)
+        if self.slots is not None:
+            # The slot this row used was one too many: it is kept out of use for a while
+            # (given back by the row's task after this long), or it would be refused again
+            # at once, as fast as requests go, until the value is lowered.
+            self.refused_slots[row_id] = min(
+                max(exc.retry_after or 0.0, REFUSED_SLOT_REST), self.settings.retry_backoff_max
+            )
+        if self.slots is not None and self.slots.effective > 1:
+            await self.slots.refused(what)
+            return min(exc.retry_after or 0.0, self.settings.retry_backoff_max)
+        if self.slots is not None:
+            await self.slots.refused(what)  # counted; at one there is nothing to lower
+        return self.health.busy(what, retry_after=exc.retry_after)
 
     def _look_again(self) -> None:
         if callable(self.on_retry_scheduled):

@@ -77,6 +77,9 @@ class Spec:
     check: Callable[[Any, Connection], Awaitable[Sequence[str]]] | None = None
     # The secrets of its settings, for the log redaction filter.
     secrets: Callable[[Any], list[str]] = field(default=lambda settings: [])
+    # What tells its accounts apart: its API's URL and its credentials, hashed into the
+    # shared budget's account id (listener.engine.flow.account_id), never stored.
+    account: Callable[[Any], list[str]] = field(default=lambda settings: [])
     # Hosts its log lines show as they are (its API's host).
     shown_hosts: Callable[[Any], list[str]] = field(default=lambda settings: [])
     # Its environment variables, for the start-up line and the docs.

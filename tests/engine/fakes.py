@@ -491,3 +491,150 @@ async def accept_all(image: str, expected) -> ImageInfo:
     """The engine's validate seam, accepting everything (as the size asked for)."""
     width, height = expected or (1, 1)
     return ImageInfo("png", width, height, len(image))
+
+
+@dataclass
+class FakeSlotTable:
+    """listener_limits and listener_slots of one account, shared by the FakeSlotStores of
+    several engines ("listeners") on one FakeStore: the rules of sql/queries.sql."""
+
+    rows: FakeStore
+    configured: int = 2
+    effective: int = 2
+    ceiling: int | None = None
+    reason: str = "configured"
+    changed_at: float = -1e9
+    # slot -> [holder, held_until, image_id]
+    slots: dict[int, list] = field(default_factory=dict)
+    most_held: int = 0
+    wanted: tuple = (None, -1e9)  # (worker, when) of the last listener without a slot
+
+    def fill(self) -> None:
+        for n in range(self.configured):
+            self.slots.setdefault(n, [None, None, None])
+
+    def taken(self, now: float) -> int:
+        return sum(1 for n in self.slots if not self._free(n, now))
+
+    def _free(self, n: int, now: float) -> bool:
+        holder, until, image = self.slots[n]
+        if holder is not None and until >= now:
+            return False
+        row = self.rows.rows.get(image) if image is not None else None
+        return not (row is not None and row.status == "Generate")
+
+
+@dataclass
+class FakeSlotStore:
+    table: FakeSlotTable
+    worker: str = "me"
+    lease: float = 30.0
+
+    def _limits(self):
+        from listener.engine.flow import Limits
+
+        t, now = self.table, trio.current_time()
+        orphaned = 0
+        for _holder, until, image in t.slots.values():
+            row = t.rows.rows.get(image) if image is not None else None
+            if until is not None and until < now and row is not None and row.status == "Generate":
+                orphaned += row.locked_until is None or row.locked_until < now
+        who, when = t.wanted
+        others = who not in (None, self.worker) and when > now - 1.0
+        return Limits(t.configured, t.effective, t.ceiling, t.reason, "setting", orphaned, others)
+
+    async def register(self, limit: int, *, explicit: bool):
+        t = self.table
+        if explicit or not t.slots:
+            t.configured = t.effective = limit
+        t.fill()
+        return self._limits()
+
+    async def read(self):
+        await trio.lowlevel.checkpoint()
+        return self._limits()
+
+    async def take(self, n: int) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        t, now = self.table, trio.current_time()
+        got = [s for s in sorted(t.slots) if s < t.effective and t._free(s, now)][:n]
+        for s in got:
+            t.slots[s] = [self.worker, now + self.lease, None]
+        t.most_held = max(t.most_held, t.taken(now))
+        return got
+
+    async def bind(self, slots, ids) -> None:
+        for s, i in zip(slots, ids, strict=True):
+            if self.table.slots[s][0] == self.worker:
+                self.table.slots[s][2] = i
+
+    async def inherit(self, image_id: int):
+        now = trio.current_time()
+        for s, (holder, until, image) in self.table.slots.items():
+            if image == image_id and (holder in (None, self.worker) or until < now):
+                self.table.slots[s][:2] = [self.worker, now + self.lease]
+                return s
+        return None
+
+    async def release(self, slots) -> None:
+        for s in slots:
+            if self.table.slots[s][0] == self.worker:
+                self.table.slots[s][:2] = [None, None]
+
+    async def renew(self) -> None:
+        now = trio.current_time()
+        for entry in self.table.slots.values():
+            if entry[0] == self.worker:
+                entry[1] = now + self.lease
+
+    async def lower(self, value, reason, cooldown):
+        t, now = self.table, trio.current_time()
+        if t.effective <= max(1, value) or t.changed_at >= now - cooldown:
+            return None
+        t.ceiling, t.effective, t.reason, t.changed_at = t.effective, max(1, value), reason, now
+        return t.effective
+
+    async def raise_(self, from_, reason):
+        t = self.table
+        if t.effective != from_ or t.effective >= t.configured:
+            return None
+        t.effective, t.reason, t.changed_at = t.effective + 1, reason, trio.current_time()
+        return t.effective
+
+    async def forget_ceiling(self) -> None:
+        self.table.ceiling = None
+
+    async def want(self) -> None:
+        self.table.wanted = (self.worker, trio.current_time())
+
+
+class LimitedProvider(FakeProvider):
+    """A provider with a true limit: at most `limit` generations in progress (from run
+    to the final status being fetched); a run beyond it is refused with a 429."""
+
+    def __init__(self, *, limit: int, hint: float = 2.0, **kw) -> None:
+        super().__init__(**kw)
+        self.hint = hint  # the check_after it answers (Fusion Brain's status_time)
+        self.limit = limit
+        self.running: set[str] = set()
+        self.most_running = 0
+        self.refused = 0
+        self.storm_until = -1.0  # refuse every run until then
+
+    async def submit(self, request) -> Submitted:
+        from listener.errors import ApiBusy
+
+        if len(self.running) >= self.limit or trio.current_time() < self.storm_until:
+            self.refused += 1
+            await trio.sleep(self.run_time)
+            raise ApiBusy("run: HTTP 429", retry_after=None, state="HTTP 429")
+        sub = Submitted((await super().submit(request)).handle, check_after=self.hint)
+        self.running.add(sub.handle)
+        self.most_running = max(self.most_running, len(self.running))
+        return sub
+
+    async def outcome(self, handle: str) -> Outcome:
+        out = await super().outcome(handle)
+        if not isinstance(out, Pending):
+            self.running.discard(handle)
+        return out

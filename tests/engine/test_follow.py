@@ -105,12 +105,16 @@ async def test_a_404_says_what_happened_before_it(
     assert not_said is None or not_said not in row.last_error, row.last_error
 
 
-@pytest.mark.shapes("poll")  # a download is asked once: there is nothing to count
-async def test_no_result_in_time_fails_after_the_checks(store, provider, autojump_clock):
+@pytest.mark.shapes("poll")  # a download is asked once: there is nothing to space
+async def test_no_result_in_time_fails_after_the_checks_time(store, provider, autojump_clock):
+    """DEFAULT_MAX_ATTEMPTS x DEFAULT_CHECK_INTERVAL is a time limit: the checks within it
+    are spaced by what generations took, and the last one is made at the limit."""
     provider.generation_time = 10_000
-    row = await _one(store, provider, settings={"default_max_attempts": 5})
-    assert row.last_error == "timeout: no result after 5 status checks"
-    assert sum(provider.checks.values()) == 5
+    row = await _one(
+        store, provider, settings={"default_max_attempts": 5, "default_check_interval": 2}
+    )
+    assert row.last_error == "timeout: no result 10s after the first status check (5 x 2s)"
+    assert 2 <= sum(provider.checks.values()) <= 5 + 1  # the seed's count, and one at the limit
 
 
 @pytest.mark.shapes("poll")

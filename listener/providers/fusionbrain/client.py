@@ -366,7 +366,7 @@ class FusionBrainClient:
         if kind is Answer.CREDENTIALS:
             raise ApiCredentials(message)
         if kind is Answer.NOT_TAKEN:
-            raise ApiNotTaken(message, retry_after=retry_after)
+            raise ApiNotTaken(message, retry_after=retry_after, status_code=code)
         if kind is Answer.NOT_FOUND:
             raise (ApiPermanent if paid else not_found)(message, status_code=code)
         if kind is Answer.REFUSED:

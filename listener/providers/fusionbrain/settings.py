@@ -100,5 +100,9 @@ class FusionBrainSettings(BaseSettings):
             if s is not None
         ]
 
+    def account(self) -> list[str]:
+        """The API's URL and both keys (the shared budget's account, hashed)."""
+        return [str(self.fusion_brain_url), *self.secrets()]
+
     def shown_hosts(self) -> list[str]:
         return [self.fusion_brain_url.host] if self.fusion_brain_url.host else []

@@ -43,13 +43,16 @@ SPEC = Spec(
         default_concurrency=8,
         unknown_outcome_resends=1,
         call_timeout=30.0,
-        slot="call",
+        # Its queue limits generations in progress: a shared slot is held from the run
+        # call to the final status (docs/flow-control.md).
+        slot="generation",
     ),
     configured=lambda s: s.configured,
     open=_open,
     emulator="listener.providers.fusionbrain.emulator.server:serve_emulator",
     check=_check,
     secrets=lambda s: s.secrets(),
+    account=lambda s: s.account(),
     shown_hosts=lambda s: s.shown_hosts(),
     variables=("FUSION_BRAIN_API_KEY", "FUSION_BRAIN_SECRET_KEY", "FUSION_BRAIN_URL"),
 )

@@ -281,7 +281,7 @@ class GigaChatClient:
             )
         retry_after = self.edge.retry_after(reply)
         if kind is Answer.NOT_TAKEN:
-            raise ApiNotTaken(message, retry_after=retry_after)
+            raise ApiNotTaken(message, retry_after=retry_after, status_code=code)
         if kind is Answer.REDIRECT:
             where = self.edge.say(reply.headers.get("location", "")[:200]) or "elsewhere"
             raise ApiPermanent(

@@ -173,6 +173,10 @@ class GigaChatSettings(BaseSettings):
             else []
         )
 
+    def account(self) -> list[str]:
+        """The API's base URL and the credentials (the shared budget's account, hashed)."""
+        return [self.base, *self.secrets()]
+
     def shown_hosts(self) -> list[str]:
         return [h for h in (self.gigachat_auth_url.host, self.gigachat_base_url.host) if h]
 

@@ -160,6 +160,7 @@ SPEC = Spec(
     emulator="listener.providers.gigachat.emulator.server:serve",
     check=check,
     secrets=lambda s: s.secrets(),
+    account=lambda s: s.account(),
     shown_hosts=lambda s: s.shown_hosts(),
     variables=VARIABLES,
 )

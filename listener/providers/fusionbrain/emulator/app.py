@@ -470,6 +470,15 @@ class EmulatorApp:
         config = state.config
         if config.busy is not None:
             return Answer.json(200, {config.busy: config.busy_value})
+        now = time.monotonic()
+        if state.over_limit(now):
+            state.stats.runs_refused += 1
+            state.stats.refused_at.append(arrived_at)
+            if config.over_limit == "busy":
+                return Answer.json(200, {"model_status": "DISABLED_BY_QUEUE"})
+            answer = spring_error(429, "Too Many Requests", path)
+            answer.headers.append((b"retry-after", b"1"))
+            return answer
         outcome = DONE
         fault = state.take_fault("run", outcome=True)
         if fault is not None:
@@ -489,11 +498,12 @@ class EmulatorApp:
             height=params.height,
             style=params.style,
             negative_prompt=params.negative_prompt,
-            started=time.monotonic(),
+            started=now,
             duration=config.generation_time,
             outcome=outcome,
         )
         state.record_run(generation, arrived_at)
+        state.started(now)
         return Answer.json(
             201, {"uuid": generation.uuid, "status": "INITIAL", "status_time": config.status_time}
         )

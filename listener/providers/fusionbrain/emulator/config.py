@@ -65,6 +65,15 @@ class EmulatorConfig:
     retired: bool = False
     # Seed of the random faults; None seeds from the system.
     seed: int | None = None
+    # The account's true limits (flow control benchmarks and tests): at most
+    # `max_concurrent` generations in progress (run accepted, generation_time not yet
+    # over; None: no limit; 0: a storm, every run refused), at most `start_rate` runs
+    # accepted per second (0: no limit).
+    # A run beyond either is refused: `over_limit` "429" (Too Many Requests, Retry-After 1)
+    # or "busy" (200 {"model_status": "DISABLED_BY_QUEUE"}).
+    max_concurrent: int | None = None
+    start_rate: float = 0.0
+    over_limit: str = "429"
 
     def __post_init__(self) -> None:
         words = self.censor_words
@@ -97,6 +106,16 @@ class EmulatorConfig:
         for flag in ("wrong_credentials", "retired"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigInvalid(f"{flag} must be true or false")
+        if self.max_concurrent is not None and (
+            not _is_int(self.max_concurrent) or self.max_concurrent < 0
+        ):
+            raise ConfigInvalid("max_concurrent must be a non-negative integer or null")
+        rate = _number("start_rate", self.start_rate)
+        if rate < 0:
+            raise ConfigInvalid(f"start_rate must not be negative, not {rate}")
+        object.__setattr__(self, "start_rate", float(rate))
+        if self.over_limit not in ("429", "busy"):
+            raise ConfigInvalid('over_limit must be "429" or "busy"')
         if self.seed is not None and not _is_int(self.seed):
             raise ConfigInvalid("seed must be an integer or null")
 

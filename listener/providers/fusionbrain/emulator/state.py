@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,6 +179,11 @@ class Stats:
     status_calls: int = 0
     results_fetched: int = 0
     requests_total: int = 0
+    # flow control: runs refused for the account's limits, and the most generations in
+    # progress at once that the emulator ever had
+    runs_refused: int = 0
+    refused_at: list[float] = field(default_factory=list)  # time.time() of each refusal
+    most_running: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,6 +194,9 @@ class Stats:
             "status_calls": self.status_calls,
             "results_fetched": self.results_fetched,
             "requests_total": self.requests_total,
+            "runs_refused": self.runs_refused,
+            "refused_at": self.refused_at,
+            "most_running": self.most_running,
         }
 
 
@@ -202,6 +211,7 @@ class EmulatorState:
         self.faults: list[Fault] = []
         self.generations: dict[str, Generation] = {}
         self.stats = Stats()
+        self._starts: deque[float] = deque()  # accepted runs of the last second
 
     def update_config(self, changes: dict[str, Any]) -> EmulatorConfig:
         """Apply a partial update at once; a new seed restarts the random faults."""
@@ -245,6 +255,27 @@ class EmulatorState:
                 "arrived_at": arrived_at,
             }
         )
+
+    def running(self, now: float) -> int:
+        """Generations in progress: accepted, their generation time not over."""
+        return sum(1 for g in self.generations.values() if now < g.started + g.duration)
+
+    def over_limit(self, now: float) -> bool:
+        """Would one more run exceed the account's limits (max_concurrent, start_rate)?"""
+        config = self.config
+        if config.max_concurrent is not None and self.running(now) >= config.max_concurrent:
+            return True
+        if config.start_rate > 0:
+            recent = self._starts
+            while recent and recent[0] <= now - 1.0:
+                recent.popleft()
+            if len(recent) >= config.start_rate:
+                return True
+        return False
+
+    def started(self, now: float) -> None:
+        self._starts.append(now)
+        self.stats.most_running = max(self.stats.most_running, self.running(now))
 
     def expire(self, now: float | None = None) -> int:
         """Forget unfetched results older than result_ttl; returns how many."""
