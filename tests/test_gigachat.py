@@ -165,9 +165,15 @@ async def test_402_pauses_drawing_then_resumes(
     await trio.sleep(2)
     assert statuses(database_url)["Failed"] == 0
     assert statuses(database_url)["ReadyToGenerate"] == 2
-    shown = await trio.to_thread.run_sync(
-        lambda: run_listener("status", env=listener.env, cwd=listener.cwd)
-    )
+    # the pause shows while a row waits for its next try; the one draw tried every
+    # RETRY_BACKOFF_MAX may have just fallen due between two of the status queries
+    for _ in range(10):
+        shown = await trio.to_thread.run_sync(
+            lambda: run_listener("status", env=listener.env, cwd=listener.cwd)
+        )
+        if "Payment Required" in shown.stdout:
+            break
+        await trio.sleep(0.3)
     assert "Payment Required" in shown.stdout, shown.stdout + shown.stderr
     gigachat.configure(quota_exhausted=False)
     await finished(database_url, 2, seconds=30)

@@ -77,8 +77,8 @@ def test_every_failure_the_engine_writes_has_its_class():
     follow = Follow(s, None, None, None, None, None, None)  # type: ignore[arg-type]
     texts = {
         Runs.unknown_reason(None, 2): "unknown_outcome",  # type: ignore[arg-type]
-        follow.timeout_reason(True, 1): "timeout",
-        follow.timeout_reason(False, s.default_max_attempts): "timeout",
+        follow.timeout_reason(False): "timeout",
+        follow.timeout_reason(True): "timeout",
         "gave up after 5 attempts: API error": "attempts",
         "blank prompt (not sent)": "blank_prompt",
         "invalid image: not a PNG": "invalid_image",
