@@ -9,7 +9,8 @@ bench/RESULTS.md (between the markers; the hand-written analysis below them is k
     python bench/run.py --no-write      # print the table only
     (RESULTS.md is rewritten by a full run only, unless --write is given)
 
-Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler, web.
+Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler, web,
+compare.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -36,6 +38,7 @@ from harness import DoneListener, Emulator, Process
 
 ALL = (
     "pickup", "throughput", "baseline", "imports", "scale", "notify", "profile", "pooler", "web",
+    "compare",
 )  # fmt: skip
 RESULTS_MD = h.REPO / "bench" / "RESULTS.md"
 RESULTS_JSON = h.WORK / "results.json"
@@ -202,11 +205,19 @@ def insert_bulk(url: str, n: int, prompts: int = 64) -> list[int]:
 
 
 def throughput(
-    url: str, emu: Emulator, n: int, size: int, processes: int, kind: str, tag: str
+    url: str,
+    emu: Emulator,
+    n: int,
+    size: int,
+    processes: int,
+    kind: str,
+    tag: str,
+    spawn: Callable[[str], Process] | None = None,
 ) -> dict:
     """n rows inserted in one statement (and for procrastinate n jobs deferred in one
-    batch), then the service started; rate from the first run request to the last
-    ReadyToPublish."""
+    batch), then the service started (`spawn(name)` for each process, else a listener or
+    a procrastinate worker as `kind` says); rate from the first run request to the last
+    ReadyToPublish. CPU is the process trees' (the service's processes and any child)."""
     ids = insert_bulk(url, n)
     if kind == "procrastinate":
         app = pc_client(url)
@@ -217,7 +228,9 @@ def throughput(
     emu.control.reset()
     dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
     spawned = time.time()
-    if kind == "ours":
+    if spawn is not None:
+        procs = [spawn(f"{tag}-{k}") for k in range(processes)]
+    elif kind == "ours":
         procs = [h.start_listener(f"{tag}-{k}", url, emu, size) for k in range(processes)]
     else:
         procs = [h.start_procrastinate(f"{tag}-{k}", url, emu, size) for k in range(processes)]
@@ -226,19 +239,20 @@ def throughput(
         deadline = time.monotonic() + 60
         while not emu.control.stats()["runs_total"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        cpu0 = [p.cpu_seconds() or 0.0 for p in procs]
-        emu0 = emu.cpu_seconds() or 0.0
+        cpu0 = [p.tree_cpu_seconds() or 0.0 for p in procs]
+        emu0 = emu.tree_cpu_seconds() or 0.0
         backends0 = h.backends_cpu(h.backend_pids(dbname))
         busy0, total0 = h.machine_cpu()
         finished = h.wait_rows(url, done_sql(min(ids)), n, timeout=120 + n / 10, every=0.25)
         busy1, total1 = h.machine_cpu()
         rss = [p.peak_rss_mb() for p in procs]
-        cpu = [(p.cpu_seconds() or 0.0) - c0 for p, c0 in zip(procs, cpu0, strict=True)]
-        emu_cpu = (emu.cpu_seconds() or 0.0) - emu0
+        cpu = [(p.tree_cpu_seconds() or 0.0) - c0 for p, c0 in zip(procs, cpu0, strict=True)]
+        emu_cpu = (emu.tree_cpu_seconds() or 0.0) - emu0
         backends1 = h.backends_cpu(h.backend_pids(dbname))
     finally:
         for p in procs:
             p.stop()
+    log_lines = sum(p.log.count("\n") for p in procs)
     pg_cpu = sum(c - backends0.get(pid, 0.0) for pid, c in backends1.items())
     runs = emu.control.stats()["runs"]
     first = min(r["arrived_at"] for r in runs)
@@ -258,6 +272,7 @@ def throughput(
         "left_in_generate": generates,
         "duplicate_runs": len(runs) - n,
         "rss_mb": rss,
+        "log_lines": log_lines,  # what the processes logged, start and stop included
         "cpu_s": cpu,
         "emulator_cpu_s": emu_cpu,
         "postgres_cpu_s": pg_cpu,
@@ -961,6 +976,235 @@ def run_gallery(res: Results, emu: Emulator, total: int) -> None:
         h.drop_db(name)
 
 
+# -- compare: issue 23's side-by-side run ---------------------------------------------------------
+
+CMP = "9. compare"
+# The systems, in the order each repetition runs them (pickup and throughput); "http" is
+# the listener with its HTTP server on, run under load for its peak RSS; "floor" only
+# imports the design card's packages.
+CMP_NAMES = {
+    "listener": "listener",
+    "http": "listener --http",
+    "procrastinate": "procrastinate",
+    "plain": "plain loop",
+    "floor": "floor",
+}
+CMP_READY = {
+    "listener": "Listener ready",
+    "http": "Listener ready",
+    "procrastinate": "Starting worker",
+    "plain": "plain loop ready",
+}
+FLOOR_PROBE = """
+import psycopg, trio, httpx, pydantic
+peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+from pydantic import BaseModel
+more = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+print(int(peak) / 1024, int(more) / 1024)
+"""
+# (what, metric, ours, theirs, "le" or "ge", limit): issue 23's targets, on medians
+CMP_TARGETS = [
+    ("pickup p50 <= 1.1x the plain loop's", "pickup_p50", "listener", "plain", "le", 1.1),
+    ("pickup p99 <= 2x the plain loop's", "pickup_p99", "listener", "plain", "le", 2.0),
+    (
+        "listener CPU per row (1 process) <= 0.7x procrastinate's",
+        "cpu_service_1",
+        "listener",
+        "procrastinate",
+        "le",
+        0.7,
+    ),
+    (
+        "listener CPU per row (1 process) <= 1.3x the plain loop's",
+        "cpu_service_1",
+        "listener",
+        "plain",
+        "le",
+        1.3,
+    ),
+    ("rows/s, 1 process >= 1.5x procrastinate's", "tp_1", "listener", "procrastinate", "ge", 1.5),
+    ("peak RSS under load <= 1.1x the floor", "rss_1", "listener", "floor", "le", 1.1),
+    ("peak RSS under load, --http on <= 1.2x the floor", "rss_1", "http", "floor", "le", 1.2),
+]
+
+
+def cmp_spawn(system: str, url: str, emu: Emulator) -> Callable[[str], Process]:
+    """How each system is started: the listener as `python -m listener` with the
+    benchmark's settings (the same as every section; --http on for "http"),
+    procrastinate with its loggers at WARNING, the plain loop."""
+
+    def spawn(name: str) -> Process:
+        if system == "listener":
+            return h.start_listener(name, url, emu)
+        if system == "http":
+            return h.start_listener(name, url, emu, HTTP_ADDRESS="127.0.0.1:0")
+        if system == "procrastinate":
+            return h.start_procrastinate(name, url, emu, BENCH_PROCRASTINATE_QUIET="1")
+        return h.start_plain_loop(name, url, emu)
+
+    return spawn
+
+
+def cmp_db(system: str) -> tuple[str, str]:
+    name = f"bench_cmp_{system}"
+    return name, (pc_fresh_db(name) if system == "procrastinate" else h.fresh_db(name))
+
+
+def cmp_pickup(res: Results, emu: Emulator, system: str, rep: int, n: int, gap: float) -> str:
+    name, url = cmp_db(system)
+    proc = cmp_spawn(system, url, emu)(f"cmp-pickup-{system}-{rep}")
+    try:
+        proc.wait_for(CMP_READY[system])
+        time.sleep(0.5)
+        kind = "procrastinate" if system == "procrastinate" else "ours"
+        out = pickup(url, emu, n, gap, kind, f"cmp{system}{rep}")
+    finally:
+        proc.stop()
+    h.drop_db(name)
+    p50, p99 = h.percentile(out["to_run"], 50), h.percentile(out["to_run"], 99)
+    what = f"({n} rows, {gap * 1000:.0f} ms apart)"
+    res.add(
+        f"cmp_pickup_p50_{system}",
+        CMP,
+        f"pickup p50: commit -> first byte of the run request {what}",
+        "ms",
+        p50,
+    )
+    res.add(f"cmp_pickup_p95_{system}", CMP, "pickup p95", "ms", h.percentile(out["to_run"], 95))
+    res.add(f"cmp_pickup_p99_{system}", CMP, "pickup p99", "ms", p99)
+    res.add(
+        f"cmp_done_p50_{system}",
+        CMP,
+        "commit -> ReadyToPublish (images_done), p50",
+        "ms",
+        h.percentile(out["to_done"], 50),
+    )
+    res.checks.append(
+        f"compare pickup {CMP_NAMES[system]} rep {rep}: {n} rows, {out['finished']} finished, "
+        f"{out['missing_runs']} without a run, {out['missing_done']} without a notification"
+    )
+    return f"pickup {CMP_NAMES[system]} p50 {p50:.2f} p99 {p99:.2f} ms"
+
+
+def cmp_throughput(res: Results, emu: Emulator, system: str, rep: int, n: int, procs: int) -> str:
+    name, url = cmp_db(system)
+    kind = "procrastinate" if system == "procrastinate" else "ours"
+    spawn = cmp_spawn(system, url, emu)
+    out = throughput(url, emu, n, 64, procs, kind, f"cmp-tp-{system}-{procs}p-{rep}", spawn)
+    h.drop_db(name)
+    p = procs
+    what = "1 process" if p == 1 else f"{p} processes"
+    res.add(
+        f"cmp_tp_{p}_{system}",
+        CMP,
+        f"rows/s, {what} ({n} rows inserted first)",
+        "rows/s",
+        out["rate"],
+    )
+    for part, key, label in (
+        ("service", "cpu_s", "listener / worker processes"),
+        ("emulator", "emulator_cpu_s", "the API stand-in (emulator)"),
+        ("postgres", "postgres_cpu_s", "PostgreSQL backends"),
+        (
+            "rest",
+            "rest_cpu_s",
+            "the rest of the machine (client, PostgreSQL's own processes, other work)",
+        ),
+    ):
+        seconds = sum(out[key]) if part == "service" else out[key]
+        res.add(
+            f"cmp_cpu_{part}_{p}_{system}",
+            CMP,
+            f"CPU per row, {what}: {label}",
+            "ms",
+            1000 * seconds / n,
+        )
+    res.add(f"cmp_busy_{p}_{system}", CMP, f"machine busy, {what}", "%", 100 * out["machine_busy"])
+    peak = max((r for r in out["rss_mb"] if r), default=None)
+    res.add(
+        f"cmp_rss_{p}_{system}",
+        CMP,
+        "peak RSS (VmHWM) of one process under load"
+        if p == 1
+        else f"peak RSS (VmHWM), largest of {p} processes",
+        "MB",
+        peak,
+    )
+    res.add(
+        f"cmp_loglines_{p}_{system}", CMP, f"log lines written, {what}", "lines", out["log_lines"]
+    )
+    res.extra.setdefault("compare_raw", []).append(
+        {"system": system, "processes": p, "n": n, "rep": rep} | out
+    )
+    res.checks.append(
+        f"compare throughput {CMP_NAMES[system]} {what} rep {rep}: {out['finished']}/{n} "
+        f"finished, {out['failed']} Failed, {out['left_in_generate']} left in Generate, "
+        f"{out['duplicate_runs']} duplicate runs, {out['log_lines']} log lines"
+    )
+    return f"{CMP_NAMES[system]} {what}: {out['rate']:.0f} rows/s, {peak or 0:.1f} MB"
+
+
+def cmp_floor(res: Results) -> str:
+    out = subprocess.run(
+        [h.PYTHON, "-c", FLOOR_PROBE],
+        env=h.clean_env(),
+        cwd=h.WORK,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    floor, with_model = float(out[0]), float(out[1])
+    res.add("cmp_rss_1_floor", CMP, "peak RSS (VmHWM) of one process under load", "MB", floor)
+    res.add(
+        "cmp_floor_model_floor",
+        CMP,
+        "floor process after also `from pydantic import BaseModel` (pydantic's lazy main "
+        "module loaded)",
+        "MB",
+        with_model,
+    )
+    return f"floor {floor:.1f} MB ({with_model:.1f} with BaseModel)"
+
+
+def run_compare(res: Results, _main_emu: Emulator, args) -> None:
+    """Issue 23, item 4: the listener, procrastinate (configured for throughput) and a
+    plain psycopg loop doing the same job, side by side, repetitions interleaved, against
+    an emulator that stamps each request at its first byte."""
+    n_pickup, gap = (40, 0.02) if args.quick else (250, 0.02)
+    n_tp = args.compare_rows or (300 if args.quick else 5000)
+    reps = args.reps if args.quick else max(args.reps, 5)
+    make_pc_template()
+    emu = Emulator(stamped=True)
+    loads: list[str] = []
+    try:
+        for rep in range(reps):
+            load = h.loadavg()
+            loads.append(f"rep {rep + 1}: {load}")
+            print(f"  compare rep {rep + 1}/{reps} (load {load})", flush=True)
+            for system in ("listener", "procrastinate", "plain"):
+                print("    " + cmp_pickup(res, emu, system, rep, n_pickup, gap), flush=True)
+            for procs in (1, 2):
+                for system in ("listener", "procrastinate", "plain", "http")[
+                    : 4 if procs == 1 else 3
+                ]:
+                    print("    " + cmp_throughput(res, emu, system, rep, n_tp, procs), flush=True)
+            print("    " + cmp_floor(res), flush=True)
+    finally:
+        emu.close()
+        h.drop_db(PC_TEMPLATE)
+    loads.append(f"end: {h.loadavg()}")
+    stamped = (h.WORK / "emulator-stamped.log").read_text(errors="replace").strip().splitlines()
+    res.extra["compare"] = {
+        "reps": reps,
+        "loads": loads,
+        "pickup_rows": n_pickup,
+        "gap": gap,
+        "rows": n_tp,
+        "emulator": stamped[-1] if stamped else "?",
+    }
+    print(f"  {res.extra['compare']['emulator']}", flush=True)
+
+
 def run_profile(res: Results, emu: Emulator, args) -> None:
     """py-spy on one listener while it works through a bulk insert (small images).
 
@@ -1150,7 +1394,13 @@ def table(res: Results) -> str:
         "(min..max) | ours / theirs | target |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    rows = [(k, m) for k, m in res.metrics.items() if not k.endswith("_procrastinate")]
+    rows = [
+        (k, m)
+        for k, m in res.metrics.items()
+        if not k.endswith("_procrastinate") and not k.startswith("cmp_")
+    ]
+    if not rows:
+        return ""
     rows.sort(key=lambda km: SECTIONS.index(km[1]["section"]))
     for key, m in rows:
         ours = res.summary(key)
@@ -1164,6 +1414,112 @@ def table(res: Results) -> str:
             f"{fmt(theirs, m['unit'])} | {ratio} | {target(res, key, ours, theirs)} |"
         )
     return "\n".join(lines)
+
+
+# The compare table's rows: (metric, shown for these systems)
+CMP_ROWS = [
+    ("pickup_p50", ("listener", "procrastinate", "plain")),
+    ("pickup_p95", ("listener", "procrastinate", "plain")),
+    ("pickup_p99", ("listener", "procrastinate", "plain")),
+    ("done_p50", ("listener", "procrastinate", "plain")),
+    ("tp_1", ("listener", "http", "procrastinate", "plain")),
+    ("tp_2", ("listener", "procrastinate", "plain")),
+    *(
+        (f"cpu_{part}_{p}", ("listener", "http", "procrastinate", "plain")[: 4 if p == 1 else 3])
+        for p in (1, 2)
+        for part in ("service", "emulator", "postgres", "rest")
+    ),
+    ("busy_1", ("listener", "http", "procrastinate", "plain")),
+    ("busy_2", ("listener", "procrastinate", "plain")),
+    ("rss_1", ("listener", "http", "procrastinate", "plain", "floor")),
+    ("rss_2", ("listener", "procrastinate", "plain")),
+    ("floor_model", ("floor",)),
+    ("loglines_1", ("listener", "http", "procrastinate", "plain")),
+]
+
+
+def _cmp(res: Results, metric: str, system: str) -> dict[str, float] | None:
+    return res.summary(f"cmp_{metric}_{system}")
+
+
+def _paired_ratios(res: Results, metric: str, ours: str, theirs: str) -> list[float]:
+    """Per-repetition ratios (the repetitions are interleaved, so each pair ran at about
+    the same time and load)."""
+    a = res.metrics.get(f"cmp_{metric}_{ours}", {}).get("values", [])
+    b = res.metrics.get(f"cmp_{metric}_{theirs}", {}).get("values", [])
+    return [x / y for x, y in zip(a, b, strict=False) if y]
+
+
+def compare_table(res: Results) -> list[str]:
+    info = res.extra.get("compare")
+    if not isinstance(info, dict):
+        return []
+    systems = list(CMP_NAMES)
+    out = [
+        f"### Side by side (issue 23): {info['reps']} interleaved repetitions",
+        "",
+        "Each repetition runs, in this order, the pickup of the listener, procrastinate and "
+        "the plain loop, then their throughput with 1 process (and the listener with --http "
+        "on), then with 2 processes, then the floor; the table gives the median of the "
+        "repetitions (smallest..largest). Pickup is stamped by an emulator that takes the "
+        "time at the first byte of the run request (bench/stamped_emulator.py); "
+        f"{info['pickup_rows']} rows {info['gap'] * 1000:.0f} ms apart. Throughput: "
+        f"{info['rows']} rows inserted first, from the first run request to the last "
+        "ReadyToPublish; CPU from /proc (user + system of the process trees) over the same "
+        "window. The listener runs with the settings of every other section (`python -m "
+        "listener`, its default logging); procrastinate with its loggers at WARNING (no "
+        "line per job); the plain loop is bench/plain_loop.py (8 threads, sync psycopg + "
+        "httpx, same writes per row, no retries or image validation); the floor is a "
+        "Python process that imports psycopg, trio, httpx and pydantic, nothing else.",
+        "",
+        "Load average (1, 5, 15 min) at the start of each repetition: "
+        + "; ".join(info["loads"])
+        + ".",
+        "",
+        "| measurement | unit | "
+        + " | ".join(CMP_NAMES[s] for s in systems)
+        + " | listener / procrastinate | listener / plain loop |",
+        "| --- | --- | " + " | ".join("---" for _ in systems) + " | --- | --- |",
+    ]
+    for metric, shown in CMP_ROWS:
+        label = unit = None
+        cells = []
+        for system in systems:
+            m = res.metrics.get(f"cmp_{metric}_{system}")
+            s = _cmp(res, metric, system) if system in shown else None
+            if m and label is None:
+                label, unit = m["label"], m["unit"]
+            cells.append(fmt(s, unit or "") if s else "")
+        if label is None:
+            continue
+        ratios = []
+        for theirs in ("procrastinate", "plain"):
+            a, b = _cmp(res, metric, "listener"), _cmp(res, metric, theirs)
+            ratios.append(f"{a['median'] / b['median']:.2f}" if a and b and b["median"] else "")
+        out.append(f"| {label} | {unit} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    out += [
+        "",
+        "Issue 23's targets, on the medians above (the per-repetition ratios in brackets):",
+        "",
+        "| target | listener | other | ratio (per repetition) | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for what, metric, ours, theirs, sense, limit in CMP_TARGETS:
+        a, b = _cmp(res, metric, ours), _cmp(res, metric, theirs)
+        if not a or not b or not b["median"]:
+            out.append(f"| {what} | | | | not measured |")
+            continue
+        ratio = a["median"] / b["median"]
+        met = ratio <= limit if sense == "le" else ratio >= limit
+        paired = _paired_ratios(res, metric, ours, theirs)
+        spread = f" ({min(paired):.2f}..{max(paired):.2f})" if len(paired) > 1 else ""
+        unit = res.metrics[f"cmp_{metric}_{ours}"]["unit"]
+        out.append(
+            f"| {what} | {fmt(a, unit)} | {CMP_NAMES[theirs]}: {fmt(b, unit)} | "
+            f"{ratio:.2f}x{spread} | {'MET' if met else 'MISSED'} |"
+        )
+    out += ["", f"Emulator: {info['emulator']}.", ""]
+    return out
 
 
 def report(res: Results, args, started: float, meta: dict[str, str]) -> str:
@@ -1196,6 +1552,7 @@ def report(res: Results, args, started: float, meta: dict[str, str]) -> str:
         *(f"**{note}**\n" for note in res.notes if note.startswith("WARNING")),
         table(res),
         "",
+        *compare_table(res),
     ]
     if res.notes:
         out += [*(f"* {note}" for note in res.notes if not note.startswith("WARNING")), ""]
@@ -1278,6 +1635,12 @@ def main() -> int:
         help="rewrite RESULTS.md even after a --quick or --only run (by default only a full"
         " run replaces the committed results)",
     )
+    parser.add_argument(
+        "--compare-rows",
+        type=int,
+        default=None,
+        help="rows per throughput run of the compare section (default 5000, --quick 300)",
+    )
     args = parser.parse_args()
     args.reps = args.reps or (1 if args.quick else 3)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1303,6 +1666,7 @@ def main() -> int:
         "profile": lambda: run_profile(res, emu, args),
         "pooler": lambda: run_pooler(res, emu, args),
         "web": lambda: run_web(res, emu, args),
+        "compare": lambda: run_compare(res, emu, args),
     }
     try:
         for name in ALL:
