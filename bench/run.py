@@ -53,7 +53,9 @@ def done_sql(first_id: int) -> str:
     )
 
 
-PC_TEMPLATE = "bench_template_pc"
+# Named after this process, as is the template (main): another checkout's benchmark run
+# on the same server (several share this machine) then never drops this run's templates.
+PC_TEMPLATE = f"bench_template_pc_{os.getpid()}"
 
 
 class Results:
@@ -1046,7 +1048,7 @@ def cmp_spawn(system: str, url: str, emu: Emulator) -> Callable[[str], Process]:
 
 
 def cmp_db(system: str) -> tuple[str, str]:
-    name = f"bench_cmp_{system}"
+    name = f"bench_cmp_{system}_{os.getpid()}"
     return name, (pc_fresh_db(name) if system == "procrastinate" else h.fresh_db(name))
 
 
@@ -1086,7 +1088,7 @@ def cmp_pickup(res: Results, emu: Emulator, system: str, rep: int, n: int, gap: 
     # when the commit has returned) was kept off the CPU meanwhile; a loaded machine.
     early = sum(1 for ms in out["to_run"] if ms < 0)
     res.checks.append(
-        f"compare pickup {CMP_NAMES[system]} rep {rep}: {n} rows, {out['finished']} finished, "
+        f"compare pickup {CMP_NAMES[system]} rep {rep + 1}: {n} rows, {out['finished']} finished, "
         f"{out['missing_runs']} without a run, {out['missing_done']} without a notification, "
         f"{early} run request(s) stamped before the client saw its commit"
     )
@@ -1144,7 +1146,7 @@ def cmp_throughput(res: Results, emu: Emulator, system: str, rep: int, n: int, p
         {"system": system, "processes": p, "n": n, "rep": rep} | out
     )
     res.checks.append(
-        f"compare throughput {CMP_NAMES[system]} {what} rep {rep}: {out['finished']}/{n} "
+        f"compare throughput {CMP_NAMES[system]} {what} rep {rep + 1}: {out['finished']}/{n} "
         f"finished, {out['failed']} Failed, {out['left_in_generate']} left in Generate, "
         f"{out['duplicate_runs']} duplicate runs, {out['log_lines']} log lines"
     )
@@ -1232,6 +1234,13 @@ def run_compare(res: Results, _main_emu: Emulator, args) -> None:
         "emulator": stamped[-1] if stamped else "?",
     }
     print(f"  {res.extra['compare']['emulator']}", flush=True)
+    if "took their stamp as arrived_at: 0" in str(res.extra["compare"]["emulator"]):
+        res.notes.insert(
+            0,
+            "WARNING: the compare section's emulator stamped no API request at its first "
+            "byte (has EmulatorApp._api changed?): its pickup figures are stamped after the "
+            "headers were parsed, as in the other sections.",
+        )
 
 
 def run_profile(res: Results, emu: Emulator, args) -> None:
@@ -1445,25 +1454,27 @@ def table(res: Results) -> str:
     return "\n".join(lines)
 
 
+# Which systems ran with 1 process and with 2
+CMP_RAN = {p: tuple(system for system, procs, _ in CMP_RUNS if procs == p) for p in (1, 2)}
 # The compare table's rows: (metric, shown for these systems)
 CMP_ROWS = [
     ("pickup_p50", ("listener", "procrastinate", "plain")),
     ("pickup_p95", ("listener", "procrastinate", "plain")),
     ("pickup_p99", ("listener", "procrastinate", "plain")),
     ("done_p50", ("listener", "procrastinate", "plain")),
-    ("tp_1", ("listener", "http", "procrastinate", "plain")),
-    ("tp_2", ("listener", "procrastinate", "plain")),
+    ("tp_1", CMP_RAN[1]),
+    ("tp_2", CMP_RAN[2]),
     *(
-        (f"cpu_{part}_{p}", ("listener", "http", "procrastinate", "plain")[: 4 if p == 1 else 3])
+        (f"cpu_{part}_{p}", CMP_RAN[p])
         for p in (1, 2)
         for part in ("service", "emulator", "postgres", "rest")
     ),
-    ("busy_1", ("listener", "http", "procrastinate", "plain")),
-    ("busy_2", ("listener", "procrastinate", "plain")),
-    ("rss_1", ("listener", "http", "procrastinate", "plain", "floor")),
-    ("rss_2", ("listener", "procrastinate", "plain")),
+    ("busy_1", CMP_RAN[1]),
+    ("busy_2", CMP_RAN[2]),
+    ("rss_1", (*CMP_RAN[1], "floor")),
+    ("rss_2", CMP_RAN[2]),
     ("floor_model", ("floor",)),
-    ("loglines_1", ("listener", "http", "procrastinate", "plain")),
+    ("loglines_1", CMP_RAN[1]),
 ]
 
 
@@ -1530,7 +1541,8 @@ def compare_table(res: Results) -> list[str]:
         ratios = []
         for theirs in ("procrastinate", "plain"):
             a, b = _cmp(res, metric, "listener"), _cmp(res, metric, theirs)
-            ratios.append(f"{a['median'] / b['median']:.2f}" if a and b and b["median"] else "")
+            no_ratio = metric.startswith(("busy_", "loglines_")) or not (a and b and b["median"])
+            ratios.append("" if no_ratio else f"{a['median'] / b['median']:.2f}")
         out.append(f"| {label} | {unit} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     out += [
         "",
@@ -1559,12 +1571,14 @@ def compare_table(res: Results) -> list[str]:
 
 def report(res: Results, args, started: float, meta: dict[str, str]) -> str:
     command = " ".join(["python bench/run.py", *sys.argv[1:]])
+    cmp = res.extra.get("compare")
     first_load = float(res.loads[0].split()[1]) if res.loads else 0.0
     out = [
         f"Generated by `{command}` on {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: "
-        f"{args.reps} repetition(s) of each measurement, {time.monotonic() - started:.0f} s "
-        "in all. Medians, with the smallest and largest repetition in brackets; every figure "
-        "below comes from this run.",
+        f"{args.reps} repetition(s) of each measurement"
+        + (f" ({cmp['reps']} of the compare section)" if isinstance(cmp, dict) else "")
+        + f", {time.monotonic() - started:.0f} s in all. Medians, with the smallest and "
+        "largest repetition in brackets; every figure below comes from this run.",
         "",
         f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory']} memory, "
         f"{meta['os']}; PostgreSQL {meta['postgresql']}; Python {meta['python']}; "
@@ -1685,6 +1699,7 @@ def main() -> int:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
 
     started = time.monotonic()
+    h.TEMPLATE = f"bench_template_{os.getpid()}"
     h.WORK.mkdir(parents=True, exist_ok=True)
     fingerprint = h.snapshot_code()
     meta = h.machine()

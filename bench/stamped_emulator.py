@@ -77,7 +77,7 @@ class StampedApp(EmulatorApp):
     def __init__(self, *args: Any, streams: dict[tuple[Any, ...], StampingStream], **kw: Any):
         super().__init__(*args, **kw)
         self.streams = streams
-        self.stamped = self.unstamped = 0
+        self.stamped = self.unstamped = self.used = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         stream = self.streams.get(tuple(scope.get("client") or ()))
@@ -110,6 +110,7 @@ class StampedApp(EmulatorApp):
         arrived_at: float,
     ) -> Any:
         stamp = scope.get(FIRST_BYTE)
+        self.used += stamp is not None
         return await super()._api(
             scope, receive, method, path, body, arrived_at if stamp is None else stamp
         )
@@ -162,7 +163,8 @@ async def serve(port: int, token: str | None) -> None:
                 break
     # For the benchmark's log: a request without a stamp kept the app's own arrived_at.
     print(
-        f"requests stamped at their first byte: {app.stamped}, without: {app.unstamped}",
+        f"requests stamped at their first byte: {app.stamped}, without: {app.unstamped}; "
+        f"API requests that took their stamp as arrived_at: {app.used}",
         file=sys.stderr,
     )
 
