@@ -103,7 +103,7 @@ def worker(url: str, http: httpx.Client, pipeline: str, bell: Doorbell, stop: th
                 continue
             image_id, prompt = row
             try:
-                files = {
+                files: dict[str, tuple[str | None, str] | tuple[str | None, str, str]] = {
                     "pipeline_id": (None, pipeline),
                     "params": (None, run_params(prompt, size), "application/json"),
                 }
