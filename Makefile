@@ -55,7 +55,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 emulator: $(STAMP) ## run an API emulator on 127.0.0.1:8089 (Fusion Brain's; PROVIDER=gigachat for GigaChat's)
 	$(BIN)/listener emulator $(if $(PROVIDER),--provider $(PROVIDER) )$(ARGS)
 
-bench: $(STAMP) ## benchmarks vs procrastinate, ~25 min (ARGS=--quick, DRAIN_ARGS=--quick for short checks; DRAIN_ARGS=--write to record the drain); writes bench/RESULTS.md
+bench: $(STAMP) ## benchmarks vs procrastinate and a plain psycopg loop, ~37 min (ARGS=--quick, DRAIN_ARGS=--quick for short checks; DRAIN_ARGS=--write to record the drain); writes bench/RESULTS.md
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(ARGS)
 	$(BIN)/python bench/drain.py $(DRAIN_ARGS)

@@ -160,6 +160,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process and of its descendants, live ones (from their own
+    stat) and ended ones it waited for (its cutime + cstime)."""
+    stats: dict[int, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stats[int(proc.name)] = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    if pid not in stats:
+        return None
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        this = todo.pop()
+        total += sum(int(f) for f in stats[this][11:15])  # utime, stime, cutime, cstime
+        todo += children.get(this, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def backend_pids(dbname: str) -> list[int]:
     """PostgreSQL server processes working for one database (their title names it:
     "postgres: 15/main: USER DBNAME HOST(PORT) STATE", or an autovacuum worker's)."""
@@ -232,6 +255,9 @@ class Process:
     def cpu_seconds(self) -> float | None:
         return cpu_seconds(self.pid)
 
+    def tree_cpu_seconds(self) -> float | None:
+        return tree_cpu_seconds(self.pid)
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -244,30 +270,30 @@ class Process:
         return self.proc.returncode
 
 
+EMULATOR_TIMES = ("--generation-time", "0", "--status-time", "0")
+
+
 class Emulator:
-    """`python -m listener emulator --port 0 --generation-time 0 --status-time 0`."""
+    """`python -m listener emulator --port 0 --generation-time 0 --status-time 0`; with
+    `stamped`, bench/stamped_emulator.py instead: the same emulator, a run's `arrived_at`
+    taken at the first byte of its request rather than once its headers are parsed."""
 
     READY = b"Emulator listening on "
 
-    def __init__(self) -> None:
+    def __init__(self, *, stamped: bool = False) -> None:
         from listener.providers.fusionbrain.emulator import EmulatorControl
 
         WORK.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(18)  # the control endpoint's, chosen here
-        self._err = open(WORK / "emulator.log", "wb")  # noqa: SIM115 - closed in close()
+        log = "emulator-stamped.log" if stamped else "emulator.log"
+        self._err = open(WORK / log, "wb")  # noqa: SIM115 - closed in close()
+        command = (
+            [PYTHON, str(REPO / "bench" / "stamped_emulator.py"), "--port", "0"]
+            if stamped
+            else [PYTHON, "-m", "listener", "emulator", "--port", "0", *EMULATOR_TIMES]
+        )
         self.proc = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "listener",
-                "emulator",
-                "--port",
-                "0",
-                "--generation-time",
-                "0",
-                "--status-time",
-                "0",
-            ],
+            command,
             env=clean_env(EMULATOR_CONTROL_TOKEN=token),
             cwd=WORK,
             stdout=subprocess.PIPE,
@@ -285,6 +311,9 @@ class Emulator:
 
     def cpu_seconds(self) -> float | None:
         return cpu_seconds(self.pid)
+
+    def tree_cpu_seconds(self) -> float | None:
+        return tree_cpu_seconds(self.pid)
 
     def arrivals(self) -> dict[str, float]:
         """prompt -> time.time() when its (first) run request arrived."""
@@ -334,6 +363,19 @@ def start_procrastinate(
         **extra,
     )
     return Process(name, [PYTHON, str(REPO / "bench" / "procrastinate_app.py"), "worker"], env)
+
+
+def start_plain_loop(
+    name: str, url: str, emulator: Emulator, size: int = 64, concurrency: int = 8
+) -> Process:
+    env = clean_env(
+        DATABASE_URL=url,
+        FUSION_BRAIN_URL=emulator.url,
+        BENCH_IMAGE_SIZE=str(size),
+        BENCH_CHECK_INTERVAL="0.05",
+        BENCH_CONCURRENCY=str(concurrency),
+    )
+    return Process(name, [PYTHON, str(REPO / "bench" / "plain_loop.py")], env)
 
 
 # -- statistics and machine --------------------------------------------------------------------

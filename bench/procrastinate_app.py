@@ -3,15 +3,16 @@
 One task per image row (its kwargs: the row's id and prompt, so the task needs no read
 of its own, as our claim returns the prompt): POST run (the same multipart shape as
 listener/providers/fusionbrain/client.py), record the uuid and status Generate (as our
-listener makes the uuid durable), poll the status every BENCH_CHECK_INTERVAL seconds until DONE, then write
-the image and ReadyToPublish into the row. The row lives in the same `images` table as ours (the
-benchmark migrates the baseline's database with our migrations, then applies
-procrastinate's schema beside it), so the same `images_done` trigger timestamps
-completions for both.
+listener makes the uuid durable), poll the status every BENCH_CHECK_INTERVAL seconds
+until DONE, then write the image and ReadyToPublish into the row. The row lives in the
+same `images` table as ours (the benchmark migrates the baseline's database with our
+migrations, then applies procrastinate's schema beside it), so the same `images_done`
+trigger timestamps completions for both.
 
     python bench/procrastinate_app.py worker      # env: DATABASE_URL, FUSION_BRAIN_URL,
                                                   # BENCH_IMAGE_SIZE, BENCH_CHECK_INTERVAL,
-                                                  # BENCH_CONCURRENCY
+                                                  # BENCH_CONCURRENCY,
+                                                  # BENCH_PROCRASTINATE_QUIET
 The benchmark client imports `make_app` with a sync connector to defer jobs and to
 apply the schema.
 """
@@ -137,9 +138,17 @@ async def worker() -> None:
 
 
 if __name__ == "__main__":
+    quiet = bool(os.environ.get("BENCH_PROCRASTINATE_QUIET"))
+    # Quiet, as its users configure it for throughput (the compare section): warnings and
+    # errors only, so no INFO line per job (procrastinate's "Starting job", "Job ...
+    # success", httpx's one per request). Otherwise INFO, which the older sections use.
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+        level=logging.WARNING if quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(message)s",
     )
     if sys.argv[1:] != ["worker"]:
         sys.exit("usage: procrastinate_app.py worker")
+    if quiet:  # procrastinate's own "Starting worker" is an INFO line
+        print("Starting worker (logging at WARNING)", file=sys.stderr, flush=True)
     asyncio.run(worker())

@@ -9,7 +9,8 @@ bench/RESULTS.md (between the markers; the hand-written analysis below them is k
     python bench/run.py --no-write      # print the table only
     (RESULTS.md is rewritten by a full run only, unless --write is given)
 
-Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler, web.
+Names for --only: pickup, throughput, baseline, imports, scale, notify, profile, pooler, web,
+compare.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -36,6 +38,7 @@ from harness import DoneListener, Emulator, Process
 
 ALL = (
     "pickup", "throughput", "baseline", "imports", "scale", "notify", "profile", "pooler", "web",
+    "compare",
 )  # fmt: skip
 RESULTS_MD = h.REPO / "bench" / "RESULTS.md"
 RESULTS_JSON = h.WORK / "results.json"
@@ -50,7 +53,9 @@ def done_sql(first_id: int) -> str:
     )
 
 
-PC_TEMPLATE = "bench_template_pc"
+# Named after this process, as is the template (main): another checkout's benchmark run
+# on the same server (several share this machine) then never drops this run's templates.
+PC_TEMPLATE = f"bench_template_pc_{os.getpid()}"
 
 
 class Results:
@@ -202,11 +207,19 @@ def insert_bulk(url: str, n: int, prompts: int = 64) -> list[int]:
 
 
 def throughput(
-    url: str, emu: Emulator, n: int, size: int, processes: int, kind: str, tag: str
+    url: str,
+    emu: Emulator,
+    n: int,
+    size: int,
+    processes: int,
+    kind: str,
+    tag: str,
+    spawn: Callable[[str], Process] | None = None,
 ) -> dict:
     """n rows inserted in one statement (and for procrastinate n jobs deferred in one
-    batch), then the service started; rate from the first run request to the last
-    ReadyToPublish."""
+    batch), then the service started (`spawn(name)` for each process, else a listener or
+    a procrastinate worker as `kind` says); rate from the first run request to the last
+    ReadyToPublish. CPU is the process trees' (the service's processes and any child)."""
     ids = insert_bulk(url, n)
     if kind == "procrastinate":
         app = pc_client(url)
@@ -217,7 +230,9 @@ def throughput(
     emu.control.reset()
     dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
     spawned = time.time()
-    if kind == "ours":
+    if spawn is not None:
+        procs = [spawn(f"{tag}-{k}") for k in range(processes)]
+    elif kind == "ours":
         procs = [h.start_listener(f"{tag}-{k}", url, emu, size) for k in range(processes)]
     else:
         procs = [h.start_procrastinate(f"{tag}-{k}", url, emu, size) for k in range(processes)]
@@ -226,19 +241,20 @@ def throughput(
         deadline = time.monotonic() + 60
         while not emu.control.stats()["runs_total"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        cpu0 = [p.cpu_seconds() or 0.0 for p in procs]
-        emu0 = emu.cpu_seconds() or 0.0
+        cpu0 = [p.tree_cpu_seconds() or 0.0 for p in procs]
+        emu0 = emu.tree_cpu_seconds() or 0.0
         backends0 = h.backends_cpu(h.backend_pids(dbname))
         busy0, total0 = h.machine_cpu()
         finished = h.wait_rows(url, done_sql(min(ids)), n, timeout=120 + n / 10, every=0.25)
         busy1, total1 = h.machine_cpu()
         rss = [p.peak_rss_mb() for p in procs]
-        cpu = [(p.cpu_seconds() or 0.0) - c0 for p, c0 in zip(procs, cpu0, strict=True)]
-        emu_cpu = (emu.cpu_seconds() or 0.0) - emu0
+        cpu = [(p.tree_cpu_seconds() or 0.0) - c0 for p, c0 in zip(procs, cpu0, strict=True)]
+        emu_cpu = (emu.tree_cpu_seconds() or 0.0) - emu0
         backends1 = h.backends_cpu(h.backend_pids(dbname))
     finally:
         for p in procs:
             p.stop()
+    log_lines = sum(p.log.count("\n") for p in procs)
     pg_cpu = sum(c - backends0.get(pid, 0.0) for pid, c in backends1.items())
     runs = emu.control.stats()["runs"]
     first = min(r["arrived_at"] for r in runs)
@@ -258,6 +274,7 @@ def throughput(
         "left_in_generate": generates,
         "duplicate_runs": len(runs) - n,
         "rss_mb": rss,
+        "log_lines": log_lines,  # what the processes logged, start and stop included
         "cpu_s": cpu,
         "emulator_cpu_s": emu_cpu,
         "postgres_cpu_s": pg_cpu,
@@ -961,6 +978,271 @@ def run_gallery(res: Results, emu: Emulator, total: int) -> None:
         h.drop_db(name)
 
 
+# -- compare: issue 23's side-by-side run ---------------------------------------------------------
+
+CMP = "9. compare"
+# The systems, in the order each repetition runs them (pickup and throughput); "http" is
+# the listener with its HTTP server on, run under load for its peak RSS; "floor" only
+# imports the design card's packages.
+CMP_NAMES = {
+    "listener": "listener",
+    "http": "listener --http",
+    "procrastinate": "procrastinate",
+    "plain": "plain loop",
+    "floor": "floor",
+}
+CMP_READY = {
+    "listener": "Listener ready",
+    "http": "Listener ready",
+    "procrastinate": "Starting worker",
+    "plain": "plain loop ready",
+}
+FLOOR_PROBE = """
+import psycopg, trio, httpx, pydantic
+peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+from pydantic import BaseModel
+more = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+print(int(peak) / 1024, int(more) / 1024)
+"""
+# (what, metric, ours, theirs, "le" or "ge", limit): issue 23's targets, on medians
+CMP_TARGETS = [
+    ("pickup p50 <= 1.1x the plain loop's", "pickup_p50", "listener", "plain", "le", 1.1),
+    ("pickup p99 <= 2x the plain loop's", "pickup_p99", "listener", "plain", "le", 2.0),
+    (
+        "listener CPU per row (1 process) <= 0.7x procrastinate's",
+        "cpu_service_1",
+        "listener",
+        "procrastinate",
+        "le",
+        0.7,
+    ),
+    (
+        "listener CPU per row (1 process) <= 1.3x the plain loop's",
+        "cpu_service_1",
+        "listener",
+        "plain",
+        "le",
+        1.3,
+    ),
+    ("rows/s, 1 process >= 1.5x procrastinate's", "tp_1", "listener", "procrastinate", "ge", 1.5),
+    ("peak RSS under load <= 1.1x the floor", "rss_1", "listener", "floor", "le", 1.1),
+    ("peak RSS under load, --http on <= 1.2x the floor", "rss_1", "http", "floor", "le", 1.2),
+]
+
+
+def cmp_spawn(system: str, url: str, emu: Emulator) -> Callable[[str], Process]:
+    """How each system is started: the listener as `python -m listener` with the
+    benchmark's settings (the same as every section; --http on for "http"),
+    procrastinate with its loggers at WARNING, the plain loop."""
+
+    def spawn(name: str) -> Process:
+        if system == "listener":
+            return h.start_listener(name, url, emu)
+        if system == "http":
+            return h.start_listener(name, url, emu, HTTP_ADDRESS="127.0.0.1:0")
+        if system == "procrastinate":
+            return h.start_procrastinate(name, url, emu, BENCH_PROCRASTINATE_QUIET="1")
+        return h.start_plain_loop(name, url, emu)
+
+    return spawn
+
+
+def cmp_db(system: str) -> tuple[str, str]:
+    name = f"bench_cmp_{system}_{os.getpid()}"
+    return name, (pc_fresh_db(name) if system == "procrastinate" else h.fresh_db(name))
+
+
+def cmp_pickup(res: Results, emu: Emulator, system: str, rep: int, n: int, gap: float) -> str:
+    name, url = cmp_db(system)
+    proc = cmp_spawn(system, url, emu)(f"cmp-pickup-{system}-{rep}")
+    try:
+        proc.wait_for(CMP_READY[system])
+        time.sleep(0.5)
+        kind = "procrastinate" if system == "procrastinate" else "ours"
+        out = pickup(url, emu, n, gap, kind, f"cmp{system}{rep}")
+    finally:
+        proc.stop()
+    h.drop_db(name)
+    p50, p99 = h.percentile(out["to_run"], 50), h.percentile(out["to_run"], 99)
+    what = f"({n} rows, {gap * 1000:.0f} ms apart)"
+    res.add(
+        f"cmp_pickup_p50_{system}",
+        CMP,
+        f"pickup p50: commit -> first byte of the run request {what}",
+        "ms",
+        p50,
+    )
+    res.add(f"cmp_pickup_p95_{system}", CMP, "pickup p95", "ms", h.percentile(out["to_run"], 95))
+    res.add(f"cmp_pickup_p99_{system}", CMP, "pickup p99", "ms", p99)
+    res.add(
+        f"cmp_done_p50_{system}",
+        CMP,
+        "commit -> ReadyToPublish (images_done), p50",
+        "ms",
+        h.percentile(out["to_done"], 50),
+    )
+    res.extra.setdefault("compare_pickup_raw", []).append(
+        {"system": system, "rep": rep, "to_run_ms": out["to_run"], "to_done_ms": out["to_done"]}
+    )
+    # A run request stamped before the client's commit stamp: the client (which stamps
+    # when the commit has returned) was kept off the CPU meanwhile; a loaded machine.
+    early = sum(1 for ms in out["to_run"] if ms < 0)
+    res.checks.append(
+        f"compare pickup {CMP_NAMES[system]} rep {rep + 1}: {n} rows, {out['finished']} finished, "
+        f"{out['missing_runs']} without a run, {out['missing_done']} without a notification, "
+        f"{early} run request(s) stamped before the client saw its commit"
+    )
+    return f"pickup {CMP_NAMES[system]} p50 {p50:.2f} p99 {p99:.2f} ms"
+
+
+def cmp_throughput(res: Results, emu: Emulator, system: str, rep: int, n: int, procs: int) -> str:
+    name, url = cmp_db(system)
+    kind = "procrastinate" if system == "procrastinate" else "ours"
+    spawn = cmp_spawn(system, url, emu)
+    out = throughput(url, emu, n, 64, procs, kind, f"cmp-tp-{system}-{procs}p-{rep}", spawn)
+    h.drop_db(name)
+    p = procs
+    what = "1 process" if p == 1 else f"{p} processes"
+    res.add(
+        f"cmp_tp_{p}_{system}",
+        CMP,
+        f"rows/s, {what} ({n} rows inserted first)",
+        "rows/s",
+        out["rate"],
+    )
+    for part, key, label in (
+        ("service", "cpu_s", "listener / worker processes"),
+        ("emulator", "emulator_cpu_s", "the API stand-in (emulator)"),
+        ("postgres", "postgres_cpu_s", "PostgreSQL backends"),
+        (
+            "rest",
+            "rest_cpu_s",
+            "the rest of the machine (client, PostgreSQL's own processes, other work)",
+        ),
+    ):
+        seconds = sum(out[key]) if part == "service" else out[key]
+        res.add(
+            f"cmp_cpu_{part}_{p}_{system}",
+            CMP,
+            f"CPU per row, {what}: {label}",
+            "ms",
+            1000 * seconds / n,
+        )
+    res.add(f"cmp_busy_{p}_{system}", CMP, f"machine busy, {what}", "%", 100 * out["machine_busy"])
+    peak = max((r for r in out["rss_mb"] if r), default=None)
+    res.add(
+        f"cmp_rss_{p}_{system}",
+        CMP,
+        "peak RSS (VmHWM) of one process under load"
+        if p == 1
+        else f"peak RSS (VmHWM), largest of {p} processes",
+        "MB",
+        peak,
+    )
+    res.add(
+        f"cmp_loglines_{p}_{system}", CMP, f"log lines written, {what}", "lines", out["log_lines"]
+    )
+    res.extra.setdefault("compare_raw", []).append(
+        {"system": system, "processes": p, "n": n, "rep": rep} | out
+    )
+    res.checks.append(
+        f"compare throughput {CMP_NAMES[system]} {what} rep {rep + 1}: {out['finished']}/{n} "
+        f"finished, {out['failed']} Failed, {out['left_in_generate']} left in Generate, "
+        f"{out['duplicate_runs']} duplicate runs, {out['log_lines']} log lines"
+    )
+    return f"{CMP_NAMES[system]} {what}: {out['rate']:.0f} rows/s, {peak or 0:.1f} MB"
+
+
+def cmp_floor(res: Results) -> str:
+    out = subprocess.run(
+        [h.PYTHON, "-c", FLOOR_PROBE],
+        env=h.clean_env(),
+        cwd=h.WORK,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    floor, with_model = float(out[0]), float(out[1])
+    res.add("cmp_rss_1_floor", CMP, "peak RSS (VmHWM) of one process under load", "MB", floor)
+    res.add(
+        "cmp_floor_model_floor",
+        CMP,
+        "floor process after also `from pydantic import BaseModel` (pydantic's lazy main "
+        "module loaded)",
+        "MB",
+        with_model,
+    )
+    return f"floor {floor:.1f} MB ({with_model:.1f} with BaseModel)"
+
+
+# The throughput runs of a repetition, in order: (system, processes, which row count).
+# The targets are judged on the 1-process runs, which get the full count; the 2-process
+# runs (reported, no target) half of it, and the --http run, there for its peak RSS (a
+# plateau reached within the first few hundred rows), a fifth: 5 repetitions stay near 12
+# minutes at today's rates.
+CMP_RUNS = [
+    ("listener", 1, "full"),
+    ("procrastinate", 1, "full"),
+    ("plain", 1, "full"),
+    ("http", 1, "fifth"),
+    ("listener", 2, "half"),
+    ("procrastinate", 2, "half"),
+    ("plain", 2, "half"),
+]
+
+
+def cmp_counts(args) -> dict[str, int]:
+    full = args.compare_rows or (200 if args.quick else 5000)
+    return {"full": full, "half": max(full // 2, 100), "fifth": max(full // 5, 100)}
+
+
+def run_compare(res: Results, _main_emu: Emulator, args) -> None:
+    """Issue 23, item 4: the listener, procrastinate (configured for throughput) and a
+    plain psycopg loop doing the same job, side by side, repetitions interleaved, against
+    an emulator that stamps each request at its first byte."""
+    n_pickup, gap = (40, 0.02) if args.quick else (250, 0.02)
+    counts = cmp_counts(args)
+    # at least 5 in a full run (single runs differ by 10-15% here); 2 with --quick
+    reps = args.reps_given or (2 if args.quick else 5)
+    if not args.quick:
+        reps = max(reps, 5)
+    make_pc_template()
+    emu = Emulator(stamped=True)
+    loads: list[str] = []
+    try:
+        for rep in range(reps):
+            load = h.loadavg()
+            loads.append(f"rep {rep + 1}: {load}")
+            print(f"  compare rep {rep + 1}/{reps} (load {load})", flush=True)
+            for system in ("listener", "procrastinate", "plain"):
+                print("    " + cmp_pickup(res, emu, system, rep, n_pickup, gap), flush=True)
+            for system, procs, n in CMP_RUNS:
+                line = cmp_throughput(res, emu, system, rep, counts[n], procs)
+                print("    " + line, flush=True)
+            print("    " + cmp_floor(res), flush=True)
+    finally:
+        emu.close()
+        h.drop_db(PC_TEMPLATE)
+    loads.append(f"end: {h.loadavg()}")
+    stamped = (h.WORK / "emulator-stamped.log").read_text(errors="replace").strip().splitlines()
+    res.extra["compare"] = {
+        "reps": reps,
+        "loads": loads,
+        "pickup_rows": n_pickup,
+        "gap": gap,
+        "rows": counts,
+        "emulator": stamped[-1] if stamped else "?",
+    }
+    print(f"  {res.extra['compare']['emulator']}", flush=True)
+    if "took their stamp as arrived_at: 0" in str(res.extra["compare"]["emulator"]):
+        res.notes.insert(
+            0,
+            "WARNING: the compare section's emulator stamped no API request at its first "
+            "byte (has EmulatorApp._api changed?): its pickup figures are stamped after the "
+            "headers were parsed, as in the other sections.",
+        )
+
+
 def run_profile(res: Results, emu: Emulator, args) -> None:
     """py-spy on one listener while it works through a bulk insert (small images).
 
@@ -1150,7 +1432,13 @@ def table(res: Results) -> str:
         "(min..max) | ours / theirs | target |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    rows = [(k, m) for k, m in res.metrics.items() if not k.endswith("_procrastinate")]
+    rows = [
+        (k, m)
+        for k, m in res.metrics.items()
+        if not k.endswith("_procrastinate") and not k.startswith("cmp_")
+    ]
+    if not rows:
+        return ""
     rows.sort(key=lambda km: SECTIONS.index(km[1]["section"]))
     for key, m in rows:
         ours = res.summary(key)
@@ -1166,14 +1454,131 @@ def table(res: Results) -> str:
     return "\n".join(lines)
 
 
+# Which systems ran with 1 process and with 2
+CMP_RAN = {p: tuple(system for system, procs, _ in CMP_RUNS if procs == p) for p in (1, 2)}
+# The compare table's rows: (metric, shown for these systems)
+CMP_ROWS = [
+    ("pickup_p50", ("listener", "procrastinate", "plain")),
+    ("pickup_p95", ("listener", "procrastinate", "plain")),
+    ("pickup_p99", ("listener", "procrastinate", "plain")),
+    ("done_p50", ("listener", "procrastinate", "plain")),
+    ("tp_1", CMP_RAN[1]),
+    ("tp_2", CMP_RAN[2]),
+    *(
+        (f"cpu_{part}_{p}", CMP_RAN[p])
+        for p in (1, 2)
+        for part in ("service", "emulator", "postgres", "rest")
+    ),
+    ("busy_1", CMP_RAN[1]),
+    ("busy_2", CMP_RAN[2]),
+    ("rss_1", (*CMP_RAN[1], "floor")),
+    ("rss_2", CMP_RAN[2]),
+    ("floor_model", ("floor",)),
+    ("loglines_1", CMP_RAN[1]),
+]
+
+
+def _cmp(res: Results, metric: str, system: str) -> dict[str, float] | None:
+    return res.summary(f"cmp_{metric}_{system}")
+
+
+def _paired_ratios(res: Results, metric: str, ours: str, theirs: str) -> list[float]:
+    """Per-repetition ratios (the repetitions are interleaved, so each pair ran at about
+    the same time and load)."""
+    a = res.metrics.get(f"cmp_{metric}_{ours}", {}).get("values", [])
+    b = res.metrics.get(f"cmp_{metric}_{theirs}", {}).get("values", [])
+    return [x / y for x, y in zip(a, b, strict=False) if y]
+
+
+def compare_table(res: Results) -> list[str]:
+    info = res.extra.get("compare")
+    if not isinstance(info, dict):
+        return []
+    systems = list(CMP_NAMES)
+    rows = info["rows"]
+    out = [
+        f"### Side by side (issue 23): {info['reps']} interleaved repetitions",
+        "",
+        "Each repetition runs, in this order: the pickup of the listener, procrastinate and "
+        "the plain loop; their throughput with 1 process, and the listener's with --http "
+        "on; their throughput with 2 processes; the floor. Medians of the repetitions "
+        "(smallest..largest).",
+        "",
+        "* Pickup: commit -> the first byte of the run request, stamped by the emulator "
+        "as it reads it (bench/stamped_emulator.py, the emulator with that stamp), "
+        f"{info['pickup_rows']} rows {info['gap'] * 1000:.0f} ms apart into an idle service.",
+        f"* Throughput: {rows['full']} rows inserted first with 1 process, {rows['half']} "
+        f"with 2, {rows['fifth']} for the listener with --http (there for its peak RSS); "
+        "rows/s from the first run request to the last ReadyToPublish. CPU per row from "
+        "/proc (user + system of each process tree) over the same window.",
+        "* The listener: `python -m listener` with the settings of every section, its "
+        "logging as shipped. procrastinate: bench/procrastinate_app.py with logging at "
+        "WARNING, as its users run it for throughput (no line per job). The plain loop: "
+        "bench/plain_loop.py, the same job and writes in 8 threads of sync psycopg + httpx "
+        "(no retries, no image validation, no log line per row). The floor: a Python "
+        "process that imports psycopg, trio, httpx and pydantic, and nothing else.",
+        "",
+        "Load average (1, 5, 15 min) at the start of each repetition: "
+        + "; ".join(info["loads"])
+        + ".",
+        "",
+        "| measurement | unit | "
+        + " | ".join(CMP_NAMES[s] for s in systems)
+        + " | listener / procrastinate | listener / plain loop |",
+        "| --- | --- | " + " | ".join("---" for _ in systems) + " | --- | --- |",
+    ]
+    for metric, shown in CMP_ROWS:
+        label = unit = None
+        cells = []
+        for system in systems:
+            m = res.metrics.get(f"cmp_{metric}_{system}")
+            s = _cmp(res, metric, system) if system in shown else None
+            if m and label is None:
+                label, unit = m["label"], m["unit"]
+            cells.append(fmt(s, unit or "") if s else "")
+        if label is None:
+            continue
+        ratios = []
+        for theirs in ("procrastinate", "plain"):
+            a, b = _cmp(res, metric, "listener"), _cmp(res, metric, theirs)
+            no_ratio = metric.startswith(("busy_", "loglines_")) or not (a and b and b["median"])
+            ratios.append("" if no_ratio else f"{a['median'] / b['median']:.2f}")
+        out.append(f"| {label} | {unit} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    out += [
+        "",
+        "Issue 23's targets, on the medians above (the per-repetition ratios in brackets):",
+        "",
+        "| target | listener | other | ratio (per repetition) | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for what, metric, ours, theirs, sense, limit in CMP_TARGETS:
+        a, b = _cmp(res, metric, ours), _cmp(res, metric, theirs)
+        if not a or not b or not b["median"]:
+            out.append(f"| {what} | | | | not measured |")
+            continue
+        ratio = a["median"] / b["median"]
+        met = ratio <= limit if sense == "le" else ratio >= limit
+        paired = _paired_ratios(res, metric, ours, theirs)
+        spread = f" ({min(paired):.2f}..{max(paired):.2f})" if len(paired) > 1 else ""
+        unit = res.metrics[f"cmp_{metric}_{ours}"]["unit"]
+        out.append(
+            f"| {what} | {fmt(a, unit)} | {CMP_NAMES[theirs]}: {fmt(b, unit)} | "
+            f"{ratio:.2f}x{spread} | {'MET' if met else 'MISSED'} |"
+        )
+    out += ["", f"Emulator: {info['emulator']}.", ""]
+    return out
+
+
 def report(res: Results, args, started: float, meta: dict[str, str]) -> str:
     command = " ".join(["python bench/run.py", *sys.argv[1:]])
+    cmp = res.extra.get("compare")
     first_load = float(res.loads[0].split()[1]) if res.loads else 0.0
     out = [
         f"Generated by `{command}` on {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: "
-        f"{args.reps} repetition(s) of each measurement, {time.monotonic() - started:.0f} s "
-        "in all. Medians, with the smallest and largest repetition in brackets; every figure "
-        "below comes from this run.",
+        f"{args.reps} repetition(s) of each measurement"
+        + (f" ({cmp['reps']} of the compare section)" if isinstance(cmp, dict) else "")
+        + f", {time.monotonic() - started:.0f} s in all. Medians, with the smallest and "
+        "largest repetition in brackets; every figure below comes from this run.",
         "",
         f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory']} memory, "
         f"{meta['os']}; PostgreSQL {meta['postgresql']}; Python {meta['python']}; "
@@ -1196,6 +1601,7 @@ def report(res: Results, args, started: float, meta: dict[str, str]) -> str:
         *(f"**{note}**\n" for note in res.notes if note.startswith("WARNING")),
         table(res),
         "",
+        *compare_table(res),
     ]
     if res.notes:
         out += [*(f"* {note}" for note in res.notes if not note.startswith("WARNING")), ""]
@@ -1278,7 +1684,14 @@ def main() -> int:
         help="rewrite RESULTS.md even after a --quick or --only run (by default only a full"
         " run replaces the committed results)",
     )
+    parser.add_argument(
+        "--compare-rows",
+        type=int,
+        default=None,
+        help="rows per throughput run of the compare section (default 5000, --quick 300)",
+    )
     args = parser.parse_args()
+    args.reps_given = args.reps
     args.reps = args.reps or (1 if args.quick else 3)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(ALL)
@@ -1286,6 +1699,7 @@ def main() -> int:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
 
     started = time.monotonic()
+    h.TEMPLATE = f"bench_template_{os.getpid()}"
     h.WORK.mkdir(parents=True, exist_ok=True)
     fingerprint = h.snapshot_code()
     meta = h.machine()
@@ -1303,6 +1717,7 @@ def main() -> int:
         "profile": lambda: run_profile(res, emu, args),
         "pooler": lambda: run_pooler(res, emu, args),
         "web": lambda: run_web(res, emu, args),
+        "compare": lambda: run_compare(res, emu, args),
     }
     try:
         for name in ALL:
