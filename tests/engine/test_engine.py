@@ -7,6 +7,7 @@ import trio
 
 from listener.engine import Connected, Polling, Wakeup
 from listener.engine.ports import Submitted
+from listener.errors import ApiCredentials
 from tests.engine.conftest import make_engine, run_until
 from tests.engine.fakes import PNG_B64, FakeProvider
 
@@ -163,6 +164,31 @@ async def test_a_second_signal_cuts_the_first_check_of_a_draw_finished_at_the_st
         await run_until(lambda: row.status == "ReadyToPublish")
         again.stop("test")
     assert len(provider.submitted) == 1, "downloaded, never drawn again"
+
+
+async def test_a_key_refused_at_the_first_check_does_not_hold_the_stop(
+    store, provider, autojump_clock
+):
+    """The first check after a draw finished at a stop finds the key refused: nothing to
+    wait for (the probe is stopped), so the stop ends; the row keeps its handle."""
+    provider.run_time = 20.0
+    provider.generation_time = 0.0
+
+    def refused(handle):
+        raise ApiCredentials("status: HTTP 401")
+
+    provider.on_outcome = refused
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    assert trio.current_time() - start < 20 + 1
+    row = store.rows[id_]
+    assert (row.status, row.locked_by, row.unknown_outcomes) == ("Generate", None, 0)
+    assert row.uuid and sum(provider.checks.values()) == 1
 
 
 async def test_a_second_signal_cuts_a_paid_call_at_once(store, provider, autojump_clock):
