@@ -222,7 +222,7 @@ async def test_sigkill_after_the_draw_downloads_after_restart_without_drawing_ag
     assert gigachat.draws_for("killed before the download") == 1
 
 
-async def test_sigterm_during_a_draw_lets_it_finish_and_land(
+async def test_sigterm_during_a_draw_lets_it_finish_and_land_before_exit(
     gigachat, start_gigachat_listener, database_url
 ) -> None:
     # Longer than the old fixed SHUTDOWN_GRACE of 5 s: the draw's own deadline counts.
@@ -232,13 +232,17 @@ async def test_sigterm_during_a_draw_lets_it_finish_and_land(
     await wait_until(lambda: gigachat.stats()["draws_total"] == 1, what="the draw to start")
     listener.proc.send_signal(signal.SIGTERM)
     assert await listener.wait_exit(seconds=30) == 0
-    assert "accepted by the API" in listener.log  # the draw was not cut
-    status, _, _, handle, _ = row(database_url, id_)
-    assert handle is not None  # the file id is durable: downloaded, never drawn again
-    if status == "Generate":  # released before its download: the next start fetches it
-        await start_gigachat_listener()
-        await finished(database_url, 1)
-    assert row(database_url, id_)[0] == "ReadyToPublish"
+    log = listener.log
+    # The signal landed mid-draw: the draw was not cut and its reply came after the
+    # signal; the image was downloaded and written before the process exited.
+    assert log.index("Received SIGTERM") < log.index("accepted by the API")
+    assert log.index("accepted by the API") < log.index("ready (ReadyToPublish)")
+    assert gigachat.stats()["downloads"] == 1
+    status, censored, last_error, handle, _ = row(database_url, id_)
+    assert (status, censored, last_error) == ("ReadyToPublish", False, None)
+    assert handle is not None
+    (image,) = rows(database_url, "SELECT base64 FROM images WHERE id = %s", (id_,))[0]
+    assert_jpeg(image)
     assert gigachat.draws_for("drawn during shutdown") == 1
 
 

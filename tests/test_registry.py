@@ -3,7 +3,11 @@ else the one whose credentials are set (in registry order), else the default."""
 
 from __future__ import annotations
 
+import ast
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +92,42 @@ def test_a_provider_whose_package_is_absent_is_named_when_asked_for(isolated, mo
     monkeypatch.setattr(registry, "PROVIDERS", providers)
     with pytest.raises(ConfigError, match="'absent' is registered but its package"):
         registry.choose("absent")
+
+
+def test_no_provider_package_imports_another():
+    """A provider is one package: what two emulators share lives in
+    listener/providers/emulator_kit, never in one provider's package used by another."""
+    root = Path(registry.__file__).parent
+    names = set(registry.PROVIDERS)
+    crossing = []
+    for name in sorted(names):
+        for path in sorted((root / name).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    modules = [node.module]
+                elif isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                else:
+                    continue
+                for module in modules:
+                    inside = module.removeprefix("listener.providers.").split(".")[0]
+                    if module.startswith("listener.providers.") and inside in names - {name}:
+                        crossing.append(f"{path.relative_to(root)}: {module}")
+    assert crossing == []
+
+
+def test_the_service_path_imports_no_emulator():
+    """The CLI, the service and every provider's spec leave the emulators' servers,
+    apps and the shared kit's modules (hypercorn among them) unimported."""
+    code = (
+        "import sys, listener.cli, listener.service, listener.commands.run\n"
+        "from listener.providers import registry\n"
+        "[registry.spec(n) for n in registry.names()]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'hypercorn'"
+        " or m.startswith('listener.providers.emulator_kit.')"
+        " or m.split('.')[-1] in ('app', 'server', 'state', 'images', 'control')"
+        " and '.emulator.' in m]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -12,12 +12,17 @@ ReadyToGenerate rows are claimed at once (no row waits long, claimed, for a slot
 claim first reserves its room synchronously (`reserve`), so two claim passes can never
 take more than there is.
 
+At a stop, a run is over when its first outcome check is (`await_first_check`): the
+download of a draw is part of what `wait_runs_done` waits for, so its image lands before
+exit (within the paid call's own deadline).
+
 Every time room frees, the budget calls its subscribers: the claims loops look at
 waiting work again (claims and adoptions alike), so nothing waits for the next sweep.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +51,14 @@ class Ticket:
     def move(self, state: State) -> None:
         self._budget._move(self, state)
 
+    def await_first_check(self, by: float) -> None:
+        """Its generation was just paid for: `wait_runs_done` waits for its first
+        outcome check too (until `by`)."""
+        self._budget._first_check(self, by)
+
+    def first_checked(self) -> None:
+        self._budget._first_check(self, None)
+
     def close(self) -> None:
         self.move("done")
 
@@ -61,6 +74,9 @@ class Budget:
         self._calls = Slots(calls)
         self._subscribers: list[Callable[[], None]] = []
         self._change = trio.Event()
+        # A run of ours whose first outcome check is still to come (a draw's download)
+        # -> when it must be over at a stop (trio clock): part of the run.
+        self._first_checks: dict[Ticket, float] = {}
 
     # -- reading -----------------------------------------------------------------------
 
@@ -114,10 +130,21 @@ class Budget:
             ticket.submitted.set()
         ticket.state = state
         if state == "done":
+            self._first_checks.pop(ticket, None)
             ticket.finished.set()
         else:
             self.counts[state] += 1
         self._changed()
+
+    def _first_check(self, ticket: Ticket, by: float | None) -> None:
+        if by is not None and ticket.state != "done":
+            self._first_checks[ticket] = by
+        elif self._first_checks.pop(ticket, None) is not None:
+            self._wake()
+
+    def first_checks_by(self) -> float:
+        """When the last first outcome check still to come must be over (-inf: none)."""
+        return max(self._first_checks.values(), default=-math.inf)
 
     # -- calls to the provider -----------------------------------------------------------
 
@@ -140,9 +167,12 @@ class Budget:
         """`on_change()` is called whenever a place frees or changes state."""
         self._subscribers.append(on_change)
 
-    def _changed(self) -> None:
+    def _wake(self) -> None:
         change, self._change = self._change, trio.Event()
         change.set()
+
+    def _changed(self) -> None:
+        self._wake()
         for call in self._subscribers:
             call()
 
@@ -152,8 +182,14 @@ class Budget:
             await self._change.wait()
 
     async def wait_runs_done(self) -> None:
-        """Until no run call is in flight or about to be made (soft shutdown)."""
-        while self.counts["claimed"] or self.counts["submitting"] or self.reserved:
+        """Until no run call is in flight or about to be made, and every run of ours has
+        had its first outcome check (soft shutdown: a draw's image lands before exit)."""
+        while (
+            self.counts["claimed"]
+            or self.counts["submitting"]
+            or self.reserved
+            or self._first_checks
+        ):
             await self._change.wait()
 
 

@@ -14,7 +14,9 @@ Stop (`stop()`), in two phases:
 1. soft: claiming stops at once (claims, sweeps and the wake-up source are cancelled);
    a row claimed but not yet sent is released; a paid call in flight (a submission, a
    draw) keeps its own deadline, the provider's `Traits.call_timeout`, and the writes of
-   its outcome SHUTDOWN_GRACE after it; other calls get SHUTDOWN_GRACE;
+   its outcome SHUTDOWN_GRACE after it; so does the first outcome check of what it
+   returns (a draw's download and the image's write: it lands before exit); other calls
+   get SHUTDOWN_GRACE;
 2. hard: the row tasks are cancelled (shielded API calls keep what is left of their
    time); every row still held is released in one statement (a Generate row keeps its
    uuid), so the next start or another listener resumes it at once.
@@ -25,6 +27,7 @@ that way may have been paid for, and counts as an unknown outcome.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -223,15 +226,22 @@ class Engine:
                         else:
                             await control.start(self.wakeups.serve)
                     task_status.started()
-                # Phase 1: nothing new is claimed; paid calls in flight keep their own
-                # deadline, the rest get the grace period.
-                with trio.move_on_at(max(self.guard.deadline, self.guard.paid_until())):
+                # Phase 1: nothing new is claimed; paid calls in flight, and the first
+                # outcome check of each (a draw's download), keep their own deadline;
+                # the rest get the grace period.
+                with trio.move_on_at(self._runs_end()):
                     await self.budget.wait_runs_done()
                 # Phase 2: the row tasks are cancelled (shielded calls keep the grace) ...
                 self.rows.cancel()
             # ... and once they have all ended, Leases releases what they left behind.
             outer.cancel_scope.cancel()
         self._report()
+
+    def _runs_end(self) -> float:
+        """When phase 1 ends at the latest: the grace, or the last paid call's own
+        deadline (which its first outcome check shares), unless a second signal came."""
+        paid = -math.inf if self.guard.hard else self.budget.first_checks_by()
+        return max(self.guard.deadline, self.guard.paid_until(), paid)
 
     def _report(self) -> None:
         """One line on the way out: what the flow control did (also in /metrics)."""

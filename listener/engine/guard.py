@@ -7,8 +7,10 @@ cancellation. Only shutdown bounds them: `stop_by(deadline)` gives every shielde
 present and future, until the deadline (SHUTDOWN_GRACE after the stop signal), except
 that a *paid* call keeps its own (`shielded(until=...)`: its start plus the provider's
 call timeout, and the grace again for the writes of its outcome), so a stop never
-abandons a draw that was going to finish. A second signal (`stop_by(now, hard=True)`)
-cuts everything, paid calls included.
+abandons a draw that was going to finish; the first outcome check of that call (a draw's
+download) is given the same deadline. A second signal (`stop_by(now, hard=True)`) cuts
+everything, paid calls included. A wait that a stop makes pointless (`until_stopped`)
+ends at the stop.
 
 A durable write (a uuid the API accepted, an image it handed out, a row's release) is
 retried with backoff (stamina) while the database cannot take it now: unavailable, or
@@ -45,6 +47,7 @@ class Guard:
         self.deadline = math.inf
         self.hard = False  # a second signal: paid calls are cut too
         self._scopes: dict[trio.CancelScope, float] = {}  # scope -> its own floor
+        self._waits: set[trio.CancelScope] = set()  # cancelled by the stop
 
     @contextmanager
     def shielded(self, *, until: float = -math.inf) -> Iterator[trio.CancelScope]:
@@ -56,6 +59,19 @@ class Guard:
                 yield scope
             finally:
                 self._scopes.pop(scope, None)
+
+    @contextmanager
+    def until_stopped(self) -> Iterator[trio.CancelScope]:
+        """A scope the stop cancels (at once if stopping already): for a wait that a stop
+        makes pointless or must cut short. `cancelled_caught` tells it was cut."""
+        with trio.CancelScope() as scope:
+            if self.stopping:
+                scope.cancel()
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
 
     @property
     def stopping(self) -> bool:
@@ -71,6 +87,8 @@ class Guard:
         self.hard = self.hard or hard
         for scope, floor in self._scopes.items():
             scope.deadline = min(scope.deadline, self._deadline_for(floor))
+        for wait in self._waits:
+            wait.cancel()
 
     def paid_until(self) -> float:
         """When the last paid call in flight (and the writes of its outcome) must end."""

@@ -24,6 +24,7 @@ method gets its contract test before the engine uses it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -59,6 +60,9 @@ class Generation:
     check_after: float = 0.0  # the provider's hint: no point asking before this
     width: int | None = None
     height: int | None = None
+    # Set for a generation this process just paid for: its paid call's own deadline at a
+    # stop (trio clock), which its first outcome check keeps too (a draw's download).
+    until: float = -math.inf
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ the row is written to its next state or released, with the reason kept:
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -148,8 +149,10 @@ class Rows:
             ticket.generating = True
             ticket.slot = await self.slots.inherit(item.id)
         assert self.follow is not None
+        if item.until > -math.inf:
+            ticket.await_first_check(item.until)  # part of its run at a stop
         ticket.move("following")
-        await self.follow.follow(item, own)
+        await self.follow.follow(item, own, first_checked=ticket.first_checked)
         ticket.generating = not own.settled
 
     async def _release(self, own: Ownership, reason: str, *, count: bool) -> None:

@@ -24,7 +24,9 @@ Outcomes of a run:
 * permanent     -> Failed with the provider's message.
 
 At a stop, a paid call in flight keeps its own deadline (Traits.call_timeout), so a
-draw that was going to finish is not thrown away; a row claimed but not yet sent is
+draw that was going to finish is not thrown away, and the Generation it returns carries
+that deadline (`until`) for its first outcome check, which the stop waits for (Follow):
+a draw's image is downloaded and written before exit. A row claimed but not yet sent is
 released uncounted. A paid call cut off (a second signal, or its deadline) may have been
 paid for: its row is released as it was and counted as an unknown outcome.
 """
@@ -259,6 +261,7 @@ class Runs:
             check_after=accepted.check_after,
             width=request.width,
             height=request.height,
+            until=until,
         )
 
     async def _submit(self, request: Request) -> Submitted | Refused:

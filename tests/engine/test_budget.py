@@ -75,3 +75,32 @@ async def test_a_cancelled_wait_for_a_call_slot_leaks_nothing(autojump_clock):
     assert scope.cancelled_caught and slots.free == 0
     slots.release()
     assert slots.free == 1
+
+
+async def test_a_stop_waits_for_the_first_check_of_a_run_not_for_later_ones(autojump_clock):
+    """A run is over, for the soft stop, when its first outcome check is (a draw's
+    download): the room for new runs frees at acceptance all the same."""
+    budget = Budget(rows=4, calls=1)
+    fresh, adopted = budget.take(budget.reserve(2), 2, "submitting")
+    fresh.await_first_check(by=30.0)
+    fresh.move("following")
+    adopted.move("following")
+    assert budget.room_for_runs() == 1 and budget.first_checks_by() == 30.0
+    done_at = []
+
+    async def stop() -> None:
+        await budget.wait_runs_done()
+        done_at.append(trio.current_time())
+
+    async with trio.open_nursery() as n:
+        n.start_soon(stop)
+        await trio.sleep(5)
+        assert not done_at  # the first check is still to come
+        fresh.first_checked()
+    assert done_at == [5.0] and budget.first_checks_by() == float("-inf")
+    again = budget.take(budget.reserve(1), 1, "submitting")[0]
+    again.await_first_check(by=60.0)
+    again.close()  # its task ended (cancelled, failed): nothing left to wait for
+    with trio.move_on_after(1) as waited:
+        await budget.wait_runs_done()
+    assert not waited.cancelled_caught

@@ -7,7 +7,9 @@ import trio
 
 from listener.engine import Connected, Polling, Wakeup
 from listener.engine.ports import Submitted
+from listener.errors import ApiCredentials
 from tests.engine.conftest import make_engine, run_until
+from tests.engine.fakes import PNG_B64, FakeProvider
 
 
 async def test_rows_inserted_while_running_are_generated(store, provider, autojump_clock):
@@ -61,11 +63,12 @@ async def test_a_paid_call_keeps_its_own_deadline_at_a_stop_then_is_abandoned(
     assert row.status == "ReadyToGenerate" and row.locked_by is None
 
 
-async def test_a_draw_in_flight_at_a_stop_completes_and_its_handle_is_kept(
+async def test_a_draw_in_flight_at_a_stop_lands_its_image_before_serve_returns(
     store, provider, autojump_clock
 ):
     """A draw longer than the grace (5 s): the stop waits for it (within its own
-    deadline), records its handle, and the next start follows it: never drawn twice."""
+    deadline), records its handle, then makes its first outcome check (a draw's download,
+    a poll whose image is ready) and writes the image, all before serve() returns."""
     provider.run_time = provider.traits.call_timeout * 2 / 3  # 20 s, or 80 s for a draw
     provider.generation_time = 0.0
     engine = make_engine(store, provider, settings={"shutdown_grace": 5})
@@ -73,16 +76,119 @@ async def test_a_draw_in_flight_at_a_stop_completes_and_its_handle_is_kept(
     async with trio.open_nursery() as n:
         await n.start(engine.serve)
         await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        longest = engine.longest_stop()
         engine.stop("SIGTERM")
+    assert trio.current_time() - start <= longest
     (row,) = store.rows.values()
-    assert row.status == "Generate" and row.uuid and row.locked_by is None
-    assert len(provider.submitted) == 1
+    assert (row.status, row.image, row.locked_by) == ("ReadyToPublish", PNG_B64, None)
+    assert row.uuid and row.unknown_outcomes == 0
+    assert len(provider.submitted) == 1 and sum(provider.checks.values()) == 1
+
+
+@pytest.mark.shapes("poll")  # a draw's image is there at once (check_after 0)
+async def test_a_poll_accepted_at_a_stop_is_checked_once_in_its_deadline_then_resumed(
+    store, provider, autojump_clock
+):
+    """Submit-then-poll: the first check waits the provider's hint when the call's own
+    deadline leaves room (it says "not yet": the row keeps its uuid, released), and is not
+    made when it does not (the stop does not wait for a hint past it)."""
+    provider.run_time = 10.0
+    provider.generation_time = 1000.0
+    hints = {"a hint that fits": 3.0, "a hint past the deadline": 100.0}
+
+    async def submit(request):
+        done = await FakeProvider.submit(provider, request)
+        return Submitted(done.handle, check_after=hints[request.prompt])
+
+    provider.submit = submit
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    (fits,) = store.add(1, prompt="a hint that fits")
+    (late,) = store.add(1, prompt="a hint past the deadline")
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 2)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    took = trio.current_time() - start
+    assert 12.9 <= took < 14  # the rest of the call (10 s), then the hint, then one check
+    assert provider.checks == {store.rows[fits].uuid: 1}
+    for id_ in (fits, late):
+        row = store.rows[id_]
+        assert (row.status, row.locked_by, row.unknown_outcomes) == ("Generate", None, 0)
+    again = make_engine(store, provider)
+    provider.generation_time = 0.0
+    async with trio.open_nursery() as n:
+        await n.start(again.serve)
+        await run_until(lambda: store.statuses() == {"ReadyToPublish": 2})
+        again.stop("test")
+    assert len(provider.submitted) == 2, "followed, never drawn again"
+
+
+async def test_a_second_signal_cuts_the_first_check_of_a_draw_finished_at_the_stop(
+    store, provider, autojump_clock
+):
+    """The first check (a download) kept at a stop is cut by a second signal: the row
+    is released in Generate with its handle (durable: the next start downloads it, no
+    new draw), not counted as an unknown outcome: nothing paid was lost."""
+    provider.run_time = 20.0
+    provider.generation_time = 0.0
+    checking = []
+    check = provider.outcome
+
+    async def slow_check(handle):
+        checking.append(handle)
+        await trio.sleep(1000)
+        return await check(handle)
+
+    provider.outcome = slow_check
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 1)
+        engine.stop("SIGTERM")
+        await run_until(lambda: checking, every=0.01)
+        await trio.sleep(1)
+        start = trio.current_time()
+        engine.stop_now()
+    assert trio.current_time() - start < 1
+    row = store.rows[id_]
+    assert (row.status, row.image, row.locked_by) == ("Generate", None, None)
+    assert row.uuid == checking[0] and row.unknown_outcomes == 0
+    assert store.released == [id_]
+    provider.outcome = check
     again = make_engine(store, provider)
     async with trio.open_nursery() as n:
         await n.start(again.serve)
         await run_until(lambda: row.status == "ReadyToPublish")
         again.stop("test")
-    assert len(provider.submitted) == 1, "followed, never drawn again"
+    assert len(provider.submitted) == 1, "downloaded, never drawn again"
+
+
+async def test_a_key_refused_at_the_first_check_does_not_hold_the_stop(
+    store, provider, autojump_clock
+):
+    """The first check after a draw finished at a stop finds the key refused: nothing to
+    wait for (the probe is stopped), so the stop ends; the row keeps its handle."""
+    provider.run_time = 20.0
+    provider.generation_time = 0.0
+
+    def refused(handle):
+        raise ApiCredentials("status: HTTP 401")
+
+    provider.on_outcome = refused
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    (id_,) = store.add(1)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: provider.in_flight == 1)
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    assert trio.current_time() - start < 20 + 1
+    row = store.rows[id_]
+    assert (row.status, row.locked_by, row.unknown_outcomes) == ("Generate", None, 0)
+    assert row.uuid and sum(provider.checks.values()) == 1
 
 
 async def test_a_second_signal_cuts_a_paid_call_at_once(store, provider, autojump_clock):

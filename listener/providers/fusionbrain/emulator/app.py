@@ -33,7 +33,7 @@ import struct
 import time
 import uuid as uuidlib
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +43,14 @@ import trio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from listener.providers.fusionbrain.emulator.config import ConfigInvalid
+from listener.providers.emulator_kit import ConfigInvalid
+from listener.providers.emulator_kit.answers import (
+    Answer,
+    Receive,
+    Send,
+    send_answer,
+    wait_unless_gone,
+)
 from listener.providers.fusionbrain.emulator.images import ImageCache
 from listener.providers.fusionbrain.emulator.state import (
     BODY_FAULTS,
@@ -62,8 +69,6 @@ from listener.providers.fusionbrain.emulator.state import (
 
 log = logging.getLogger("listener.emulator")
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 API_PREFIX = "/key/api/v1/"
 PIPELINE_ID = "a5e3b1c0-7f2d-4c69-9b8e-3d1f0e2a4b6c"
@@ -113,22 +118,6 @@ _ROUTES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("run", "POST", re.compile(r"pipeline/run")),
     ("status", "GET", re.compile(r"pipeline/status/(?P<uuid>[^/]+)")),
 )
-
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    content_type: bytes = b"application/json"
-    # A body made as it is sent, without a Content-Length (oversized, endless answers).
-    stream: Callable[[], AsyncIterator[bytes]] | None = None
-    # Seconds over which `body` is sent in small pieces (drip and slow faults).
-    spread: float = 0.0
-
-    @classmethod
-    def json(cls, status: int, data: Any) -> Answer:
-        return cls(status, json.dumps(data, ensure_ascii=False).encode())
 
 
 def spring_error(status: int, message: str, path: str) -> Answer:
@@ -721,58 +710,6 @@ def _paced(answer: Answer, fault: Fault | None) -> Answer:
     elif fault.kind == "slow":
         answer.spread = fault.seconds
     return answer
-
-
-async def wait_unless_gone(receive: Receive, seconds: float) -> bool:
-    """Sleep; False if the client disconnected meanwhile (the body is read already)."""
-    with trio.move_on_after(seconds):
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return False
-    return True
-
-
-async def send_answer(send: Send, answer: Answer, receive: Receive | None = None) -> None:
-    """Send an answer: at once, spread over time, or streamed; a slow or streamed answer
-    stops when the client goes away (`receive` reports the disconnect)."""
-    headers = [(b"content-type", answer.content_type)]
-    if answer.stream is None:
-        headers.append((b"content-length", str(len(answer.body)).encode()))
-    headers.extend(answer.headers)
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    if answer.stream is None and answer.spread <= 0:
-        await send({"type": "http.response.body", "body": answer.body})
-        return
-    async with trio.open_nursery() as nursery:
-        if receive is not None:
-            nursery.start_soon(_cancel_when_gone, receive, nursery.cancel_scope)
-        if answer.stream is not None:
-            async for piece in answer.stream():
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-        else:
-            await _send_spread(send, answer.body, answer.spread)
-        await send({"type": "http.response.body", "body": b""})
-        nursery.cancel_scope.cancel()
-
-
-async def _send_spread(send: Send, body: bytes, seconds: float) -> None:
-    pieces = max(1, min(len(body), int(seconds * 20)))
-    size = -(-len(body) // pieces)
-    pause = seconds / pieces
-    for start in range(0, len(body), size):
-        await send(
-            {"type": "http.response.body", "body": body[start : start + size], "more_body": True}
-        )
-        await trio.sleep(pause)
-
-
-async def _cancel_when_gone(receive: Receive, scope: trio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
 
 
 def _route(route: str) -> tuple[str, str, re.Match[str]] | None:

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from listener.providers.emulator_kit import ConfigInvalid
+
 BUSY_KEYS = ("model_status", "pipeline_status")
 """The two body keys the real service uses for "busy" on run (seen and documented)."""
 
@@ -22,10 +24,6 @@ AFTER_RUN_ERRORS = (500, 502, 503, 504)
 RATE_FIELDS = ("fail_rate", "cancel_rate", "error_rate", "malformed_rate")
 SECONDS_FIELDS = ("generation_time", "result_ttl", "delay")
 PRIVATE_FIELDS = ("api_key", "secret_key")
-
-
-class ConfigInvalid(ValueError):
-    """An emulator setting is out of range or of the wrong type."""
 
 
 @dataclass(frozen=True)

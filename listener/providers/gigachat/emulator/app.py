@@ -5,7 +5,7 @@
     GET  /api/v1/files/{id}/content        the drawn JPEG
     GET  /api/v1/models, /api/v1/balance   the cheap checks
 
-Control, under /_emulator/ (with the control token, as the Fusion Brain emulator's):
+Control, under /_emulator/ (with the control token, as every emulator's):
 config (GET, POST), faults (GET, POST), reset, stats, expire (every token issued so far
 expires) and revoke (every token issued so far is forgotten).
 
@@ -32,14 +32,14 @@ from urllib.parse import parse_qsl, unquote
 
 import trio
 
-from listener.providers.fusionbrain.emulator.app import (
+from listener.providers.emulator_kit import ConfigInvalid
+from listener.providers.emulator_kit.answers import (
     Answer,
     Receive,
     Send,
     send_answer,
     wait_unless_gone,
 )
-from listener.providers.fusionbrain.emulator.config import ConfigInvalid
 from listener.providers.gigachat.emulator.images import JpegCache
 from listener.providers.gigachat.emulator.state import (
     BLACKLIST_TEXT,

@@ -1,4 +1,4 @@
-"""The control client of the GigaChat emulator: the Fusion Brain one's, plus tokens.
+"""The control client of the GigaChat emulator: the shared one, plus tokens.
 
 control = GigaChatControl(url, token=...)
 control.configure(streams=1, draw_time=0.2); control.fault("chat", "lost")
@@ -7,7 +7,7 @@ control.expire_tokens(); control.revoke_tokens(); control.stats()["draws_by_prom
 
 from __future__ import annotations
 
-from listener.providers.fusionbrain.emulator.control import EmulatorControl
+from listener.providers.emulator_kit.control import EmulatorControl
 
 
 class GigaChatControl(EmulatorControl):

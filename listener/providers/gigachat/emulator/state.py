@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from listener.providers.fusionbrain.emulator.config import ConfigInvalid
+from listener.providers.emulator_kit import ConfigInvalid
 
 ENDPOINTS = ("token", "chat", "download", "models", "balance", "any")
 STATUS_FAULTS = (400, 401, 402, 403, 404, 408, 413, 422, 425, 429, 500, 502, 503, 504)

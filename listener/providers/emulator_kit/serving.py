@@ -1,0 +1,93 @@
+"""Serving an emulator: hypercorn's trio HTTP server on a socket we bind ourselves.
+
+We bind the listening socket ourselves (so port 0 works and the URL is exact) and hand
+each accepted connection to hypercorn's trio `TCPServer`, which speaks HTTP/1.1 (and h2)
+to the emulator's ASGI app. Owning the accept loop also gives the app the server-side
+socket of each connection, which is what the faults that close a connection without
+answering need (`drop`, GigaChat's `lost`): plain ASGI has no way to do that.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
+
+log = logging.getLogger("listener.emulator")
+
+BACKLOG = 1024
+
+# A client (host, port) -> the server-side socket of its connection.
+Connections = dict[tuple[Any, ...], trio.socket.SocketType]
+
+
+def url_for(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+async def bind(host: str, port: int) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Lets a restarted emulator take its port back while old connections linger.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_app(
+    make_app: Callable[[Connections], Any],
+    *,
+    host: str,
+    port: int,
+    background: Sequence[Callable[[], Awaitable[None]]] = (),
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI app `make_app(connections)` until cancelled, with the
+    `background` tasks beside it; `task_status.started(url)` once listening, with the
+    real port in the URL (`http://127.0.0.1:PORT/`)."""
+    connections: Connections = {}
+    app = make_app(connections)
+    hconfig = HypercornConfig()
+    hconfig.accesslog = None
+    # Through our logging setup (format, secret redaction) rather than hypercorn's own.
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    # The app is a plain ASGI callable; hypercorn's types name its own scope classes.
+    wrapped = wrap_app(app, hconfig.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            peer = tuple(stream.socket.getpeername()[:2])
+        except OSError:
+            await stream.aclose()
+            return
+        connections[peer] = stream.socket
+        try:
+            # TCPServer takes a plain trio stream too (hypercorn's own trio worker does so).
+            await TCPServer(wrapped, hconfig, context, {}, stream).run()  # type: ignore[arg-type]
+        finally:
+            connections.pop(peer, None)
+
+    sock = await bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = url_for(host, bound_port)
+    listener = trio.SocketListener(sock)
+    async with trio.open_nursery() as nursery:
+        for task in background:
+            nursery.start_soon(task)
+        await nursery.start(trio.serve_listeners, handle, [listener])
+        log.debug("Emulator bound to %s:%s", bound_host, bound_port)
+        task_status.started(url)
