@@ -107,6 +107,12 @@ class Follow:
         limit_by_checks = by_checks < deadline
         deadline = min(deadline, by_checks)
         pending_at = 0.0  # seconds after acceptance of the last "not yet"
+        # What a finished generation teaches the pacing: only a time this process saw
+        # bounded, from its own submission or its own "not yet". A generation adopted
+        # after a restart and ready at its first check says only "done some time in
+        # the last `age` seconds": learned as a generation time, one kill would space
+        # every later check by minutes.
+        bounded = gen.age == 0.0
         failed: ApiTransient | None = None  # what went wrong with the previous check
         while True:
             if not await self._credentials_ok(until):
@@ -143,7 +149,8 @@ class Follow:
                     failed = None
                 now = trio.current_time()
                 if isinstance(outcome, Ready):
-                    pacing.finished_between(pending_at, now - accepted)
+                    if bounded:
+                        pacing.finished_between(pending_at, now - accepted)
                     pacing.ended()
                     await self._publish(gen, own, outcome.image, accepted, until=until)
                     return
@@ -162,7 +169,7 @@ class Follow:
             if scope.cancelled_caught:
                 return  # stopping: the row keeps its uuid and is resumed later
             if heard:
-                pending_at = now - accepted
+                pending_at, bounded = now - accepted, True
             delay = max(pacing.delay(now - accepted), wait_at_least)
             # the last check is made at the time limit, for a result that may be ready
             await trio.sleep(min(delay, max(0.0, deadline - now)))

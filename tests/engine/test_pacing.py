@@ -9,6 +9,7 @@ import trio
 
 from listener.engine.pacing import Pacing
 from tests.engine.conftest import make_engine, run_until
+from tests.engine.fakes import FakeProvider, FakeStore
 
 
 def test_a_zero_second_generation_is_learned_and_nonsense_is_not():
@@ -60,3 +61,32 @@ async def test_checks_and_finished_generations_are_counted(store, provider, auto
     assert engine.pacing.finished == 3
     assert engine.pacing.checks == sum(provider.checks.values()) >= 3
     assert engine.pacing.checks_per_image == engine.pacing.checks / 3
+
+
+async def test_a_generation_adopted_ready_at_its_first_check_teaches_nothing(
+    store, provider, autojump_clock
+):
+    """After a kill, the survivors adopt generations accepted long ago: "ready at the
+    first check" bounds nothing, and must not teach a generation time of minutes."""
+    await trio.sleep(100)
+    ids = store.add(4, status="Generate", uuid="left", started=10.0)  # accepted 90 s ago
+    engine = make_engine(store, provider)
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: all(store.rows[i].status == "ReadyToPublish" for i in ids))
+        engine.stop("test")
+    assert engine.pacing.finished == 4
+    assert engine.pacing.observed == 0 and engine.pacing.median is None
+
+
+async def test_a_generation_adopted_and_heard_not_yet_teaches_its_time(autojump_clock):
+    store, provider = FakeStore(), FakeProvider(generation_time=3.0)
+    await trio.sleep(100)
+    (id_,) = store.add(1, status="Generate", uuid="left", started=99.0)  # 1 s ago
+    provider.started["left"] = 99.0
+    engine = make_engine(store, provider, settings={"default_check_interval": 0.5})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await run_until(lambda: store.rows[id_].status == "ReadyToPublish")
+        engine.stop("test")
+    assert engine.pacing.observed == 1 and 2.0 <= engine.pacing.median <= 4.0
