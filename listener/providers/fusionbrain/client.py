@@ -24,7 +24,8 @@ of its own. Answers are parsed into the strict models of its `models` module. Ev
 message built from API text goes through `listener.sanitize.clean` (and the client's own
 credentials are redacted from it), so it is one bounded, safe line wherever it lands.
 
-Idempotent reads are retried here (stamina, jittered backoff), except after a deadline,
+Idempotent reads are retried here (stamina, jittered backoff, entered only after a
+failed try: listener.backoff), except after a deadline,
 an oversized answer or a redirect: a server that behaves so would make every attempt
 cost as much, or answer the same. A run is repeated only when it certainly never reached
 the server (no connection could be made): each accepted run costs the user quota, so an
@@ -44,9 +45,9 @@ from typing import Any, Self, TypeVar
 
 import httpx
 import pydantic
-import stamina
 import trio
 
+from listener.backoff import first_then_retry
 from listener.edge import (
     EXCERPT,
     MAX_JSON_DEPTH,
@@ -329,16 +330,14 @@ class FusionBrainClient:
                     _say(f"{what}: malformed answer: HTTP {reply.status_code}, {exc}", self)
                 ) from None
 
-        async for retry in stamina.retry_context(
+        return await first_then_retry(
+            attempt,
             on=_retry_here,
             attempts=READ_ATTEMPTS,
             wait_initial=RETRY_WAIT_INITIAL,
             wait_max=RETRY_WAIT_MAX,
             timeout=None,
-        ):
-            with retry:
-                return await attempt()
-        raise AssertionError("unreachable")  # pragma: no cover
+        )
 
     def _raise_for_status(
         self,
@@ -392,16 +391,14 @@ def _retry_here(exc: Exception) -> bool:
 
 
 async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
-    async for retry in stamina.retry_context(
+    return await first_then_retry(
+        send,
         on=NOT_SENT,
         attempts=CONNECT_ATTEMPTS,
         wait_initial=RETRY_WAIT_INITIAL,
         wait_max=RETRY_WAIT_MAX,
         timeout=None,
-    ):
-        with retry:
-            return await send()
-    raise AssertionError("unreachable")  # pragma: no cover
+    )
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from typing import Any, Self
 import certifi
 import httpx
 import pydantic
-import stamina
 import trio
 
+from listener.backoff import first_then_retry
 from listener.edge import (
     TooLarge,
     excerpt,
@@ -185,31 +185,33 @@ class Edge:
         """One request, repeated only when it certainly was not sent. Network trouble is
         ApiTransient, or, for a `paid` request that may have been received,
         ApiOutcomeUnknown; an oversized 2xx is ApiMalformed (MalformedDraw when paid)."""
-        async for attempt in stamina.retry_context(
+
+        async def once() -> Reply:
+            try:
+                return await self._exchange(method, url, headers, content, deadline)
+            except NOT_SENT as exc:
+                if untrusted(exc):
+                    # A configuration error, not a network one: no use repeating.
+                    raise ApiCredentials(self.say(f"{what}: {describe(exc)}")) from exc
+                raise
+            except httpx.HTTPError as exc:
+                kind = ApiOutcomeUnknown if paid else ApiTransient
+                raise kind(self.say(f"{what}: no answer: {describe(exc)}")) from exc
+            except _Late as exc:
+                kind = ApiOutcomeUnknown if paid else ApiTransient
+                raise kind(self.say(f"{what}: {exc}")) from None
+            except TooLarge as exc:
+                kind = MalformedDraw if paid else ApiMalformed
+                raise kind(self.say(f"{what}: malformed answer: {exc}")) from None
+
+        return await first_then_retry(
+            once,
             on=NOT_SENT,
             attempts=CONNECT_ATTEMPTS,
             wait_initial=RETRY_WAIT_INITIAL,
             wait_max=RETRY_WAIT_MAX,
             timeout=None,
-        ):
-            with attempt:
-                try:
-                    return await self._exchange(method, url, headers, content, deadline)
-                except NOT_SENT as exc:
-                    if untrusted(exc):
-                        # A configuration error, not a network one: no use repeating.
-                        raise ApiCredentials(self.say(f"{what}: {describe(exc)}")) from exc
-                    raise
-                except httpx.HTTPError as exc:
-                    kind = ApiOutcomeUnknown if paid else ApiTransient
-                    raise kind(self.say(f"{what}: no answer: {describe(exc)}")) from exc
-                except _Late as exc:
-                    kind = ApiOutcomeUnknown if paid else ApiTransient
-                    raise kind(self.say(f"{what}: {exc}")) from None
-                except TooLarge as exc:
-                    kind = MalformedDraw if paid else ApiMalformed
-                    raise kind(self.say(f"{what}: malformed answer: {exc}")) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        )
 
     async def send(self, method: str, url: str, **kwargs: Any) -> Reply:
         """`call`, with a request that was never sent reported as ApiTransient."""
