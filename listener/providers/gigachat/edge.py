@@ -141,6 +141,7 @@ class Edge:
             transport=transport,
             follow_redirects=False,
         )
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
 
     async def __aenter__(self) -> Self:
         await self._http.__aenter__()
@@ -230,10 +231,19 @@ class Edge:
         deadline: float | None,
     ) -> Reply:
         total = self.timeout if deadline is None else deadline
-        request = self._http.build_request(method, url, headers=headers, content=content)
+        # Built whole and handed to the transport the client picks for the URL (a proxy's,
+        # from the environment): the client's auth, redirect and cookie layers do nothing
+        # here but cost CPU on every call.
+        merged = self._http.headers.copy()
+        merged.update(headers)
+        target = httpx.URL(url)
+        request = httpx.Request(
+            method, target, headers=merged, content=content, extensions=self._extensions
+        )
+        transport = self._http._transport_for_url(target)
         response: httpx.Response | None = None
         with trio.move_on_after(total):
-            response = await self._http.send(request, stream=True)
+            response = await transport.handle_async_request(request)
             try:
                 return await self._read_body(response)
             finally:
