@@ -58,3 +58,12 @@ def test_the_check_itself_sees_an_optional_import():
     done = loads(["status"])
     assert done.returncode == 1
     assert "listener.commands.export" in done.stdout
+
+
+def test_the_web_server_does_not_hold_pillow_until_an_image_is_shown():
+    code = (
+        "import sys, listener.web.runtime, listener.web.app;"
+        "sys.exit(1 if any(m.split('.')[0] == 'PIL' for m in sys.modules) else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
