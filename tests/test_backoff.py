@@ -75,6 +75,6 @@ async def test_a_predicate_decides_as_in_stamina(autojump_clock):
 
 async def test_testing_mode_caps_attempts_as_before(autojump_clock):
     call = Flaky(10)
-    with stamina.set_testing(True, attempts=2, cap=True), pytest.raises(OSError):
+    with stamina.set_testing(True, attempts=2, cap=True), pytest.raises(OSError, match="down"):
         await first_then_retry(call, on=OSError, attempts=5, wait_initial=1.0)
     assert len(call.calls) == 2
