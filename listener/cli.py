@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from listener import __version__
-from listener.commands import COMMANDS
+from listener.commands import NAMES, load
 from listener.errors import ListenerError
 
 SEED_FLAGS = ("generator", "processor", "cron", "verbose")
@@ -51,7 +51,23 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def needed(argv: Sequence[str]) -> tuple[str, ...]:
+    """The subcommands whose modules `argv` needs: only `run` for the service's command
+    line (flags only, or `run` and flags), so that the long-running process never
+    imports what the other commands use; every one for anything else (help included)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-h", "--help"):
+            return NAMES
+        if word in ("--http", "-http"):
+            next(words, None)  # its value
+        elif not word.startswith("-"):
+            return ("run",) if word == "run" else NAMES
+    return ("run",)
+
+
+def build_parser(commands: Sequence[str] = NAMES) -> argparse.ArgumentParser:
+    """The parser, with the subcommands `commands` (all by default)."""
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_verbose(common)
     parser = argparse.ArgumentParser(
@@ -65,17 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(sub, common)
-    COMMANDS[0].add_service_arguments(parser)
+    for name in commands:
+        load(name).register(sub, common)
+    load("run").add_service_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(normalise_go_flags(args_in, (*SEED_FLAGS, "once")))
-    handler = getattr(args, "handler", None) or COMMANDS[0].handle
+    args_in = normalise_go_flags(
+        list(sys.argv[1:] if argv is None else argv), (*SEED_FLAGS, "once")
+    )
+    args = build_parser(needed(args_in)).parse_args(args_in)
+    handler = getattr(args, "handler", None) or load("run").handle
     try:
         return handler(args)
     except ListenerError as exc:

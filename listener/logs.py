@@ -26,6 +26,19 @@ VERBOSE_FORMAT = "%(asctime)s %(filename)s:%(lineno)d: %(message)s"
 log = logging.getLogger("listener")
 
 
+class Formatter(logging.Formatter):
+    """The seed's formats, with the date formatted once per second, not once per line."""
+
+    _cached = (-1, "")  # (second, its date): one tuple, so threads never see half of it
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second, date = self._cached
+        if int(record.created) != second:
+            date = super().formatTime(record, datefmt)
+            self._cached = (int(record.created), date)
+        return date
+
+
 class RedactSecrets(logging.Filter):
     """Replace every known secret in a record's final text by `***`."""
 
@@ -45,10 +58,10 @@ class RedactSecrets(logging.Filter):
 
 def setup_logging(*, verbose: bool = False, secrets: Iterable[str] = ()) -> None:
     """Configure the root logger once, for the CLI and the service alike."""
+    # No format here shows a thread's or a process's name: not looked up for each record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(VERBOSE_FORMAT if verbose else BASIC_FORMAT, DATE_FORMAT)
-    )
+    handler.setFormatter(Formatter(VERBOSE_FORMAT if verbose else BASIC_FORMAT, DATE_FORMAT))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -26,10 +26,14 @@ its combining accent is kept whole or dropped whole, never split into a broken c
 
 from __future__ import annotations
 
-import regex
+import re
+from typing import TYPE_CHECKING
 
 from listener.errors import BlankPrompt
 from listener.sanitize import clean
+
+if TYPE_CHECKING:
+    import regex
 
 # The API takes 1 to 1000 characters of query (the seed cut at 999) and up to 1000 of
 # negative prompt.
@@ -59,12 +63,22 @@ BLANK_CLASS = (
     r"\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF"
 )
 
-_GRAPHEME = regex.compile(r"\X")
-_SHOWN = regex.compile(f"[^{BLANK_CLASS}\\x00]")
-# The last character that shows something, searched backwards from the end.
-_LAST_SHOWN = regex.compile(f"(?r)[^{BLANK_CLASS}\\x00]")
-_LEADING_BLANKS = regex.compile(f"[{BLANK_CLASS}\\x00]*")
-_LOG_BLANKS = regex.compile(f"[{BLANK_CLASS}\\x00]+")
+# The standard library's `re` reads these classes as `regex` does; `regex` (for grapheme
+# clusters, `\X`) is imported only for a prompt longer than what is sent: it is 1.3 MB
+# the service would otherwise hold for nothing.
+_SHOWN = re.compile(f"[^{BLANK_CLASS}\\x00]")
+_LEADING_BLANKS = re.compile(f"[{BLANK_CLASS}\\x00]*")
+_LOG_BLANKS = re.compile(f"[{BLANK_CLASS}\\x00]+")
+_grapheme: regex.Pattern[str] | None = None
+
+
+def _graphemes() -> regex.Pattern[str]:
+    global _grapheme
+    if _grapheme is None:
+        import regex
+
+        _grapheme = regex.compile(r"\X")
+    return _grapheme
 
 
 def is_blank(text: str) -> bool:
@@ -86,9 +100,9 @@ def strip_blank(text: str) -> str:
     start = _leading(text)
     if start == len(text):
         return ""
-    last = _LAST_SHOWN.search(text, start)
-    assert last is not None  # text[start] shows something
-    return text[start : last.end()]
+    # The trailing blanks are the leading ones of the reversed text: one pass over them.
+    trailing = _leading(text[:start:-1])
+    return text[start : len(text) - trailing]
 
 
 def cut_graphemes(text: str, limit: int) -> str:
@@ -97,7 +111,7 @@ def cut_graphemes(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     end = 0
-    for cluster in _GRAPHEME.finditer(text, 0, limit + _CLUSTER_LOOKAHEAD):
+    for cluster in _graphemes().finditer(text, 0, limit + _CLUSTER_LOOKAHEAD):
         if cluster.end() > limit:
             break
         end = cluster.end()

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 LIMIT = 2000
 MARKER = "…[cut]"
 
-_secrets: list[str] = []
 
 # C0 and C1 controls, DEL, lone surrogates, and the invisible characters that move or
 # break a line on screen: zero-width and direction marks, bidi embeddings and isolates,
@@ -93,7 +92,34 @@ def _decoded_forms(secret: str) -> set[str]:
     return found
 
 
-def secret_forms(secrets: Iterable[str]) -> list[str]:
+class Forms(list[str]):
+    """What `secret_forms` returns: the forms, with their patterns compiled once, on first
+    use, and kept (a log line or a message is redacted without rebuilding them). Made
+    anew, never changed, when the secrets change."""
+
+    __slots__ = ("_compiled", "_lowered")
+    _compiled: tuple[re.Pattern[str], re.Pattern[str]] | None
+    _lowered: tuple[str, ...]
+
+    @property
+    def patterns(self) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+        try:
+            return self._compiled
+        except AttributeError:
+            self._compiled = _patterns(_key(self))
+            return self._compiled
+
+    def found_in(self, lowered: str) -> bool:
+        """Whether any form occurs in `lowered` (lower-cased text): one C-speed substring
+        search per form, so the alternation runs only on text that holds a secret."""
+        try:
+            forms = self._lowered
+        except AttributeError:
+            forms = self._lowered = tuple(f.lower() for f in self if f)
+        return any(form in lowered for form in forms)
+
+
+def secret_forms(secrets: Iterable[str]) -> Forms:
     """Every form a configured secret may show up in, longest first: as configured, without
     its surrounding whitespace (a key read from a file ends in a newline), as JSON escapes
     it (an error body that echoes it), in base64 (alone, inside longer base64, and each
@@ -125,7 +151,10 @@ def secret_forms(secrets: Iterable[str]) -> list[str]:
             if first != second:
                 add(base64.b64encode(f"{first}:{second}".encode()).decode("ascii"), False)
     # Longest first, so a secret that contains another is removed whole.
-    return sorted(found.values(), key=len, reverse=True)
+    return Forms(sorted(found.values(), key=len, reverse=True))
+
+
+_secrets = Forms()
 
 
 def _boundary(char: str) -> bool:
@@ -156,13 +185,19 @@ def _patterns(
     return re.compile(alternation(True)), re.compile(alternation(False), re.IGNORECASE)
 
 
+def _key(forms: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+    return tuple((f, isinstance(f, WholeToken)) for f in forms if f)
+
+
 def _redact_forms(text: str, forms: Sequence[str]) -> str:
-    patterns = _patterns(tuple((f, isinstance(f, WholeToken)) for f in forms if f))
+    patterns = forms.patterns if isinstance(forms, Forms) else _patterns(_key(forms))
     if patterns is None:
         return text
     lowered = text.lower()
     if len(lowered) != len(text):  # a character whose lower case is two: slower path
         return patterns[1].sub("***", text)
+    if isinstance(forms, Forms) and not forms.found_in(lowered):
+        return text  # the usual case: a line without any secret in it
     # Matched in the lower-cased copy (several times faster than IGNORECASE), cut from
     # the text itself: lower() kept every character in its place.
     out, at = [], 0
@@ -178,7 +213,8 @@ def _redact_forms(text: str, forms: Sequence[str]) -> str:
 
 def register_secrets(secrets: Iterable[str]) -> None:
     """Remember every configured secret, in every form it was configured in."""
-    _secrets[:] = secret_forms(secrets)
+    global _secrets
+    _secrets = secret_forms(secrets)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -194,6 +230,8 @@ def redact(text: str, forms: Sequence[str] | None = None) -> str:
     `secret_forms` lists them), in any letter case, and every header-shaped credential
     replaced by `***`."""
     text = _redact_forms(text, _secrets if forms is None else forms)
+    if "x-" not in text and "X-" not in text:  # _HEADER starts so, in either case
+        return text
     return _HEADER.sub(r"\1***", text)
 
 

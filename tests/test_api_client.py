@@ -27,6 +27,7 @@ from listener.providers.fusionbrain.client import (
     FusionBrainClient,
     choose_pipeline,
     json_depth_exceeds,
+    multipart,
     parse_json,
     parse_retry_after,
     parse_status,
@@ -141,6 +142,24 @@ async def test_run_sends_multipart_with_json_params_and_credentials() -> None:
     assert rest.lstrip().startswith("Content-Type: application/json")
     params = json.loads(rest.split("\r\n\r\n", 1)[1].split("\r\n--", 1)[0])
     assert params == REQUEST.params()
+
+
+def test_the_multipart_body_is_the_one_httpx_would_build() -> None:
+    """Built in one piece (one write on the wire), byte for byte what httpx's `files=`
+    encoding makes, but for the boundary (random in both, never the same twice)."""
+    params = json.dumps({"query": "a fox\r\n--not-a-boundary ü"})
+    content_type, body = multipart(
+        ("pipeline_id", None, "pipe-1"), ("params", "application/json", params)
+    )
+    boundary = content_type.removeprefix("multipart/form-data; boundary=")
+    theirs = httpx.Request(
+        "POST",
+        "http://api/",
+        files={"pipeline_id": (None, "pipe-1"), "params": (None, params, "application/json")},
+    )
+    their_boundary = theirs.headers["Content-Type"].rpartition("boundary=")[2]
+    assert body == theirs.read().replace(their_boundary.encode(), boundary.encode())
+    assert len(boundary) == 32 and boundary != multipart(("a", None, "b"))[0][-32:]
 
 
 @pytest.mark.parametrize("key", ["model_status", "pipeline_status"])

@@ -13,8 +13,9 @@ everything, paid calls included. A wait that a stop makes pointless (`until_stop
 ends at the stop.
 
 A durable write (a uuid the API accepted, an image it handed out, a row's release) is
-retried with backoff (stamina) while the database cannot take it now: unavailable, or
-busy (statement timeout behind an operator's lock, deadlock). It ends when it lands,
+retried with backoff (stamina, entered once a try failed: listener.backoff) while the
+database cannot take it now: unavailable, or busy (statement timeout behind an
+operator's lock, deadlock). It ends when it lands,
 when the lease is lost (`LeaseLost` is raised to the caller), or at the deadline.
 """
 
@@ -26,9 +27,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-import stamina
 import trio
 
+from listener.backoff import first_then_retry
 from listener.errors import DatabaseBusy, DatabaseUnavailable, ListenerError
 
 log = logging.getLogger("listener.engine")
@@ -100,19 +101,22 @@ class Guard:
     ) -> T:
         """Run `write` until it lands; shielded, retried while the database cannot take it.
         `until`: the paid call's own deadline, when the write records its outcome."""
+
+        async def once() -> T:
+            try:
+                return await write()
+            except RETRYABLE as exc:
+                log.warning("%s: %s; retrying", what, exc.message)
+                raise
+
         with self.shielded(until=until):
-            async for attempt in stamina.retry_context(
+            return await first_then_retry(
+                once,
                 on=RETRYABLE,
                 attempts=None,
                 timeout=None,
                 wait_initial=0.1,
                 wait_max=5.0,
                 wait_jitter=0.5,
-            ):
-                with attempt:
-                    try:
-                        return await write()
-                    except RETRYABLE as exc:
-                        log.warning("%s: %s; retrying", what, exc.message)
-                        raise
+            )
         raise WriteAbandoned(f"{what}: abandoned at shutdown, the database could not take it")

@@ -149,7 +149,8 @@ class Runs:
             await self.store.release(row.id, status="ReadyToGenerate", uncount=True)
             own.settle()
             return None
-        log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
+        if log.isEnabledFor(logging.INFO):  # the prompt is cut and made safe only if shown
+            log.info("Processing image ID %d with prompt: %s", row.id, for_log(row.prompt))
         try:
             request = self.request_for(row)
         except BlankPrompt:
@@ -227,7 +228,8 @@ class Runs:
             self.health.accepted()
             if self.slots is not None:
                 await self.slots.succeeded()
-            log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
+            if log.isEnabledFor(logging.INFO):
+                log.info("Image ID %d accepted by the API: uuid %s", row.id, clean(accepted.handle))
             with own.moving_to("Generate"):
                 try:
                     await self.guard.durable(

@@ -77,8 +77,24 @@ class Tracker:
         self.checks: OrderedDict[str, int] = OrderedDict()
 
 
-class ObservedStore:
+class _Children:
+    """A metric's labelled children, looked up once: `metric.labels(...)` builds a key and
+    takes a lock on every call (a few microseconds, several times per row)."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+
+class ObservedStore(_Children):
     def __init__(self, store: Any, metrics: Metrics, provider: str, tracker: Tracker) -> None:
+        super().__init__()
         self._store = store
         self._m = metrics
         self._provider = provider
@@ -91,7 +107,7 @@ class ObservedStore:
         rows = await self._store.claim_ready(*args, **kwargs)
         if rows:
             now = time.monotonic()
-            self._m.claimed.labels(self._provider, "ready").inc(len(rows))
+            self._child(self._m.claimed, self._provider, "ready").inc(len(rows))
             for row in rows:
                 waited = getattr(row, "waited", None)
                 if waited is not None:
@@ -104,7 +120,7 @@ class ObservedStore:
     async def claim_generating(self, *args: Any, **kwargs: Any) -> Any:
         claimed = await self._store.claim_generating(*args, **kwargs)
         if claimed.rows:
-            self._m.claimed.labels(self._provider, "adopted").inc(len(claimed.rows))
+            self._child(self._m.claimed, self._provider, "adopted").inc(len(claimed.rows))
         return claimed
 
     async def finalise(self, id_: int, *args: Any, **kwargs: Any) -> Any:
@@ -131,16 +147,17 @@ class ObservedStore:
         self._t.committed.pop(id_, None)
 
     def _finished(self, id_: int, status: str, reason: str) -> None:
-        self._m.finished.labels(self._provider, status, reason).inc()
+        self._child(self._m.finished, self._provider, status, reason).inc()
         self._t.due.pop(id_, None)
         committed = self._t.committed.pop(id_, None)
         if committed is not None:
             elapsed = time.monotonic() - committed
-            self._m.end_to_end.labels(self._provider, status).observe(elapsed)
+            self._child(self._m.end_to_end, self._provider, status).observe(elapsed)
 
 
-class ObservedProvider:
+class ObservedProvider(_Children):
     def __init__(self, provider: Any, metrics: Metrics, tracker: Tracker) -> None:
+        super().__init__()
         self._provider = provider
         self._m = metrics
         self._t = tracker
@@ -153,10 +170,10 @@ class ObservedProvider:
         row_id = _row_of(request)
         due = self._t.due.pop(row_id, None) if row_id is not None else None
         if due is not None:
-            self._m.pickup.labels(self.name).observe(time.monotonic() - due)
+            self._child(self._m.pickup, self.name).observe(time.monotonic() - due)
         result = await self._timed("submit", self._provider.submit(request))
         if not isinstance(result, Refused):
-            self._m.submitted.labels(self.name).inc()
+            self._child(self._m.submitted, self.name).inc()
         return result
 
     async def outcome(self, handle: str) -> Any:
@@ -166,7 +183,7 @@ class ObservedProvider:
         while len(checks) > TRACKED_ROWS:
             checks.popitem(last=False)
         if isinstance(result, Ready | Refused):
-            self._m.status_checks.labels(self.name).observe(checks.pop(handle))
+            self._child(self._m.status_checks, self.name).observe(checks.pop(handle))
         elif not isinstance(result, Pending):
             checks.pop(handle, None)
         return result
@@ -183,8 +200,8 @@ class ObservedProvider:
             error = exc
             raise
         finally:
-            self._m.api_latency.labels(self.name, endpoint).observe(time.monotonic() - began)
-            self._m.api_requests.labels(self.name, endpoint, api_outcome(error)).inc()
+            self._child(self._m.api_latency, self.name, endpoint).observe(time.monotonic() - began)
+            self._child(self._m.api_requests, self.name, endpoint, api_outcome(error)).inc()
 
 
 def _row_of(request: Any) -> int | None:

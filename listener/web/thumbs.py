@@ -5,6 +5,8 @@ the row's id and the version of its image (its updated_at), so a retried row nev
 shows an old picture. The cache is an LRU bounded in bytes by HTTP_THUMBNAIL_CACHE_MB
 (default 16 MiB: about a thousand thumbnails); it is part of the process's memory budget.
 Decoding runs in a worker thread; the image's format (PNG or JPEG) is read from its bytes.
+Pillow is imported at the first image shown, not with the server: a listener whose
+gallery nobody opens does not hold it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import binascii
 import io
 from collections import OrderedDict
 from dataclasses import dataclass
-
-from PIL import Image
 
 from listener.errors import InvalidImage
 
@@ -61,6 +61,8 @@ def decode(text: str) -> Picture:
     media_type = sniff(data)
     if media_type is None:
         raise InvalidImage("neither PNG nor JPEG")
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data), formats=list(FORMATS)) as im:
             width, height = im.size
@@ -74,6 +76,8 @@ def decode(text: str) -> Picture:
 def make_thumb(text: str) -> Thumb:
     """Blocking (Pillow decodes the whole image): run it in a worker thread."""
     picture = decode(text)
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(picture.data), formats=list(FORMATS)) as source:
             source.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at a smaller scale

@@ -24,7 +24,8 @@ of its own. Answers are parsed into the strict models of its `models` module. Ev
 message built from API text goes through `listener.sanitize.clean` (and the client's own
 credentials are redacted from it), so it is one bounded, safe line wherever it lands.
 
-Idempotent reads are retried here (stamina, jittered backoff), except after a deadline,
+Idempotent reads are retried here (stamina, jittered backoff, entered only after a
+failed try: listener.backoff), except after a deadline,
 an oversized answer or a redirect: a server that behaves so would make every attempt
 cost as much, or answer the same. A run is repeated only when it certainly never reached
 the server (no connection could be made): each accepted run costs the user quota, so an
@@ -37,6 +38,7 @@ import json
 import logging
 import math
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,9 +46,9 @@ from typing import Any, Self, TypeVar
 
 import httpx
 import pydantic
-import stamina
 import trio
 
+from listener.backoff import first_then_retry
 from listener.edge import (
     EXCERPT,
     MAX_JSON_DEPTH,
@@ -171,6 +173,12 @@ class FusionBrainClient:
             transport=transport,
             follow_redirects=False,
         )
+        # Each request is built here whole and handed to the pool's transport: the
+        # client's per-request layers (auth and redirect flows, the cookie jar, URL
+        # merging) do nothing this API needs and cost ~0.15 ms of CPU per request.
+        self._base = base_url + PREFIX
+        self._headers = self._http.headers
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
         self._pipeline_id: str | None = None
         self._pipeline_lock = trio.Lock()
 
@@ -218,13 +226,15 @@ class FusionBrainClient:
     async def run(self, request: GenerationRequest) -> Accepted:
         """Submit one generation. Raises ApiOutcomeUnknown when it may have been accepted."""
         pipeline = await self.pipeline_id()
-        files: dict[str, tuple[str | None, str] | tuple[str | None, str, str]] = {
-            "pipeline_id": (None, pipeline),
-            "params": (None, json.dumps(request.params()), "application/json"),
-        }
+        content_type, body = multipart(
+            ("pipeline_id", None, pipeline),
+            ("params", "application/json", json.dumps(request.params())),
+        )
 
         async def send() -> _Reply:
-            return await self._exchange("POST", "pipeline/run", files=files)
+            return await self._exchange(
+                "POST", "pipeline/run", content=body, content_type=content_type
+            )
 
         try:
             reply = await _retry_not_sent(send)
@@ -272,16 +282,26 @@ class FusionBrainClient:
         *,
         deadline: float | None = None,
         params: dict[str, str] | None = None,
-        files: dict[str, Any] | None = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
     ) -> _Reply:
         """One request: headers within `timeout`, the whole answer within `deadline`
         (default: `timeout`), the body read as it streams and cut at its cap."""
         total = self._timeout if deadline is None else deadline
-        request = self._http.build_request(method, path, params=params, files=files)
+        headers = self._headers
+        if content_type is not None:
+            headers = headers.copy()
+            headers["Content-Type"] = content_type
+        url = httpx.URL(self._base + path, params=params)
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions=self._extensions
+        )
+        # The transport the client chose for this URL (a proxy's, from the environment).
+        transport = self._http._transport_for_url(url)
         response: httpx.Response | None = None
         with trio.move_on_after(total):
             with trio.move_on_after(self._timeout):
-                response = await self._http.send(request, stream=True)
+                response = await transport.handle_async_request(request)
             if response is None:
                 raise _Late(f"no answer within {self._timeout:g}s")
             try:
@@ -329,16 +349,14 @@ class FusionBrainClient:
                     _say(f"{what}: malformed answer: HTTP {reply.status_code}, {exc}", self)
                 ) from None
 
-        async for retry in stamina.retry_context(
+        return await first_then_retry(
+            attempt,
             on=_retry_here,
             attempts=READ_ATTEMPTS,
             wait_initial=RETRY_WAIT_INITIAL,
             wait_max=RETRY_WAIT_MAX,
             timeout=None,
-        ):
-            with retry:
-                return await attempt()
-        raise AssertionError("unreachable")  # pragma: no cover
+        )
 
     def _raise_for_status(
         self,
@@ -376,6 +394,25 @@ class FusionBrainClient:
         raise ApiTransient(message, retry_after=retry_after)
 
 
+def multipart(*parts: tuple[str, str | None, str]) -> tuple[str, bytes]:
+    """(Content-Type, body) of a multipart/form-data body of (name, content type, text)
+    parts, built in one piece (sent in one write, not one per part), byte for byte as
+    httpx builds it: a random boundary, so no part's text can forge one."""
+    boundary = secrets.token_hex(16)
+    dash = f"--{boundary}\r\n".encode()
+    body = bytearray()
+    for name, kind, text in parts:
+        body += dash
+        body += f'Content-Disposition: form-data; name="{name}"\r\n'.encode()
+        if kind is not None:
+            body += f"Content-Type: {kind}\r\n".encode()
+        body += b"\r\n"
+        body += text.encode()
+        body += b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", bytes(body)
+
+
 def _say(text: str, client: FusionBrainClient) -> str:
     """A message for an exception: the client's credentials (in every form) and anything
     header-shaped redacted, controls escaped, length capped."""
@@ -392,16 +429,14 @@ def _retry_here(exc: Exception) -> bool:
 
 
 async def _retry_not_sent(send: Callable[[], Awaitable[T]]) -> T:
-    async for retry in stamina.retry_context(
+    return await first_then_retry(
+        send,
         on=NOT_SENT,
         attempts=CONNECT_ATTEMPTS,
         wait_initial=RETRY_WAIT_INITIAL,
         wait_max=RETRY_WAIT_MAX,
         timeout=None,
-    ):
-        with retry:
-            return await send()
-    raise AssertionError("unreachable")  # pragma: no cover
+    )
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from typing import Any, Self
 import certifi
 import httpx
 import pydantic
-import stamina
 import trio
 
+from listener.backoff import first_then_retry
 from listener.edge import (
     TooLarge,
     excerpt,
@@ -141,6 +141,7 @@ class Edge:
             transport=transport,
             follow_redirects=False,
         )
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
 
     async def __aenter__(self) -> Self:
         await self._http.__aenter__()
@@ -185,31 +186,33 @@ class Edge:
         """One request, repeated only when it certainly was not sent. Network trouble is
         ApiTransient, or, for a `paid` request that may have been received,
         ApiOutcomeUnknown; an oversized 2xx is ApiMalformed (MalformedDraw when paid)."""
-        async for attempt in stamina.retry_context(
+
+        async def once() -> Reply:
+            try:
+                return await self._exchange(method, url, headers, content, deadline)
+            except NOT_SENT as exc:
+                if untrusted(exc):
+                    # A configuration error, not a network one: no use repeating.
+                    raise ApiCredentials(self.say(f"{what}: {describe(exc)}")) from exc
+                raise
+            except httpx.HTTPError as exc:
+                kind = ApiOutcomeUnknown if paid else ApiTransient
+                raise kind(self.say(f"{what}: no answer: {describe(exc)}")) from exc
+            except _Late as exc:
+                kind = ApiOutcomeUnknown if paid else ApiTransient
+                raise kind(self.say(f"{what}: {exc}")) from None
+            except TooLarge as exc:
+                kind = MalformedDraw if paid else ApiMalformed
+                raise kind(self.say(f"{what}: malformed answer: {exc}")) from None
+
+        return await first_then_retry(
+            once,
             on=NOT_SENT,
             attempts=CONNECT_ATTEMPTS,
             wait_initial=RETRY_WAIT_INITIAL,
             wait_max=RETRY_WAIT_MAX,
             timeout=None,
-        ):
-            with attempt:
-                try:
-                    return await self._exchange(method, url, headers, content, deadline)
-                except NOT_SENT as exc:
-                    if untrusted(exc):
-                        # A configuration error, not a network one: no use repeating.
-                        raise ApiCredentials(self.say(f"{what}: {describe(exc)}")) from exc
-                    raise
-                except httpx.HTTPError as exc:
-                    kind = ApiOutcomeUnknown if paid else ApiTransient
-                    raise kind(self.say(f"{what}: no answer: {describe(exc)}")) from exc
-                except _Late as exc:
-                    kind = ApiOutcomeUnknown if paid else ApiTransient
-                    raise kind(self.say(f"{what}: {exc}")) from None
-                except TooLarge as exc:
-                    kind = MalformedDraw if paid else ApiMalformed
-                    raise kind(self.say(f"{what}: malformed answer: {exc}")) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        )
 
     async def send(self, method: str, url: str, **kwargs: Any) -> Reply:
         """`call`, with a request that was never sent reported as ApiTransient."""
@@ -228,10 +231,19 @@ class Edge:
         deadline: float | None,
     ) -> Reply:
         total = self.timeout if deadline is None else deadline
-        request = self._http.build_request(method, url, headers=headers, content=content)
+        # Built whole and handed to the transport the client picks for the URL (a proxy's,
+        # from the environment): the client's auth, redirect and cookie layers do nothing
+        # here but cost CPU on every call.
+        merged = self._http.headers.copy()
+        merged.update(headers)
+        target = httpx.URL(url)
+        request = httpx.Request(
+            method, target, headers=merged, content=content, extensions=self._extensions
+        )
+        transport = self._http._transport_for_url(target)
         response: httpx.Response | None = None
         with trio.move_on_after(total):
-            response = await self._http.send(request, stream=True)
+            response = await transport.handle_async_request(request)
             try:
                 return await self._read_body(response)
             finally:
