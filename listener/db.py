@@ -8,10 +8,9 @@ matter: routine work (claims, sweeps, heartbeats) may hold at most
 uuid the API just handed us) always has ``reserve`` connections of its own.
 
 The `pickup` lane is one more connection, outside that pool, in autocommit, for the
-generator's claim queries alone. The pool hands its connections out in turn, so a claim
-after an idle spell would land on whichever backend slept longest, with its plan not yet
-prepared; always the same warm backend, with a prepared plan and no BEGIN or COMMIT,
-saves about a third of a millisecond on every pickup (bench/RESULTS.md).
+claim queries alone, driven from trio without a thread (`listener.pgtrio`): always the
+same warm backend, with a prepared plan, no BEGIN or COMMIT and no hand-off to a worker
+thread and back on a pickup.
 
 Cancellation never abandons a query half-way: a thread that is writing finishes its
 transaction before the cancelled task unwinds (`abandon_on_cancel=False`), and every
@@ -163,10 +162,6 @@ class Database:
             conn.execute(f"SET statement_timeout = {timeout_ms}")
             conn.commit()
 
-        def configure_autocommit(conn: psycopg.Connection) -> None:
-            configure(conn)
-            conn.autocommit = True
-
         def pool(
             name: str, size: tuple[int, int], setup, idle_cap: int
         ) -> psycopg_pool.ConnectionPool:
@@ -191,18 +186,20 @@ class Database:
         )
         self.routine = trio.CapacityLimiter(max_size - self.reserve)
         self.critical = trio.CapacityLimiter(self.reserve)
-        # A pool of one: psycopg_pool checks it, replaces it when it breaks and
-        # reconnects with backoff, as for the others.
-        self.pickup_pool = pool("listener-pickup", (1, 1), configure_autocommit, 1)
-        self.pickup_lane = trio.CapacityLimiter(1)
+        from listener.pgtrio import TrioConnection  # it builds on this module
 
-    async def run(
-        self, fn: Callable[..., T], *args: Any, critical: bool = False, pickup: bool = False
-    ) -> T:
-        """Run ``fn(conn, *args)`` in a worker thread, in one transaction; or, on the
-        `pickup` lane, each statement on its own (autocommit: one UPDATE is atomic by
-        itself, and the claim spares the BEGIN and COMMIT round trips)."""
-        pool = self.pickup_pool if pickup else self.pool
+        # Reopened at the first claim after it broke (a failed claim is retried by the
+        # claims' own loop, after a second).
+        self.pickup = TrioConnection(
+            conninfo,
+            application_name=application_name,
+            statement_timeout=statement_timeout,
+            prepared=prepared,
+        )
+
+    async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
+        pool = self.pool
 
         def work() -> T:
             try:
@@ -213,7 +210,7 @@ class Database:
             except UnicodeError as exc:  # psycopg encodes parameters outside its errors
                 raise DatabaseError(f"database error: cannot encode a value: {exc}") from exc
 
-        limiter = self.pickup_lane if pickup else self.critical if critical else self.routine
+        limiter = self.critical if critical else self.routine
         return await trio.to_thread.run_sync(work, limiter=limiter)
 
     # Convenience wrappers over named queries from sql/queries.sql.
@@ -264,16 +261,14 @@ async def open_database(
         application_name=application_name,
         prepared=prepared,
     )
-    pools = (db.pool, db.pickup_pool)
-    # open(wait=False) starts the pools' own connector threads and returns at once.
-    for pool in pools:
-        await trio.to_thread.run_sync(functools.partial(pool.open, wait=False))
+    # open(wait=False) starts the pool's own connector threads and returns at once.
+    await trio.to_thread.run_sync(functools.partial(db.pool.open, wait=False))
     try:
         yield db
     finally:
         with trio.CancelScope(shield=True):
-            for pool in pools:
-                await trio.to_thread.run_sync(functools.partial(pool.close, timeout=5))
+            await db.pickup.aclose()
+            await trio.to_thread.run_sync(functools.partial(db.pool.close, timeout=5))
 
 
 # -- prepared statements behind a transaction pooler ------------------------------------------
