@@ -1,20 +1,24 @@
-"""The database from trio: psycopg's sync pool behind worker threads.
+"""The database from trio: the hot path without threads, the rest through a pool.
 
-psycopg's async API runs only on asyncio, so queries go through
-`trio.to_thread.run_sync` on connections of a `psycopg_pool.ConnectionPool`. Two
-capacity limiters share the pool so that it can never run dry for the writes that
-matter: routine work (claims, sweeps, heartbeats) may hold at most
-``max_size - reserve`` connections, and the `critical` lane (writing a result or a
-uuid the API just handed us) always has ``reserve`` connections of its own.
+psycopg's async API runs only on asyncio. The statements of every row's path run from
+trio itself, in autocommit, on connections of their own driven in libpq's non-blocking
+mode (`listener.pgtrio`): no hand-off to a worker thread and back, no BEGIN or COMMIT:
 
-The `pickup` lane is one more connection, outside that pool, in autocommit, for the
-claim queries alone, driven from trio without a thread (`listener.pgtrio`): always the
-same warm backend, with a prepared plan, no BEGIN or COMMIT and no hand-off to a worker
-thread and back on a pickup.
+* the `pickup` lane, one connection for the claims (always the same warm backend, with
+  its prepared plans);
+* the `writes` lane, the critical named statements (a uuid or a result the API just
+  handed us, a release: `critical=True`), one at a time; while it is busy, the next go
+  through the pool's critical lane.
+
+Everything else (sweeps, heartbeats, renewals, several statements in one transaction)
+goes through `trio.to_thread.run_sync` on a `psycopg_pool.ConnectionPool`, where
+routine work may hold at most ``max_size - reserve`` connections and the critical
+lane (writes that matter, when the `writes` lane is busy) the other ``reserve``.
 
 Cancellation never abandons a query half-way: a thread that is writing finishes its
-transaction before the cancelled task unwinds (`abandon_on_cancel=False`), and every
-statement is bounded by `statement_timeout`, so that wait is short.
+transaction before the cancelled task unwinds (`abandon_on_cancel=False`); a statement
+on a lane is cancelled in the server and waited for, briefly (`listener.pgtrio`). Every
+statement is bounded by `statement_timeout`.
 
 psycopg errors are translated here, once: connection problems become
 `DatabaseUnavailable` (retry with backoff), anything else `DatabaseError`.
@@ -188,14 +192,22 @@ class Database:
         self.critical = trio.CapacityLimiter(self.reserve)
         from listener.pgtrio import TrioConnection  # it builds on this module
 
-        # Reopened at the first claim after it broke (a failed claim is retried by the
-        # claims' own loop, after a second).
-        self.pickup = TrioConnection(
-            conninfo,
-            application_name=application_name,
-            statement_timeout=statement_timeout,
-            prepared=prepared,
-        )
+        def lane() -> TrioConnection:
+            return TrioConnection(
+                conninfo,
+                application_name=application_name,
+                statement_timeout=statement_timeout,
+                prepared=prepared,
+            )
+
+        # Opened at the first claim, and again at the first claim after it broke (a
+        # failed claim is retried by the claims' own loop, after a second).
+        self.pickup = lane()
+        # The critical named statements (a uuid, an image, a release), one at a time;
+        # while it is busy, the next go through the pool's critical lane, so one write
+        # waiting for a lock never holds up the others, and the process holds at most
+        # one connection more than before.
+        self.writes = lane()
 
     async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
         """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
@@ -218,7 +230,11 @@ class Database:
     async def fetch(
         self, name: str, params: Any = None, *, critical: bool = False
     ) -> list[dict[str, Any]]:
+        """A named query's rows; `critical`: on the writes lane (one statement, its own
+        connections, no worker thread)."""
         query = queries()[name]
+        if critical and not self.writes.busy:
+            return await self.writes.fetch(query, params)
 
         def go(conn: psycopg.Connection) -> list[dict[str, Any]]:
             with conn.cursor(row_factory=dict_row) as cur:
@@ -229,6 +245,8 @@ class Database:
 
     async def execute(self, name: str, params: Any = None, *, critical: bool = False) -> int:
         query = queries()[name]
+        if critical and not self.writes.busy:
+            return await self.writes.execute(query, params)
 
         def go(conn: psycopg.Connection) -> int:
             return conn.execute(query, params).rowcount
@@ -268,6 +286,7 @@ async def open_database(
     finally:
         with trio.CancelScope(shield=True):
             await db.pickup.aclose()
+            await db.writes.aclose()
             await trio.to_thread.run_sync(functools.partial(db.pool.close, timeout=5))
 
 

@@ -104,6 +104,11 @@ class TrioConnection:
         if conn is not None:
             conn.close()
 
+    @property
+    def busy(self) -> bool:
+        """A statement is in flight (or waiting for its turn)."""
+        return self._lock.locked() or bool(self._lock.statistics().tasks_waiting)
+
     def get_stats(self) -> dict[str, int]:
         """As psycopg_pool's, for the connection gauges: a pool of one."""
         size = int(self.conn is not None)
@@ -124,21 +129,32 @@ class TrioConnection:
     ) -> list[Any]:
         """Run one statement; its rows (none for a statement without a result)."""
         async with self._lock:
-            conn = await self._connection()
-            cur = conn.cursor(row_factory=row_factory)
-            try:
-                # psycopg's own execute, waited for by trio (Cursor.execute minus its
-                # blocking wait): adaptation, prepared statements, errors as psycopg's.
-                await self._drive(conn, cur._execute_gen(query, params))
-                return cur.fetchall() if cur.description else []
-            except psycopg.Error as exc:
-                if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
-                    # Lost with the statement in flight: it may have run to its end.
-                    self.unsettled = True
-                    self._drop()
-                raise translate(exc) from exc
-            except UnicodeError as exc:  # parameters psycopg cannot encode: nothing sent
-                raise DatabaseError(f"database error: cannot encode a value: {exc}") from exc
+            cur = await self._execute(query, params, row_factory)
+            return cur.fetchall() if cur.description else []
+
+    async def execute(self, query: LiteralString | str, params: Any = None) -> int:
+        """Run one statement; how many rows it touched."""
+        async with self._lock:
+            return (await self._execute(query, params, dict_row)).rowcount
+
+    async def _execute(
+        self, query: LiteralString | str, params: Any, row_factory: RowFactory[Any]
+    ) -> psycopg.Cursor[Any]:
+        conn = await self._connection()
+        cur = conn.cursor(row_factory=row_factory)
+        try:
+            # psycopg's own execute, waited for by trio (Cursor.execute minus its blocking
+            # wait): adaptation, prepared statements, errors as psycopg raises them.
+            await self._drive(conn, cur._execute_gen(query, params))
+        except psycopg.Error as exc:
+            if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+                # Lost with the statement in flight: it may have run to its end.
+                self.unsettled = True
+                self._drop()
+            raise translate(exc) from exc
+        except UnicodeError as exc:  # parameters psycopg cannot encode: nothing sent
+            raise DatabaseError(f"database error: cannot encode a value: {exc}") from exc
+        return cur
 
     async def _drive(self, conn: psycopg.Connection[Any], gen: Any) -> None:
         fd = conn.pgconn.socket

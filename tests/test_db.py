@@ -96,6 +96,9 @@ async def test_critical_lane_is_free_when_routine_work_fills_the_pool(db):
             await db.run(
                 lambda c: c.execute("INSERT INTO images (prompt) VALUES ('result')"), critical=True
             )
+            # the named critical statements (a uuid, a result) have connections of their own
+            params = {"worker": "w", "ids": [1], "unknown": []}
+            assert await db.fetch("release_rows", params, critical=True) == [{"released": 0}]
         finished.append("critical")
     assert finished[0] == "critical"
 
