@@ -7,13 +7,13 @@ mode (`listener.pgtrio`): no hand-off to a worker thread and back, no BEGIN or C
 * the `pickup` lane, one connection for the claims (always the same warm backend, with
   its prepared plans);
 * the `writes` lane, the critical named statements (a uuid or a result the API just
-  handed us, a release: `critical=True`), one at a time; while it is busy, the next go
-  through the pool's critical lane.
+  handed us, a release: `critical=True`), one at a time; while it is congested, the
+  next go through the pool's critical lane.
 
 Everything else (sweeps, heartbeats, renewals, several statements in one transaction)
 goes through `trio.to_thread.run_sync` on a `psycopg_pool.ConnectionPool`, where
 routine work may hold at most ``max_size - reserve`` connections and the critical
-lane (writes that matter, when the `writes` lane is busy) the other ``reserve``.
+lane (writes that matter, when the `writes` lane is congested) the other ``reserve``.
 
 Cancellation never abandons a query half-way: a thread that is writing finishes its
 transaction before the cancelled task unwinds (`abandon_on_cancel=False`); a statement
@@ -203,10 +203,10 @@ class Database:
         # Opened at the first claim, and again at the first claim after it broke (a
         # failed claim is retried by the claims' own loop, after a second).
         self.pickup = lane()
-        # The critical named statements (a uuid, an image, a release), one at a time;
-        # while it is busy, the next go through the pool's critical lane, so one write
-        # waiting for a lock never holds up the others, and the process holds at most
-        # one connection more than before.
+        # The critical named statements (a uuid, an image, a release), one at a time,
+        # a few queued; while it is congested, the next go through the pool's critical
+        # lane, so one write waiting for a lock never holds up the others for long, and
+        # the process holds at most one connection more than before.
         self.writes = lane()
 
     async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
@@ -233,7 +233,7 @@ class Database:
         """A named query's rows; `critical`: on the writes lane (one statement, its own
         connections, no worker thread)."""
         query = queries()[name]
-        if critical and not self.writes.busy:
+        if critical and not self.writes.congested:
             return await self.writes.fetch(query, params)
 
         def go(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -245,7 +245,7 @@ class Database:
 
     async def execute(self, name: str, params: Any = None, *, critical: bool = False) -> int:
         query = queries()[name]
-        if critical and not self.writes.busy:
+        if critical and not self.writes.congested:
             return await self.writes.execute(query, params)
 
         def go(conn: psycopg.Connection) -> int:

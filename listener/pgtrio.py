@@ -45,6 +45,9 @@ T = TypeVar("T")
 # How long a cancelled statement is waited for (after a cancel request) before its
 # connection is given up and its outcome taken as unknown.
 CANCEL_GRACE = 2.0
+# `congested`: this many statements queued, or one in flight for this long.
+QUEUE_MAX = 4
+STUCK = 0.05
 
 
 class TrioConnection:
@@ -67,6 +70,7 @@ class TrioConnection:
         # A statement's outcome was lost: what it did (if anything) is not known.
         self.unsettled = False
         self.connects = 0  # for tests and the trace: how often it (re)connected
+        self._since = 0.0  # when the statement in flight began (trio clock)
         self.closed = False
 
     # -- the connection --------------------------------------------------------------
@@ -105,9 +109,14 @@ class TrioConnection:
             conn.close()
 
     @property
-    def busy(self) -> bool:
-        """A statement is in flight (or waiting for its turn)."""
-        return self._lock.locked() or bool(self._lock.statistics().tasks_waiting)
+    def congested(self) -> bool:
+        """Worth going elsewhere: QUEUE_MAX statements wait already, or the one in flight
+        has taken more than STUCK seconds (waiting for a lock, say). A short queue is
+        cheaper than a thread and a transaction of the pool's."""
+        if not self._lock.locked():
+            return False
+        waiting = self._lock.statistics().tasks_waiting
+        return waiting >= QUEUE_MAX or trio.current_time() - self._since > STUCK
 
     def get_stats(self) -> dict[str, int]:
         """As psycopg_pool's, for the connection gauges: a pool of one."""
@@ -140,6 +149,7 @@ class TrioConnection:
     async def _execute(
         self, query: LiteralString | str, params: Any, row_factory: RowFactory[Any]
     ) -> psycopg.Cursor[Any]:
+        self._since = trio.current_time()
         conn = await self._connection()
         cur = conn.cursor(row_factory=row_factory)
         try:
