@@ -1,21 +1,24 @@
-"""The database from trio: psycopg's sync pool behind worker threads.
+"""The database from trio: the hot path without threads, the rest through a pool.
 
-psycopg's async API runs only on asyncio, so queries go through
-`trio.to_thread.run_sync` on connections of a `psycopg_pool.ConnectionPool`. Two
-capacity limiters share the pool so that it can never run dry for the writes that
-matter: routine work (claims, sweeps, heartbeats) may hold at most
-``max_size - reserve`` connections, and the `critical` lane (writing a result or a
-uuid the API just handed us) always has ``reserve`` connections of its own.
+psycopg's async API runs only on asyncio. The statements of every row's path run from
+trio itself, in autocommit, on connections of their own driven in libpq's non-blocking
+mode (`listener.pgtrio`): no hand-off to a worker thread and back, no BEGIN or COMMIT:
 
-The `pickup` lane is one more connection, outside that pool, in autocommit, for the
-generator's claim queries alone. The pool hands its connections out in turn, so a claim
-after an idle spell would land on whichever backend slept longest, with its plan not yet
-prepared; always the same warm backend, with a prepared plan and no BEGIN or COMMIT,
-saves about a third of a millisecond on every pickup (bench/RESULTS.md).
+* the `pickup` lane, one connection for the claims (always the same warm backend, with
+  its prepared plans);
+* the `writes` lane, the critical named statements (a uuid or a result the API just
+  handed us, a release: `critical=True`), one at a time; while it is congested, the
+  next go through the pool's critical lane.
+
+Everything else (sweeps, heartbeats, renewals, several statements in one transaction)
+goes through `trio.to_thread.run_sync` on a `psycopg_pool.ConnectionPool`, where
+routine work may hold at most ``max_size - reserve`` connections and the critical
+lane (writes that matter, when the `writes` lane is congested) the other ``reserve``.
 
 Cancellation never abandons a query half-way: a thread that is writing finishes its
-transaction before the cancelled task unwinds (`abandon_on_cancel=False`), and every
-statement is bounded by `statement_timeout`, so that wait is short.
+transaction before the cancelled task unwinds (`abandon_on_cancel=False`); a statement
+on a lane is cancelled in the server and waited for, briefly (`listener.pgtrio`). Every
+statement is bounded by `statement_timeout`.
 
 psycopg errors are translated here, once: connection problems become
 `DatabaseUnavailable` (retry with backoff), anything else `DatabaseError`.
@@ -163,10 +166,6 @@ class Database:
             conn.execute(f"SET statement_timeout = {timeout_ms}")
             conn.commit()
 
-        def configure_autocommit(conn: psycopg.Connection) -> None:
-            configure(conn)
-            conn.autocommit = True
-
         def pool(
             name: str, size: tuple[int, int], setup, idle_cap: int
         ) -> psycopg_pool.ConnectionPool:
@@ -191,18 +190,28 @@ class Database:
         )
         self.routine = trio.CapacityLimiter(max_size - self.reserve)
         self.critical = trio.CapacityLimiter(self.reserve)
-        # A pool of one: psycopg_pool checks it, replaces it when it breaks and
-        # reconnects with backoff, as for the others.
-        self.pickup_pool = pool("listener-pickup", (1, 1), configure_autocommit, 1)
-        self.pickup_lane = trio.CapacityLimiter(1)
+        from listener.pgtrio import TrioConnection  # it builds on this module
 
-    async def run(
-        self, fn: Callable[..., T], *args: Any, critical: bool = False, pickup: bool = False
-    ) -> T:
-        """Run ``fn(conn, *args)`` in a worker thread, in one transaction; or, on the
-        `pickup` lane, each statement on its own (autocommit: one UPDATE is atomic by
-        itself, and the claim spares the BEGIN and COMMIT round trips)."""
-        pool = self.pickup_pool if pickup else self.pool
+        def lane() -> TrioConnection:
+            return TrioConnection(
+                conninfo,
+                application_name=application_name,
+                statement_timeout=statement_timeout,
+                prepared=prepared,
+            )
+
+        # Opened at the first claim, and again at the first claim after it broke (a
+        # failed claim is retried by the claims' own loop, after a second).
+        self.pickup = lane()
+        # The critical named statements (a uuid, an image, a release), one at a time,
+        # a few queued; while it is congested, the next go through the pool's critical
+        # lane, so one write waiting for a lock never holds up the others for long, and
+        # the process holds at most one connection more than before.
+        self.writes = lane()
+
+    async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
+        pool = self.pool
 
         def work() -> T:
             try:
@@ -213,7 +222,7 @@ class Database:
             except UnicodeError as exc:  # psycopg encodes parameters outside its errors
                 raise DatabaseError(f"database error: cannot encode a value: {exc}") from exc
 
-        limiter = self.pickup_lane if pickup else self.critical if critical else self.routine
+        limiter = self.critical if critical else self.routine
         return await trio.to_thread.run_sync(work, limiter=limiter)
 
     # Convenience wrappers over named queries from sql/queries.sql.
@@ -221,7 +230,11 @@ class Database:
     async def fetch(
         self, name: str, params: Any = None, *, critical: bool = False
     ) -> list[dict[str, Any]]:
+        """A named query's rows; `critical`: on the writes lane (one statement, its own
+        connections, no worker thread)."""
         query = queries()[name]
+        if critical and not self.writes.congested:
+            return await self.writes.fetch(query, params)
 
         def go(conn: psycopg.Connection) -> list[dict[str, Any]]:
             with conn.cursor(row_factory=dict_row) as cur:
@@ -232,6 +245,8 @@ class Database:
 
     async def execute(self, name: str, params: Any = None, *, critical: bool = False) -> int:
         query = queries()[name]
+        if critical and not self.writes.congested:
+            return await self.writes.execute(query, params)
 
         def go(conn: psycopg.Connection) -> int:
             return conn.execute(query, params).rowcount
@@ -264,16 +279,15 @@ async def open_database(
         application_name=application_name,
         prepared=prepared,
     )
-    pools = (db.pool, db.pickup_pool)
-    # open(wait=False) starts the pools' own connector threads and returns at once.
-    for pool in pools:
-        await trio.to_thread.run_sync(functools.partial(pool.open, wait=False))
+    # open(wait=False) starts the pool's own connector threads and returns at once.
+    await trio.to_thread.run_sync(functools.partial(db.pool.open, wait=False))
     try:
         yield db
     finally:
         with trio.CancelScope(shield=True):
-            for pool in pools:
-                await trio.to_thread.run_sync(functools.partial(pool.close, timeout=5))
+            await db.pickup.aclose()
+            await db.writes.aclose()
+            await trio.to_thread.run_sync(functools.partial(db.pool.close, timeout=5))
 
 
 # -- prepared statements behind a transaction pooler ------------------------------------------

@@ -16,6 +16,9 @@ from listener.sqlfiles import queries
 
 
 class PgSlots:
+    """The claims take their slots in their own statement (PgStore.claim_ready); `take`
+    and `bind` here are those steps alone (tests, tools)."""
+
     def __init__(self, db: Database, *, account: str, provider: str, worker: str, lease: float):
         self.db, self.account, self.provider = db, account, provider
         self.worker, self.lease = worker, lease

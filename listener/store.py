@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from listener.db import Database
-from listener.engine.ports import Claimed, Generation, ReadyRow
+from listener.engine.ports import Claimed, Generation, ReadyRow, SlotAsk
 from listener.errors import LeaseLost, RuleBroken
 from listener.providers.registry import DEFAULT, LEGACY
 from listener.sanitize import clean
@@ -38,6 +39,14 @@ CHECKED_CLAIMS_FOR = 300.0
 # One claim in this many takes the oldest due rows whatever their priority (the others
 # take the highest priority first): urgent rows cannot starve the rest.
 PRIORITY_FAIR_SHARE = 4
+# How many of the rows last claimed a repair after a lost claim takes to be in good hands.
+HANDED_OUT = 1000
+
+
+def _slot_params(slots: SlotAsk | None) -> dict[str, Any]:
+    if slots is None:
+        return {"account": None, "mine": [], "bind": False}
+    return {"account": slots.account, "mine": slots.mine, "bind": slots.bind}
 
 
 def _seconds_until(at: datetime | None, now: datetime) -> float | None:
@@ -65,6 +74,8 @@ class PgStore:
         self.provider, self.legacy, self.default_style = provider, legacy, default_style
         self._checked_until = -math.inf
         self._claims = 0
+        # The last rows the claims returned: a repair after a lost claim leaves them be.
+        self._handed_out: deque[int] = deque(maxlen=HANDED_OUT)
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -76,22 +87,27 @@ class PgStore:
             **extra,
         }
 
-    # -- claims (the pickup lane: one warm autocommit connection) ---------------------
+    # -- claims (the pickup lane: one warm autocommit connection, no worker thread) -----
     # `held`: the rows a live task of this process holds (Leases). The claims leave them
     # out even when their lease lapsed (a write that waited out a database outage); any
     # other lapsed lease, ours included, is claimable.
 
-    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]:
+    async def claim_ready(
+        self, limit: int, *, held: Collection[int] = (), slots: SlotAsk | None = None
+    ) -> list[ReadyRow]:
         """The fast claim; after it failed on a row that breaks a rule of the table, the
-        claim that leaves such rows out, for CHECKED_CLAIMS_FOR seconds."""
-        params = self._params(limit=limit, held=list(held))
+        claim that leaves such rows out, for CHECKED_CLAIMS_FOR seconds. With `slots`,
+        a slot of the account's budget for each row, in the same statement."""
+        if self.db.pickup.unsettled:
+            await self._repair(held, slots)
+        params = self._params(limit=limit, held=list(held), **_slot_params(slots))
         if time.monotonic() < self._checked_until:
-            return await self._claim(queries()["claim_ready_checked"], params)
+            return await self._claim(queries()["claim_ready_checked"], params, slots)
         self._claims += 1
         fair = self._claims % PRIORITY_FAIR_SHARE == 0
         try:
             return await self._claim(
-                queries()["claim_ready_oldest" if fair else "claim_ready"], params
+                queries()["claim_ready_oldest" if fair else "claim_ready"], params, slots
             )
         except RuleBroken as exc:
             log.warning(
@@ -101,25 +117,46 @@ class PgStore:
                 exc.message,
             )
             self._checked_until = time.monotonic() + CHECKED_CLAIMS_FOR
-            return await self._claim(queries()["claim_ready_checked"], params)
+            return await self._claim(queries()["claim_ready_checked"], params, slots)
 
-    async def _claim(self, query: str, params: dict[str, Any]) -> list[ReadyRow]:
-        def go(conn: psycopg.Connection) -> list[ReadyRow]:
-            with conn.cursor(row_factory=dict_row) as cur:
-                return [ReadyRow(**r) for r in cur.execute(query, params)]
+    async def _claim(
+        self, query: str, params: dict[str, Any], slots: SlotAsk | None
+    ) -> list[ReadyRow]:
+        rows = await self.db.pickup.fetch(query, params)
+        claimed: list[ReadyRow] = []
+        got: list[int] = []
+        for r in rows:
+            slot, free = r.pop("slot"), r.pop("free_slots")
+            if slots is not None:
+                slots.free = free
+            if r["id"] is not None:
+                claimed.append(ReadyRow(**r))
+                if slot is not None:
+                    got.append(slot)
+        if slots is not None:
+            slots.got = got
+        self._handed_out.extend(row.id for row in claimed)
+        return claimed
 
-        return await self.db.run(go, pickup=True)
+    async def _repair(self, held: Collection[int], slots: SlotAsk | None) -> None:
+        """A claim's answer was lost: give back what it may have taken. The rows handed
+        out a moment ago count as held (their tasks may not have started yet)."""
+        params = self._params(
+            held=sorted(set(held) | set(self._handed_out)),
+            account=slots.account if slots is not None else None,
+            slots=slots.known if slots is not None else [],
+        )
+        (row,) = await self.db.pickup.fetch(queries()["release_unsettled"], params)
+        self.db.pickup.unsettled = False
+        if row["released"]:
+            log.warning(
+                "Claims: %d row(s) taken by a claim whose answer was lost given back",
+                row["released"],
+            )
 
     async def _next(self, name: str, held: Collection[int]) -> float | None:
-        query, params = queries()[name], self._params(held=list(held))
-
-        def go(conn: psycopg.Connection) -> float | None:
-            with conn.cursor(row_factory=dict_row) as cur:
-                nxt = cur.execute(query, params).fetchone()
-                assert nxt is not None
-                return _seconds_until(nxt["at"], nxt["now"])
-
-        return await self.db.run(go, pickup=True)
+        rows = await self.db.pickup.fetch(queries()[name], self._params(held=list(held)))
+        return _seconds_until(rows[0]["at"], rows[0]["now"])
 
     async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None:
         return await self._next("next_ready_at", held)

@@ -2,128 +2,289 @@
 -- Each block starts with a line "-- name: <identifier>".
 
 -- The claim: one statement takes a batch of due rows that nobody holds, and makes the
--- lease durable. SKIP LOCKED lets any number of listeners share the table; the lease
+-- lease durable; with the account's shared budget, a slot for each row in the same
+-- statement (a row is never claimed without one, and the budget costs no round trip of
+-- its own). SKIP LOCKED lets any number of listeners share the table; the lease
 -- (locked_by, locked_until) keeps the row theirs after the transaction commits. Counting
 -- the attempt here means a row that crashes its listener every time still ends Failed.
 -- Highest priority first, oldest first within one (index images_ready_priority_idx).
 -- name: claim_ready
-UPDATE images AS i
-SET locked_by = %(worker)s,
-    locked_until = now() + make_interval(secs => %(lease)s::float8),
-    attempts = i.attempts + 1
-FROM (
-    SELECT id FROM images
-    WHERE status = 'ReadyToGenerate'
-      AND not_before <= now()
-      AND (locked_until IS NULL OR locked_until < now())
-      -- a row a live task of this process holds, its lease lapsed (a write that waited
-      -- out a database outage): that task renews or releases it. The process names
-      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
-      AND id <> ALL (%(held)s::bigint[])
-      -- for any provider, or pinned to ours (0018_providers.sql)
-      AND (provider IS NULL OR provider = %(provider)s)
-    ORDER BY priority DESC, not_before, id
+WITH free AS MATERIALIZED (
+    -- The account's slots this claim may use, one per row (docs/flow-control.md): ours
+    -- kept from earlier claims (`mine`) first, then free ones (no live lease, and not
+    -- taken by a row still generating). None when no account is given (a store
+    -- without the shared budget), which leaves the claim unbounded by slots.
+    SELECT f.slot FROM listener_slots AS f
+    WHERE f.account = %(account)s
+      AND f.slot < (SELECT effective FROM listener_limits WHERE account = %(account)s)
+      AND ((f.holder = %(worker)s AND f.slot = ANY (%(mine)s::integer[]))
+           OR ((f.holder IS NULL OR f.held_until < now())
+               AND NOT EXISTS (SELECT 1 FROM images AS g
+                               WHERE g.id = f.image_id AND g.status = 'Generate')))
+    ORDER BY f.slot = ANY (%(mine)s::integer[]) DESC, f.slot
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
--- waited / age (seconds since due, since committed) feed the HTTP server's metrics
-RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
-          images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes,
-          -- the style's words, for a provider that expresses styles in words (0018)
-          (SELECT st.system_prompt FROM image_styles AS st
-            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
-          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
-          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+    FOR UPDATE OF f SKIP LOCKED
+),
+claimed AS (
+    UPDATE images AS i
+    SET locked_by = %(worker)s,
+        locked_until = now() + make_interval(secs => %(lease)s::float8),
+        attempts = i.attempts + 1
+    FROM (
+        SELECT id FROM images
+        WHERE status = 'ReadyToGenerate'
+          AND not_before <= now()
+          AND (locked_until IS NULL OR locked_until < now())
+          -- a row a live task of this process holds, its lease lapsed (a write that waited
+          -- out a database outage): that task renews or releases it. The process names
+          -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+          AND id <> ALL (%(held)s::bigint[])
+          -- for any provider, or pinned to ours (0018_providers.sql)
+          AND (provider IS NULL OR provider = %(provider)s)
+        ORDER BY priority DESC, not_before, id
+        LIMIT CASE WHEN %(account)s::text IS NULL THEN %(limit)s
+                   ELSE (SELECT count(*) FROM free) END
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE i.id = due.id
+    -- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+    -- waited / age (seconds since due, since committed) feed the HTTP server's metrics
+    RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
+              images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+              i.last_error, i.unknown_outcomes,
+              -- the style's words, for a provider that expresses styles in words (0018)
+              (SELECT st.system_prompt FROM image_styles AS st
+                WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+              extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+              extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+),
+-- each row claimed with a slot of its own
+paired AS (
+    SELECT c.id, f.slot
+    FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM claimed) AS c
+    JOIN (SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM free) AS f USING (n)
+),
+bound AS (
+    UPDATE listener_slots AS s
+    SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8),
+        -- a generation's slot names its row: a generation outliving its holder keeps it
+        image_id = CASE WHEN %(bind)s THEN p.id END
+    FROM paired AS p
+    WHERE s.account = %(account)s AND s.slot = p.slot
+),
+-- fewer rows than asked for: nothing more to do, so our unused slots go back to the
+-- table, where other listeners may take them
+spared AS (
+    UPDATE listener_slots AS s SET holder = NULL, held_until = NULL
+    WHERE s.account = %(account)s AND s.holder = %(worker)s
+      AND s.slot = ANY (%(mine)s::integer[])
+      AND s.slot NOT IN (SELECT slot FROM paired)
+      AND (SELECT count(*) FROM claimed) < %(limit)s
+)
+-- one row at least: how many slots there were (0: the account's budget is spent)
+SELECT c.*, p.slot, (SELECT count(*) FROM free)::integer AS free_slots
+FROM (VALUES (true)) AS one (x)
+LEFT JOIN (claimed AS c LEFT JOIN paired AS p ON p.id = c.id) ON true
 
 -- The fair share (docs/flow-control.md, "Order"): one claim in PRIORITY_FAIR_SHARE takes
 -- the oldest due rows whatever their priority, so urgent rows never starve the others.
 -- The same statement as claim_ready but for its ORDER BY (keep them alike).
 -- name: claim_ready_oldest
-UPDATE images AS i
-SET locked_by = %(worker)s,
-    locked_until = now() + make_interval(secs => %(lease)s::float8),
-    attempts = i.attempts + 1
-FROM (
-    SELECT id FROM images
-    WHERE status = 'ReadyToGenerate'
-      AND not_before <= now()
-      AND (locked_until IS NULL OR locked_until < now())
-      -- a row a live task of this process holds, its lease lapsed (a write that waited
-      -- out a database outage): that task renews or releases it. The process names
-      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
-      AND id <> ALL (%(held)s::bigint[])
-      -- for any provider, or pinned to ours (0018_providers.sql)
-      AND (provider IS NULL OR provider = %(provider)s)
-    ORDER BY not_before, id
+WITH free AS MATERIALIZED (
+    -- The account's slots this claim may use, one per row (docs/flow-control.md): ours
+    -- kept from earlier claims (`mine`) first, then free ones (no live lease, and not
+    -- taken by a row still generating). None when no account is given (a store
+    -- without the shared budget), which leaves the claim unbounded by slots.
+    SELECT f.slot FROM listener_slots AS f
+    WHERE f.account = %(account)s
+      AND f.slot < (SELECT effective FROM listener_limits WHERE account = %(account)s)
+      AND ((f.holder = %(worker)s AND f.slot = ANY (%(mine)s::integer[]))
+           OR ((f.holder IS NULL OR f.held_until < now())
+               AND NOT EXISTS (SELECT 1 FROM images AS g
+                               WHERE g.id = f.image_id AND g.status = 'Generate')))
+    ORDER BY f.slot = ANY (%(mine)s::integer[]) DESC, f.slot
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
--- waited / age (seconds since due, since committed) feed the HTTP server's metrics
-RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
-          images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes,
-          -- the style's words, for a provider that expresses styles in words (0018)
-          (SELECT st.system_prompt FROM image_styles AS st
-            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
-          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
-          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+    FOR UPDATE OF f SKIP LOCKED
+),
+claimed AS (
+    UPDATE images AS i
+    SET locked_by = %(worker)s,
+        locked_until = now() + make_interval(secs => %(lease)s::float8),
+        attempts = i.attempts + 1
+    FROM (
+        SELECT id FROM images
+        WHERE status = 'ReadyToGenerate'
+          AND not_before <= now()
+          AND (locked_until IS NULL OR locked_until < now())
+          -- a row a live task of this process holds, its lease lapsed (a write that waited
+          -- out a database outage): that task renews or releases it. The process names
+          -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+          AND id <> ALL (%(held)s::bigint[])
+          -- for any provider, or pinned to ours (0018_providers.sql)
+          AND (provider IS NULL OR provider = %(provider)s)
+        ORDER BY not_before, id
+        LIMIT CASE WHEN %(account)s::text IS NULL THEN %(limit)s
+                   ELSE (SELECT count(*) FROM free) END
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE i.id = due.id
+    -- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+    -- waited / age (seconds since due, since committed) feed the HTTP server's metrics
+    RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
+              images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+              i.last_error, i.unknown_outcomes,
+              -- the style's words, for a provider that expresses styles in words (0018)
+              (SELECT st.system_prompt FROM image_styles AS st
+                WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+              extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+              extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+),
+-- each row claimed with a slot of its own
+paired AS (
+    SELECT c.id, f.slot
+    FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM claimed) AS c
+    JOIN (SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM free) AS f USING (n)
+),
+bound AS (
+    UPDATE listener_slots AS s
+    SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8),
+        -- a generation's slot names its row: a generation outliving its holder keeps it
+        image_id = CASE WHEN %(bind)s THEN p.id END
+    FROM paired AS p
+    WHERE s.account = %(account)s AND s.slot = p.slot
+),
+-- fewer rows than asked for: nothing more to do, so our unused slots go back to the
+-- table, where other listeners may take them
+spared AS (
+    UPDATE listener_slots AS s SET holder = NULL, held_until = NULL
+    WHERE s.account = %(account)s AND s.holder = %(worker)s
+      AND s.slot = ANY (%(mine)s::integer[])
+      AND s.slot NOT IN (SELECT slot FROM paired)
+      AND (SELECT count(*) FROM claimed) < %(limit)s
+)
+-- one row at least: how many slots there were (0: the account's budget is spent)
+SELECT c.*, p.slot, (SELECT count(*) FROM free)::integer AS free_slots
+FROM (VALUES (true)) AS one (x)
+LEFT JOIN (claimed AS c LEFT JOIN paired AS p ON p.id = c.id) ON true
 
 -- The same claim, leaving out every row that breaks a rule of the table: used only after
 -- the claim above failed on one (a rule re-added NOT VALID after an operator changed a
 -- row), for a while, so one such row never stops the others. The predicates cost a
 -- regular expression per candidate row, which the hot path does not pay.
 -- name: claim_ready_checked
-UPDATE images AS i
-SET locked_by = %(worker)s,
-    locked_until = now() + make_interval(secs => %(lease)s::float8),
-    attempts = i.attempts + 1
-FROM (
-    SELECT id FROM images
-    WHERE status = 'ReadyToGenerate'
-      AND not_before <= now()
-      AND (locked_until IS NULL OR locked_until < now())
-      -- a row a live task of this process holds, its lease lapsed (a write that waited
-      -- out a database outage): that task renews or releases it. The process names
-      -- them (Leases); a lapsed lease of ours that no task holds is claimable.
-      AND id <> ALL (%(held)s::bigint[])
-      -- for any provider, or pinned to ours (0018_providers.sql)
-      AND (provider IS NULL OR provider = %(provider)s)
-      -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
-      -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
-      -- at most 100000 / 10000 characters (0016), decided from octet_length first
-      AND (octet_length(prompt) <= 100000
-           OR (octet_length(prompt) <= 400000 AND char_length(prompt) <= 100000))
-      AND (negative_prompt IS NULL OR octet_length(negative_prompt) <= 10000
-           OR (octet_length(negative_prompt) <= 40000
-               AND char_length(negative_prompt) <= 10000))
-      -- shows something in its first 100000 characters
-      AND (left(prompt, 1000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]'
-           OR left(prompt, 100000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]')
-      AND (negative_prompt IS NULL OR left(negative_prompt, 1000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]'
-           OR left(negative_prompt, 100000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]')
-      AND (width IS NULL OR width BETWEEN 64 AND 1024)
-      AND (height IS NULL OR height BETWEEN 64 AND 1024)
-      AND attempts BETWEEN 0 AND 2147483646
-    ORDER BY priority DESC, not_before, id
+WITH free AS MATERIALIZED (
+    -- The account's slots this claim may use, one per row (docs/flow-control.md): ours
+    -- kept from earlier claims (`mine`) first, then free ones (no live lease, and not
+    -- taken by a row still generating). None when no account is given (a store
+    -- without the shared budget), which leaves the claim unbounded by slots.
+    SELECT f.slot FROM listener_slots AS f
+    WHERE f.account = %(account)s
+      AND f.slot < (SELECT effective FROM listener_limits WHERE account = %(account)s)
+      AND ((f.holder = %(worker)s AND f.slot = ANY (%(mine)s::integer[]))
+           OR ((f.holder IS NULL OR f.held_until < now())
+               AND NOT EXISTS (SELECT 1 FROM images AS g
+                               WHERE g.id = f.image_id AND g.status = 'Generate')))
+    ORDER BY f.slot = ANY (%(mine)s::integer[]) DESC, f.slot
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE i.id = due.id
--- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
--- waited / age (seconds since due, since committed) feed the HTTP server's metrics
-RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
-          images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
-          i.last_error, i.unknown_outcomes,
-          -- the style's words, for a provider that expresses styles in words (0018)
-          (SELECT st.system_prompt FROM image_styles AS st
-            WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
-          extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
-          extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+    FOR UPDATE OF f SKIP LOCKED
+),
+claimed AS (
+    UPDATE images AS i
+    SET locked_by = %(worker)s,
+        locked_until = now() + make_interval(secs => %(lease)s::float8),
+        attempts = i.attempts + 1
+    FROM (
+        SELECT id FROM images
+        WHERE status = 'ReadyToGenerate'
+          AND not_before <= now()
+          AND (locked_until IS NULL OR locked_until < now())
+          -- a row a live task of this process holds, its lease lapsed (a write that waited
+          -- out a database outage): that task renews or releases it. The process names
+          -- them (Leases); a lapsed lease of ours that no task holds is claimable.
+          AND id <> ALL (%(held)s::bigint[])
+          -- for any provider, or pinned to ours (0018_providers.sql)
+          AND (provider IS NULL OR provider = %(provider)s)
+          -- a row that breaks a rule cannot move on (its UPDATE would fail the whole
+          -- claim): left out, and listed by the view images_blocked (0013_seed_upgrade.sql)
+          -- at most 100000 / 10000 characters (0016), decided from octet_length first
+          AND (octet_length(prompt) <= 100000
+               OR (octet_length(prompt) <= 400000 AND char_length(prompt) <= 100000))
+          AND (negative_prompt IS NULL OR octet_length(negative_prompt) <= 10000
+               OR (octet_length(negative_prompt) <= 40000
+                   AND char_length(negative_prompt) <= 10000))
+          -- shows something in its first 100000 characters
+          AND (left(prompt, 1000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]'
+               OR left(prompt, 100000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]')
+          AND (negative_prompt IS NULL OR left(negative_prompt, 1000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]'
+               OR left(negative_prompt, 100000) ~ '[^\u0001-\u0020\u007F-\u00A0\u00AD\u034F\u061C\u115F-\u1160\u1680\u17B4-\u17B5\u180B-\u180F\u2000-\u200F\u2028-\u202F\u205F-\u206F\u2800\u3000\u3164\uFDD0-\uFDEF\uFE00-\uFE0F\uFEFF\uFFA0\uFFF0-\uFFFB\uFFFE-\uFFFF\U0001BCA0-\U0001BCA3\U00013430-\U0001343F\U00013441-\U00013442\U0001D159\U0001D173-\U0001D17A\U000E0000-\U000E0FFF\U0001FFFE-\U0001FFFF\U0002FFFE-\U0002FFFF\U0003FFFE-\U0003FFFF\U0004FFFE-\U0004FFFF\U0005FFFE-\U0005FFFF\U0006FFFE-\U0006FFFF\U0007FFFE-\U0007FFFF\U0008FFFE-\U0008FFFF\U0009FFFE-\U0009FFFF\U000AFFFE-\U000AFFFF\U000BFFFE-\U000BFFFF\U000CFFFE-\U000CFFFF\U000DFFFE-\U000DFFFF\U000EFFFE-\U000EFFFF\U000FFFFE-\U000FFFFF\U0010FFFE-\U0010FFFF]')
+          AND (width IS NULL OR width BETWEEN 64 AND 1024)
+          AND (height IS NULL OR height BETWEEN 64 AND 1024)
+          AND attempts BETWEEN 0 AND 2147483646
+        ORDER BY priority DESC, not_before, id
+        LIMIT CASE WHEN %(account)s::text IS NULL THEN %(limit)s
+                   ELSE (SELECT count(*) FROM free) END
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE i.id = due.id
+    -- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+    -- waited / age (seconds since due, since committed) feed the HTTP server's metrics
+    RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
+              images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+              i.last_error, i.unknown_outcomes,
+              -- the style's words, for a provider that expresses styles in words (0018)
+              (SELECT st.system_prompt FROM image_styles AS st
+                WHERE st.name = coalesce(i.style, %(default_style)s)) AS style_prompt,
+              extract(epoch FROM clock_timestamp() - i.not_before)::float8 AS waited,
+              extract(epoch FROM clock_timestamp() - i.created_at)::float8 AS age
+),
+-- each row claimed with a slot of its own
+paired AS (
+    SELECT c.id, f.slot
+    FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM claimed) AS c
+    JOIN (SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM free) AS f USING (n)
+),
+bound AS (
+    UPDATE listener_slots AS s
+    SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8),
+        -- a generation's slot names its row: a generation outliving its holder keeps it
+        image_id = CASE WHEN %(bind)s THEN p.id END
+    FROM paired AS p
+    WHERE s.account = %(account)s AND s.slot = p.slot
+),
+-- fewer rows than asked for: nothing more to do, so our unused slots go back to the
+-- table, where other listeners may take them
+spared AS (
+    UPDATE listener_slots AS s SET holder = NULL, held_until = NULL
+    WHERE s.account = %(account)s AND s.holder = %(worker)s
+      AND s.slot = ANY (%(mine)s::integer[])
+      AND s.slot NOT IN (SELECT slot FROM paired)
+      AND (SELECT count(*) FROM claimed) < %(limit)s
+)
+-- one row at least: how many slots there were (0: the account's budget is spent)
+SELECT c.*, p.slot, (SELECT count(*) FROM free)::integer AS free_slots
+FROM (VALUES (true)) AS one (x)
+LEFT JOIN (claimed AS c LEFT JOIN paired AS p ON p.id = c.id) ON true
+
+-- A claim whose answer was lost (its connection broke with the statement in flight, or
+-- a cancellation could not be settled) may have taken rows that no task of ours holds:
+-- given back, uncounted, with the slots they were bound to and any slot of ours this
+-- process does not know of (`slots`: those it holds). `held`: the rows our tasks hold,
+-- and those handed to them a moment ago.
+-- name: release_unsettled
+WITH released AS (
+    UPDATE images SET locked_by = NULL, locked_until = NULL,
+        attempts = greatest(attempts - 1, 0)
+    WHERE locked_by = %(worker)s AND status = 'ReadyToGenerate'
+      AND id <> ALL (%(held)s::bigint[])
+    RETURNING id
+),
+slots AS (
+    UPDATE listener_slots SET holder = NULL, held_until = NULL
+    WHERE holder = %(worker)s
+      AND (image_id IN (SELECT id FROM released)
+           OR (account = %(account)s AND slot <> ALL (%(slots)s::integer[])))
+)
+SELECT count(*)::integer AS released FROM released
 
 -- When nothing is due: the earliest moment a waiting row becomes due (a retry's
 -- not_before, or a lease running out; the leases of rows our live tasks hold do not run

@@ -31,28 +31,30 @@ async def test_run_executes_in_one_transaction(db):
 
 
 async def test_pickup_lane_commits_each_statement_on_one_backend_of_its_own(db):
-    def half(conn):
-        conn.execute("INSERT INTO images (prompt) VALUES ('kept')")
-        conn.execute("INSERT INTO images (prompt) VALUES ('')")  # refused on its own
-
     with pytest.raises(DatabaseError):
-        await db.run(half, pickup=True)
+        await db.pickup.fetch(
+            "INSERT INTO images (prompt) VALUES ('kept'); INSERT INTO images (prompt) VALUES ('')"
+        )
+    await db.pickup.fetch("INSERT INTO images (prompt) VALUES ('kept')")
+    with pytest.raises(DatabaseError):
+        await db.pickup.fetch("INSERT INTO images (prompt) VALUES ('')")  # refused on its own
     assert await db.sql("SELECT prompt FROM images") == [("kept",)]
     assert not await db.run(lambda conn: conn.autocommit)
 
     def backend(conn):
         return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
-    pickup = {await db.run(backend, pickup=True) for _ in range(5)}
+    pickup = {(await db.pickup.fetch("SELECT pg_backend_pid() AS pid"))[0]["pid"] for _ in range(5)}
     pooled = {await db.run(backend) for _ in range(5)}
     assert len(pickup) == 1 and not pickup & pooled
 
 
 async def test_connections_the_server_ended_are_replaced_before_use(db, database_url):
     """The pool's check costs no round trip, yet a connection whose backend was
-    terminated while idle is never handed out."""
+    terminated while idle is never handed out; the pickup lane reconnects likewise,
+    before it sends anything (so nothing it sends is lost)."""
     await db.run(lambda conn: None)
-    await db.run(lambda conn: None, pickup=True)
+    await db.pickup.fetch("SELECT 1")
     with psycopg.connect(database_url, autocommit=True) as admin:
         ended = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -62,7 +64,8 @@ async def test_connections_the_server_ended_are_replaced_before_use(db, database
     await trio.sleep(0.2)  # the FATAL message reaches the idle sockets
     for _ in range(5):  # more than the pool holds: every one is checked
         assert await db.sql("SELECT 1") == [(1,)]
-    assert await db.run(lambda conn: conn.execute("SELECT 1").fetchone(), pickup=True) == (1,)
+    assert await db.pickup.fetch("SELECT 1 AS one") == [{"one": 1}]
+    assert db.pickup.connects == 2 and not db.pickup.unsettled
 
 
 async def test_unreachable_database_is_unavailable(tmp_path):
@@ -93,6 +96,9 @@ async def test_critical_lane_is_free_when_routine_work_fills_the_pool(db):
             await db.run(
                 lambda c: c.execute("INSERT INTO images (prompt) VALUES ('result')"), critical=True
             )
+            # the named critical statements (a uuid, a result) have connections of their own
+            params = {"worker": "w", "ids": [1], "unknown": []}
+            assert await db.fetch("release_rows", params, critical=True) == [{"released": 0}]
         finished.append("critical")
     assert finished[0] == "critical"
 

@@ -156,7 +156,8 @@ async def test_a_killed_listeners_generation_is_followed_when_its_lease_runs_out
 
 class CommitAnswerLost:
     """A TCP proxy in front of PostgreSQL that, once, lets a transaction containing
-    `marker` commit and then drops the server's answer to the COMMIT, closing both
+    `marker` commit and then drops the server's answer to the COMMIT (in autocommit: to
+    the statement itself, which the server sends once it committed), closing both
     sides: the client cannot know whether its write landed."""
 
     def __init__(self, host: str, port: int, marker: bytes) -> None:
@@ -209,10 +210,17 @@ class CommitAnswerLost:
                     if typed and not self.dropped.is_set():
                         if from_client and kind in (b"P", b"Q") and self.marker in body:
                             flags["armed"] = True
+                        if from_client and kind == b"Q" and body.startswith(b"BEGIN"):
+                            flags["transaction"] = True
                         if from_client and kind == b"Q" and body.startswith(b"COMMIT"):
                             flags["committing"] = flags["armed"]
                         answer = not from_client and kind == b"C"
                         if answer and body.startswith(b"COMMIT") and flags["committing"]:
+                            self.dropped.set()
+                            break
+                        if answer and flags["armed"] and not flags.get("transaction"):
+                            # autocommit: the statement's own answer comes after its commit
+                            flags["committing"] = True
                             self.dropped.set()
                             break
                     typed = True

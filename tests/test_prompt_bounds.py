@@ -31,6 +31,10 @@ PARAMS = {
     "provider": "fusionbrain",
     "legacy": "fusionbrain",
     "default_style": "ANIME",
+    # no shared budget (the slots a claim takes in the same statement: test_flow_slots)
+    "account": None,
+    "mine": [],
+    "bind": False,
 }
 
 

@@ -27,9 +27,12 @@ import trio
 
 from listener.config import load_settings
 from listener.db import open_database
+from listener.engine.flow import account_id
+from listener.engine.ports import SlotAsk
 from listener.errors import LeaseLost, RuleBroken
+from listener.slotstore import PgSlots
 from listener.store import PgStore
-from tests.engine.fakes import FakeStore, Row
+from tests.engine.fakes import FakeSlotTable, FakeStore, Row
 from tests.fixtures.database import _create_db, _drop_db, with_dbname
 
 LEASE = 30.0
@@ -44,6 +47,7 @@ COLUMNS = (
     "image_type",
 )
 PROVIDER = "fusionbrain"  # the provider the stores run (also the legacy one: PgStore's default)
+ACCOUNT = account_id(PROVIDER, "key", "secret")
 
 
 class FakeBackend:
@@ -112,6 +116,17 @@ class FakeBackend:
     def add_status(self, name: str) -> None:
         pass  # the fake knows no list of statuses
 
+    async def budget(self, limit: int) -> str:
+        """The account's shared budget of `limit` slots; its account."""
+        table = FakeSlotTable(self.store(), configured=limit, effective=limit)
+        table.fill()
+        self.slot_table = table
+        return table.account
+
+    def slots(self) -> dict[int, tuple[str | None, int | None]]:
+        """slot -> (holder, image_id) of the slots someone holds."""
+        return {n: (h, i) for n, (h, _, i) in self.slot_table.slots.items() if h is not None}
+
     @contextlib.contextmanager
     def locked(self, id_: int) -> Iterator[None]:
         self.row_locks.add(id_)
@@ -178,6 +193,18 @@ class PgBackend:
 
     def add_status(self, name: str) -> None:
         self.conn.execute("INSERT INTO image_statuses (name) VALUES (%s)", (name,))
+
+    async def budget(self, limit: int) -> str:
+        self.conn.execute("DELETE FROM listener_limits")
+        slots = PgSlots(self.db, account=ACCOUNT, provider=PROVIDER, worker="w", lease=LEASE)
+        await slots.register(limit, explicit=True)
+        return ACCOUNT
+
+    def slots(self) -> dict[int, tuple[str | None, int | None]]:
+        rows = self.conn.execute(
+            "SELECT slot, holder, image_id FROM listener_slots WHERE holder IS NOT NULL"
+        ).fetchall()
+        return {n: (h, i) for n, h, i in rows}
 
     def break_rule(self, id_: int, **cols: Any) -> None:
         """Give the row values a rule forbids, behind the rules' back (an old row)."""
@@ -247,6 +274,45 @@ def near(value: float | None, expected: float, slack: float = 2.0) -> bool:
 
 
 # -- claim_ready / next_ready_in -------------------------------------------------------
+
+
+async def test_claim_ready_takes_a_slot_per_row_in_the_same_step(backend):
+    """The account's shared budget (SlotAsk): a row is claimed only with a slot of its
+    own, ours kept from earlier claims first; none free, nothing claimed (free = 0); a
+    claim that comes back short gives our unused slots back to the table."""
+    account = await backend.budget(3)
+    a, b, c, d = (backend.add(not_before_in=-4 + i) for i in range(4))
+    store = backend.store("w")
+
+    def ask(mine: list[int], bind: bool = True) -> SlotAsk:
+        return SlotAsk(account=account, mine=mine, bind=bind, known=mine)
+
+    first = ask([])
+    got = await store.claim_ready(2, slots=first)
+    assert [r.id for r in got] == [a, b] and first.free == 2 and sorted(first.got) == [0, 1]
+    assert backend.slots() == {s: ("w", r.id) for s, r in zip(first.got, got, strict=True)}
+    # bounded by the slots left, not by the rows due
+    second = ask([])
+    assert [r.id for r in await store.claim_ready(5, slots=second)] == [c]
+    assert second.free == 1 and second.got == [2]
+    third = ask([])
+    assert await store.claim_ready(5, slots=third) == [] and third.free == 0
+    assert backend.get(d)["locked_by"] is None  # no slot, no claim
+    # row a's generation is over: its slot is ours to reuse (mine), and the claim that
+    # takes d with it, asked for more, comes back short
+    backend.set(a, status="Failed", locked_by=None, locked_until=None)
+    backend.set(b, status="Failed", locked_by=None, locked_until=None)
+    fourth = ask([first.got[0], first.got[1]], bind=False)
+    assert [r.id for r in await store.claim_ready(5, slots=fourth)] == [d]
+    assert fourth.got == [first.got[0]] and fourth.free == 2
+    # a call slot (bind=False) names no row; the unused one of ours went back
+    held = backend.slots()
+    assert held[first.got[0]] == ("w", None) and first.got[1] not in held
+    # another listener cannot take what we hold
+    other = SlotAsk(account=account, mine=[first.got[0]], bind=True, known=[])
+    backend.add()
+    assert await backend.store("x").claim_ready(5, slots=other) != []
+    assert other.got == [first.got[1]]  # the free one, not ours
 
 
 async def test_claim_ready_takes_due_free_rows_in_order_counts_the_attempt_and_leases(backend):

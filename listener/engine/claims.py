@@ -195,53 +195,44 @@ class Claims:
             if not want:
                 self._due("ready", None)  # freed room rings the doorbell
                 break
-            slots: list[int] = []
-            n = want
-            if self.slots is not None:
-                # One slot of the account's shared budget per row, before the row is
-                # claimed: a row never waits claimed (and counted) for a slot.
-                try:
-                    slots = await self.slots.take(want)
-                except DatabaseError as exc:
-                    self.budget.take(want, 0, "claimed")
-                    log.warning("Generator: cannot take provider slots: %s", exc.message)
-                    self._due("ready", RETRY_AFTER_DB_ERROR)
-                    return total
-                self._slots_starved = not slots
-                if not slots:
-                    self.budget.take(want, 0, "claimed")
-                    self._due("ready", SLOT_POLL)  # another listener's slot may free
-                    break
-                n = len(slots)
+            # One slot of the account's shared budget per row, taken in the claim's own
+            # statement: a row never waits claimed (and counted) for a slot.
+            ask = self.slots.ask(want) if self.slots is not None else None
             try:
-                claimed = await self.store.claim_ready(n, held=self.rows.leases.held())
+                claimed = await self.store.claim_ready(
+                    want, held=self.rows.leases.held(), slots=ask
+                )
             except DatabaseError as exc:
                 self.budget.take(want, 0, "claimed")
-                if self.slots is not None:
-                    self.slots.give_back(slots)
+                if self.slots is not None and ask is not None:
+                    self.slots.unclaimed(ask)
                 log.warning("Generator: cannot claim rows: %s", exc.message)
                 self._due("ready", RETRY_AFTER_DB_ERROR)
                 return total
             started = self.budget.take(want, len(claimed), "claimed")
-            if self.slots is not None:
-                used, unused = slots[: len(claimed)], slots[len(claimed) :]
-                for ticket, slot in zip(started, used, strict=True):
+            # Bounded by the budget's free slots rather than by the rows due: more may be
+            # due, and a slot that frees rings the doorbell (or another listener's does,
+            # which is seen within SLOT_POLL).
+            starved = False
+            if self.slots is not None and ask is not None:
+                for ticket, slot in zip(started, ask.got, strict=True):
                     ticket.slot = slot
-                self.slots.give_back(unused)
-                if len(claimed) < n:
-                    self.slots.spare_to_table()  # nothing more to do: others may use them
-                # shielded: the claimed rows must reach their tasks (which own them)
-                with trio.CancelScope(shield=True), trio.move_on_after(RETRY_AFTER_DB_ERROR * 5):
+                starved = ask.free < want and len(claimed) == ask.free
+                self._slots_starved = starved
+                with trio.CancelScope(shield=True):  # the claimed rows must reach their tasks
                     try:
-                        await self.slots.bind(used, [row.id for row in claimed])
-                    except DatabaseError as exc:  # the slots' leases still hold them
-                        log.warning("Generator: cannot bind provider slots: %s", exc.message)
+                        await self.slots.claimed(ask, want)
+                    except DatabaseError as exc:
+                        log.warning("Generator: provider slots: %s", exc.message)
             for row, ticket in zip(claimed, started, strict=True):
                 self.rows.start_run(row, ticket)
             if tickets is not None:
                 tickets.extend(started)
             total += len(claimed)
-            if len(claimed) < n:
+            if starved:
+                self._due("ready", SLOT_POLL)  # another listener's slot may free
+                break
+            if len(claimed) < want:
                 # Asked only now, while the runs just started are already on their way.
                 try:
                     self._due("ready", await self.store.next_ready_in(held=self.rows.leases.held()))

@@ -30,6 +30,7 @@ from typing import Literal, Protocol
 
 import trio
 
+from listener.engine.ports import SlotAsk
 from listener.errors import DatabaseError
 
 log = logging.getLogger("listener.engine")
@@ -72,7 +73,12 @@ class Limits:
 
 
 class SlotStore(Protocol):
-    """The budget's table (PgSlots on PostgreSQL; a fake in the engine's tests)."""
+    """The budget's table (PgSlots on PostgreSQL; a fake in the engine's tests). The
+    claims take their slots in their own statement (`Store.claim_ready`, `SlotAsk`);
+    `take` and `bind` are the same steps on their own."""
+
+    @property
+    def account(self) -> str: ...
 
     async def register(self, limit: int, *, explicit: bool) -> Limits: ...
     async def read(self) -> Limits: ...
@@ -254,6 +260,41 @@ class Slots:
 
     # -- taking and giving back --------------------------------------------------------
 
+    def ask(self, n: int) -> SlotAsk:
+        """For a claim of up to `n` rows: our spare slots first (then the table's)."""
+        mine = sorted(s for s in self._spare if s < self.effective)[:n]
+        self._spare.difference_update(mine)
+        return SlotAsk(
+            account=self.store.account,
+            mine=mine,
+            bind=self.kind == "generation",
+            known=sorted(self.held),
+        )
+
+    async def claimed(self, ask: SlotAsk, limit: int) -> None:
+        """What the claim's statement did with the slots: `got` are ours (one per row);
+        the rest of `mine` stays spare, or went back to the table when the claim came back
+        short. No free slot at all: say so (`want`), at most every WANT_EVERY."""
+        self.held.update(ask.got)
+        self.taken += len(ask.got)
+        unused = set(ask.mine).difference(ask.got)
+        if len(ask.got) < limit:
+            self.held.difference_update(unused)
+        else:
+            self._spare.update(unused)
+        if ask.free == 0:
+            self.starved += 1
+            now = trio.current_time()
+            if now - self._wanted_at >= WANT_EVERY:
+                # The listeners holding slots hand them to the table as they free (fair
+                # share), instead of keeping them for their own next claim.
+                self._wanted_at = now
+                await self.store.want()
+
+    def unclaimed(self, ask: SlotAsk) -> None:
+        """The claim failed: nothing changed in the table; `mine` is spare again."""
+        self._spare.update(s for s in ask.mine if s in self.held)
+
     async def take(self, n: int) -> list[int]:
         """Up to `n` free slots (none: try again when told, or after SLOT_POLL)."""
         got = sorted(s for s in self._spare if s < self.effective)[:n]
@@ -267,8 +308,6 @@ class Slots:
             self.starved += 1
             now = trio.current_time()
             if now - self._wanted_at >= WANT_EVERY:
-                # Say so: the listeners holding slots hand them to the table as they
-                # free (fair share), instead of keeping them for their own next claim.
                 self._wanted_at = now
                 await self.store.want()
         return got

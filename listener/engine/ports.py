@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 
@@ -71,12 +71,30 @@ class Claimed:
     next_due_in: float | None  # seconds until another generation may be adopted
 
 
+@dataclass
+class SlotAsk:
+    """A claim bounded by the account's shared budget (listener.engine.flow): one slot per
+    row, taken in the claim's own step, `mine` (slots this process holds, kept from
+    earlier claims) first. A claim that comes back short gives the unused ones of `mine`
+    back to the table. The store fills in `got` (the slot of each row returned, in order)
+    and `free` (how many slots there were: 0 when the budget is spent)."""
+
+    account: str
+    mine: list[int]
+    bind: bool  # the slot names its row: a generation outliving its holder keeps it
+    known: list[int]  # every slot this process holds (repairs after a lost claim)
+    got: list[int] = field(default_factory=list)
+    free: int = 0
+
+
 class Store(Protocol):
     """Every read and write the engine makes, by intent."""
 
     # `held`: the rows live tasks of this process hold (Leases); claims and due times
     # leave them out even when their lease lapsed, and only them.
-    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]: ...
+    async def claim_ready(
+        self, limit: int, *, held: Collection[int] = (), slots: SlotAsk | None = None
+    ) -> list[ReadyRow]: ...
     async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None: ...
     async def claim_generating(self, limit: int, *, held: Collection[int] = ()) -> Claimed: ...
     async def next_generating_in(self, *, held: Collection[int] = ()) -> float | None:

@@ -155,7 +155,7 @@ class Web:
         pools = []
         for name, pool in (
             ("main", self.db.pool),
-            ("pickup", self.db.pickup_pool),
+            ("pickup", self.db.pickup),
             ("web", self.pages.pool),
         ):
             stats = pool.get_stats()

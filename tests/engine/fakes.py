@@ -23,6 +23,7 @@ from listener.engine.ports import (
     Pending,
     Ready,
     ReadyRow,
+    SlotAsk,
     Submitted,
     Traits,
 )
@@ -149,9 +150,16 @@ class FakeStore:
 
     # -- claims ------------------------------------------------------------------------
 
-    async def claim_ready(self, limit: int, *, held: Collection[int] = ()) -> list[ReadyRow]:
+    async def claim_ready(
+        self, limit: int, *, held: Collection[int] = (), slots: SlotAsk | None = None
+    ) -> list[ReadyRow]:
         now = self._call("claim_ready")
         await trio.lowlevel.checkpoint()
+        asked = limit
+        free: list[int] = []
+        if slots is not None:  # the budget's slots, in the same step (sql: claim_ready)
+            free = SLOT_TABLES[slots.account].usable(self.worker, slots.mine, limit, now)
+            limit = len(free)
         due = sorted(
             (
                 r
@@ -183,6 +191,16 @@ class FakeStore:
                     age=now - r.created,
                 )
             )
+        if slots is not None:
+            table = SLOT_TABLES[slots.account]
+            slots.free, slots.got = len(free), free[: len(out)]
+            for slot, row in zip(slots.got, out, strict=True):
+                table.slots[slot] = [self.worker, now + self.lease, row.id if slots.bind else None]
+            if len(out) < asked:  # short: our unused slots go back to the table
+                for slot in set(slots.mine) - set(slots.got):
+                    if table.slots[slot][0] == self.worker:
+                        table.slots[slot][:2] = [None, None]
+            table.most_held = max(table.most_held, table.taken(now))
         return out
 
     async def next_ready_in(self, *, held: Collection[int] = ()) -> float | None:
@@ -493,6 +511,10 @@ async def accept_all(image: str, expected) -> ImageInfo:
     return ImageInfo("png", width, height, len(image))
 
 
+# account -> its table: how a FakeStore's claim finds the slots it is asked to take
+SLOT_TABLES: dict[str, FakeSlotTable] = {}
+
+
 @dataclass
 class FakeSlotTable:
     """listener_limits and listener_slots of one account, shared by the FakeSlotStores of
@@ -508,6 +530,20 @@ class FakeSlotTable:
     slots: dict[int, list] = field(default_factory=dict)
     most_held: int = 0
     wanted: tuple = (None, -1e9)  # (worker, when) of the last listener without a slot
+
+    def __post_init__(self) -> None:
+        self.account = f"fake:{id(self)}"
+        SLOT_TABLES[self.account] = self
+
+    def usable(self, worker: str, mine: list[int], limit: int, now: float) -> list[int]:
+        """The slots a claim of `worker` may take: its own spare ones first, then free."""
+        ok = [
+            s
+            for s in self.slots
+            if s < self.effective
+            and ((self.slots[s][0] == worker and s in mine) or self._free(s, now))
+        ]
+        return sorted(ok, key=lambda s: (s not in mine, s))[:limit]
 
     def fill(self) -> None:
         for n in range(self.configured):
@@ -529,6 +565,10 @@ class FakeSlotStore:
     table: FakeSlotTable
     worker: str = "me"
     lease: float = 30.0
+
+    @property
+    def account(self) -> str:
+        return self.table.account
 
     def _limits(self):
         from listener.engine.flow import Limits
