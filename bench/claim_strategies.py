@@ -92,10 +92,11 @@ class Worker(threading.Thread):
                     conn.autocommit = True
                     claimed = conn.execute(
                         q["claim_ready"],
-                        {"worker": self.worker, "lease": 30, "limit": 1, "held": []},
+                        {"worker": self.worker, "lease": 30, "limit": 1, "held": [], "account": None, "mine": [], "bind": False, "provider": "fusionbrain", "default_style": "DEFAULT"},
                     ).fetchall()
                     conn.autocommit = False
                     self.db_seconds += time.perf_counter() - t0
+                    claimed = [r for r in claimed if r[0] is not None]  # none: one NULL row
                     if not claimed:
                         return
                     image_id, prompt = claimed[0][0], claimed[0][1]

@@ -295,7 +295,8 @@ def claim_cost(url: str, repeats: int = 30) -> dict:
     from listener.sqlfiles import queries
 
     query = queries()["claim_ready"]
-    params = {"worker": "bench", "lease": 30, "limit": 8, "held": []}
+    # no shared slots (account NULL): the claim statement alone
+    params = {"worker": "bench", "lease": 30, "limit": 8, "held": [], "account": None, "mine": [], "bind": False, "provider": "fusionbrain", "default_style": "DEFAULT"}
     server: list[float] = []
     client: list[float] = []
     with psycopg.connect(url) as c:
@@ -306,7 +307,7 @@ def claim_cost(url: str, repeats: int = 30) -> dict:
             c.rollback()
             c.execute("SELECT 1")
             t0 = time.perf_counter()
-            rows = c.execute(query, params).fetchall()
+            rows = [r for r in c.execute(query, params).fetchall() if r[0] is not None]
             client.append(1000 * (time.perf_counter() - t0))
             assert len(rows) == 8, f"claim_ready returned {len(rows)} rows"
             c.rollback()

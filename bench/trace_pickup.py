@@ -42,7 +42,11 @@ def listener_main() -> int:
     on_event = service._StreamEvents._translate
 
     def traced_on_event(self, event):
-        if isinstance(event, notify.Notification) and event.channel == "images_wakeup":
+        if (
+            isinstance(event, notify.Notification)
+            and event.channel == "images_wakeup"
+            and event.payload == "ReadyToGenerate"  # not the row's own move to Generate
+        ):
             steps.append(["notify", time.time()])
         return on_event(self, event)
 
@@ -138,12 +142,16 @@ def report(steps: list[list], commits: dict[str, float], arrivals: dict[str, flo
         if prompt not in claims or prompt not in runs or prompt not in arrivals:
             continue
         _, c0, c1, _ = claims[prompt]
-        t_in, t_out = next(t for t in threads if c0 <= t[0] <= c1)
         add("commit -> notification read", wake - committed)
         add("notification -> claim starts", c0 - wake)
-        add("claim: hand-off to a worker thread", t_in - c0)
-        add("claim: in the thread (pool, UPDATE round trip)", t_out - t_in)
-        add("claim: hand-off back to trio", c1 - t_out)
+        inside = next((t for t in threads if c0 <= t[0] <= c1), None)
+        if inside is None:  # the claim connection: no thread (listener/pgtrio.py)
+            add("claim: on the claim connection (one round trip, no thread)", c1 - c0)
+        else:  # a claim through the pool's worker thread (before the claim connection)
+            t_in, t_out = inside
+            add("claim: hand-off to a worker thread", t_in - c0)
+            add("claim: in the thread (pool, UPDATE round trip)", t_out - t_in)
+            add("claim: hand-off back to trio", c1 - t_out)
         add("claim -> run call", runs[prompt] - c1)
         add("run call -> emulator receives it", arrivals[prompt] - runs[prompt])
         add("total: commit -> emulator receives run", arrivals[prompt] - committed)
