@@ -35,7 +35,17 @@ def measure(url: str, name: str, repeats: int) -> tuple[float, str]:
     from listener.sqlfiles import queries
 
     query = queries()[name]
-    params = {"worker": "bench", "lease": 30.0, "limit": 8, "held": [], "account": None, "mine": [], "bind": False, "provider": "fusionbrain", "default_style": "DEFAULT"}
+    params = {
+        "worker": "bench",
+        "lease": 30.0,
+        "limit": 8,
+        "held": [],
+        "account": None,
+        "mine": [],
+        "bind": False,
+        "provider": "fusionbrain",
+        "default_style": "DEFAULT",
+    }
     times, plan = [], ""
     with psycopg.connect(url) as c:
         for i in range(repeats):

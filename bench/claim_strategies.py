@@ -92,7 +92,17 @@ class Worker(threading.Thread):
                     conn.autocommit = True
                     claimed = conn.execute(
                         q["claim_ready"],
-                        {"worker": self.worker, "lease": 30, "limit": 1, "held": [], "account": None, "mine": [], "bind": False, "provider": "fusionbrain", "default_style": "DEFAULT"},
+                        {
+                            "worker": self.worker,
+                            "lease": 30,
+                            "limit": 1,
+                            "held": [],
+                            "account": None,
+                            "mine": [],
+                            "bind": False,
+                            "provider": "fusionbrain",
+                            "default_style": "DEFAULT",
+                        },
                     ).fetchall()
                     conn.autocommit = False
                     self.db_seconds += time.perf_counter() - t0

@@ -296,7 +296,17 @@ def claim_cost(url: str, repeats: int = 30) -> dict:
 
     query = queries()["claim_ready"]
     # no shared slots (account NULL): the claim statement alone
-    params = {"worker": "bench", "lease": 30, "limit": 8, "held": [], "account": None, "mine": [], "bind": False, "provider": "fusionbrain", "default_style": "DEFAULT"}
+    params = {
+        "worker": "bench",
+        "lease": 30,
+        "limit": 8,
+        "held": [],
+        "account": None,
+        "mine": [],
+        "bind": False,
+        "provider": "fusionbrain",
+        "default_style": "DEFAULT",
+    }
     server: list[float] = []
     client: list[float] = []
     with psycopg.connect(url) as c:

@@ -34,9 +34,9 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
+from listener.providers.emulator_kit.serving import url_for
 from listener.providers.fusionbrain.emulator.app import EmulatorApp
 from listener.providers.fusionbrain.emulator.config import EmulatorConfig
-from listener.providers.fusionbrain.emulator.server import url_for
 from listener.providers.fusionbrain.emulator.state import EmulatorState
 
 FIRST_BYTE = "bench.first_byte"  # the scope key the app reads the stamp from
