@@ -87,6 +87,39 @@ async def read_capped(response: httpx.Response, *, cap: int, error_cap: int) -> 
     return body
 
 
+class Late(Exception):
+    """No complete answer within the deadline."""
+
+
+async def exchange(
+    transport: httpx.AsyncBaseTransport,
+    request: httpx.Request,
+    *,
+    total: float,
+    headers_within: float,
+    cap: int,
+    error_cap: int,
+) -> tuple[httpx.Response, bytearray]:
+    """One request on `transport`: its headers within `headers_within` seconds, the whole
+    answer within `total`, the body read as it streams (`read_capped`); the response is
+    closed whatever happens. Late when either time runs out. Both providers' clients send
+    through this, each with its own request and its own reply type."""
+    response: httpx.Response | None = None
+    with trio.move_on_after(total):
+        with trio.move_on_after(headers_within):
+            response = await transport.handle_async_request(request)
+        if response is None:
+            raise Late(f"no answer within {headers_within:g}s")
+        try:
+            return response, await read_capped(response, cap=cap, error_cap=error_cap)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await response.aclose()
+    if response is None:
+        raise Late(f"no answer within {min(total, headers_within):g}s")
+    raise Late(f"the answer was not complete within {total:g}s")
+
+
 class Answer(enum.Enum):
     """What an HTTP status says about the request it answers (docs/api-answers.md)."""
 

@@ -54,14 +54,15 @@ from listener.edge import (
     MAX_JSON_DEPTH,
     RETRY_AFTER_MAX,
     Answer,
+    Late,
     TooLarge,
     classify,
     excerpt,
+    exchange,
     json_depth_exceeds,
     parse_json,
     parse_json_async,
     parse_retry_after,
-    read_capped,
 )
 from listener.errors import (
     ApiBusy,
@@ -105,10 +106,6 @@ RESULT_TIMEOUT = 120.0
 # Errors raised before a single byte of the request can have been sent.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
-
-
-class _Late(Exception):
-    """No complete answer within the deadline."""
 
 
 @dataclass
@@ -244,7 +241,7 @@ class FusionBrainClient:
             raise ApiOutcomeUnknown(
                 _say(f"run: no answer from the API: {_describe(exc)}", self)
             ) from exc
-        except _Late as exc:
+        except Late as exc:
             raise ApiOutcomeUnknown(_say(f"run: {exc}", self)) from None
         except TooLarge as exc:
             raise ApiOutcomeUnknown(_say(f"run: malformed answer: {exc}", self)) from None
@@ -298,23 +295,14 @@ class FusionBrainClient:
         )
         # The transport the client chose for this URL (a proxy's, from the environment).
         transport = self._http._transport_for_url(url)
-        response: httpx.Response | None = None
-        with trio.move_on_after(total):
-            with trio.move_on_after(self._timeout):
-                response = await transport.handle_async_request(request)
-            if response is None:
-                raise _Late(f"no answer within {self._timeout:g}s")
-            try:
-                return await self._read_body(response)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await response.aclose()
-        if response is None:
-            raise _Late(f"no answer within {min(total, self._timeout):g}s")
-        raise _Late(f"the answer was not complete within {total:g}s")
-
-    async def _read_body(self, response: httpx.Response) -> _Reply:
-        body = await read_capped(response, cap=self._max_bytes, error_cap=MAX_ERROR_BYTES)
+        response, body = await exchange(
+            transport,
+            request,
+            total=total,
+            headers_within=self._timeout,
+            cap=self._max_bytes,
+            error_cap=MAX_ERROR_BYTES,
+        )
         # The bytearray itself, not a copy: a result may be megabytes.
         return _Reply(response.status_code, response.headers, body, response.reason_phrase)
 
@@ -335,7 +323,7 @@ class FusionBrainClient:
                 reply = await self._exchange(method, path, params=params, deadline=deadline)
             except httpx.HTTPError as exc:
                 raise ApiTransient(_say(f"{what}: {_describe(exc)}", self)) from exc
-            except _Late as exc:
+            except Late as exc:
                 raise _no_retry(ApiTransient(_say(f"{what}: {exc}", self))) from None
             except TooLarge as exc:
                 raise _no_retry(

@@ -31,12 +31,13 @@ import trio
 
 from listener.backoff import first_then_retry
 from listener.edge import (
+    Late,
     TooLarge,
     excerpt,
+    exchange,
     parse_json,
     parse_json_async,
     parse_retry_after,
-    read_capped,
 )
 from listener.errors import (
     ApiCredentials,
@@ -60,10 +61,6 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 class MalformedDraw(ApiOutcomeUnknown, ApiMalformed):
     """A draw answered with something we cannot read: it may have been drawn and paid
     for, so it is an unknown outcome (never repeated by itself), and a malformed answer."""
-
-
-class _Late(Exception):
-    """No complete answer within the deadline."""
 
 
 @dataclass
@@ -198,7 +195,7 @@ class Edge:
             except httpx.HTTPError as exc:
                 kind = ApiOutcomeUnknown if paid else ApiTransient
                 raise kind(self.say(f"{what}: no answer: {describe(exc)}")) from exc
-            except _Late as exc:
+            except Late as exc:
                 kind = ApiOutcomeUnknown if paid else ApiTransient
                 raise kind(self.say(f"{what}: {exc}")) from None
             except TooLarge as exc:
@@ -241,20 +238,14 @@ class Edge:
             method, target, headers=merged, content=content, extensions=self._extensions
         )
         transport = self._http._transport_for_url(target)
-        response: httpx.Response | None = None
-        with trio.move_on_after(total):
-            response = await transport.handle_async_request(request)
-            try:
-                return await self._read_body(response)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await response.aclose()
-        if response is None:
-            raise _Late(f"no answer within {total:g}s")
-        raise _Late(f"the answer was not complete within {total:g}s")
-
-    async def _read_body(self, response: httpx.Response) -> Reply:
-        body = await read_capped(response, cap=self.max_bytes, error_cap=MAX_ERROR_BYTES)
+        response, body = await exchange(
+            transport,
+            request,
+            total=total,
+            headers_within=total,
+            cap=self.max_bytes,
+            error_cap=MAX_ERROR_BYTES,
+        )
         return Reply(response.status_code, response.headers, body, response.reason_phrase)
 
     # -- parsing -------------------------------------------------------------------------
