@@ -130,11 +130,16 @@ async def test_four_listeners_share_1000_rows_each_run_once(
     start_listener, database_url, emulator
 ) -> None:
     n = 1000
-    insert_many(database_url, n)
-    # the account allows what four processes of 8 run calls each used to send at once
+    # The four start together and the rows arrive once all four listen: rows inserted
+    # before them went, under CI load, to the first three before the fourth was ready.
+    # The account allows what four processes of 8 run calls each used to send at once.
     listeners = [
-        await start_listener(DB_MAX_OPEN_CONNS="4", PROVIDER_CONCURRENCY="32") for _ in range(4)
+        await start_listener(DB_MAX_OPEN_CONNS="4", PROVIDER_CONCURRENCY="32", ready=False)
+        for _ in range(4)
     ]
+    for p in listeners:
+        await p.wait_for_log("Listener ready")
+    insert_many(database_url, n)
     await all_finished(database_url, n, seconds=120)
     assert statuses(database_url) == Counter({"ReadyToPublish": n})
     stats = emulator.stats()
