@@ -60,7 +60,7 @@ async def test_transient_errors_are_retried_then_given_up(store, provider, autoj
     (id_,) = store.add(1)
     async with trio.open_nursery() as n:
         await n.start(engine.serve)
-        await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000)
+        await run_until(lambda: store.rows[id_].status == "Failed", seconds=36000, every=1.0)
         engine.stop("test")
     assert store.rows[id_].last_error == "gave up after 3 attempts: run: HTTP 503: down"
     assert len(tries) == 3 and waiting == ["run: HTTP 503: down"] * 2
@@ -268,11 +268,11 @@ async def test_a_used_up_quota_pauses_drawing_one_try_per_backoff_and_fails_noth
     ids = store.add(4)
     async with trio.open_nursery() as n:
         await n.start(engine.serve)
-        await run_until(lambda: len(tries) > refusals - 1, seconds=3600)
+        await run_until(lambda: len(tries) > refusals - 1, seconds=3600, every=1.0)
         waiting = [store.rows[i] for i in ids if store.rows[i].status == "ReadyToGenerate"]
         assert any("paid quota used up" in (r.last_error or "") for r in waiting)
         assert "no tokens left" in engine.health.quota_reason()
-        await run_until(lambda: store.statuses()["ReadyToPublish"] == 4, seconds=3600)
+        await run_until(lambda: store.statuses()["ReadyToPublish"] == 4, seconds=3600, every=1.0)
         engine.stop("test")
     assert not store.statuses()["Failed"]
     assert all(r.attempts <= 1 for r in store.rows.values()), "a paused draw is no attempt"
@@ -349,11 +349,14 @@ async def test_a_storm_of_not_taken_answers_fails_nothing_and_counts_nothing(
         await run_until(
             lambda: any(store.rows[i].last_error for i in ids) and len(provider.submitted) > 10,
             seconds=36000,
+            every=1.0,
         )
         assert {store.rows[i].status for i in ids} == {"ReadyToGenerate"}
         assert "HTTP 429" in " ".join(store.rows[i].last_error or "" for i in ids)
         await run_until(
-            lambda: all(store.rows[i].status == "ReadyToPublish" for i in ids), seconds=36000
+            lambda: all(store.rows[i].status == "ReadyToPublish" for i in ids),
+            seconds=36000,
+            every=1.0,
         )
         engine.stop("test")
     assert [store.rows[i].attempts for i in ids] == [1, 1, 1], "only the accepted run counts"

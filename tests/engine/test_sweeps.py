@@ -13,7 +13,7 @@ async def test_a_steady_trickle_of_inserts_does_not_starve_the_processor_sweep(
 ):
     """Regression: the generator sweep waited for every run in flight, event-driven ones
     included, while holding the lock both sweeps share; with an insert every 0.3 s the
-    processor sweep did not run for a whole simulated hour (here: ten minutes)."""
+    processor sweep did not run for a whole simulated hour (here: five minutes)."""
     provider.run_time = 1.0
     provider.generation_time = 5.0
     engine = make_engine(
@@ -39,10 +39,10 @@ async def test_a_steady_trickle_of_inserts_does_not_starve_the_processor_sweep(
                 await trio.sleep(0.3)
 
         n.start_soon(trickle)
-        await trio.sleep(600)
+        await trio.sleep(300)
         engine.stop("test")
         n.cancel_scope.cancel()
-    assert len(processor_sweeps) >= 9  # every ~minute
+    assert len(processor_sweeps) >= 4  # every ~minute
 
 
 async def test_a_sweep_reports_the_rows_it_claimed(store, provider, autojump_clock, caplog):
