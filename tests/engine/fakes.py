@@ -594,20 +594,6 @@ class FakeSlotStore:
         await trio.lowlevel.checkpoint()
         return self._limits()
 
-    async def take(self, n: int) -> list[int]:
-        await trio.lowlevel.checkpoint()
-        t, now = self.table, trio.current_time()
-        got = [s for s in sorted(t.slots) if s < t.effective and t._free(s, now)][:n]
-        for s in got:
-            t.slots[s] = [self.worker, now + self.lease, None]
-        t.most_held = max(t.most_held, t.taken(now))
-        return got
-
-    async def bind(self, slots, ids) -> None:
-        for s, i in zip(slots, ids, strict=True):
-            if self.table.slots[s][0] == self.worker:
-                self.table.slots[s][2] = i
-
     async def inherit(self, image_id: int):
         now = trio.current_time()
         for s, (holder, until, image) in self.table.slots.items():
