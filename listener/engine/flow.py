@@ -6,9 +6,10 @@ its own statement (`ask`, then `claimed`); the slot is bound to the row and give
 when its generation is over (provider slot kind "generation": Fusion Brain's queue counts
 generations in progress) or when its submit call returns (kind "call": one call in
 flight). The table decides what is free (sql/queries.sql, claim_ready's `free`): a slot
-held by a live lease, or taken for a row that is still generating, is not. A listener that dies (SIGKILL) keeps its
-generations' slots taken until they end and are adopted; its other slots free themselves
-when their lease runs out. Rows, not session advisory locks: docs/flow-control.md.
+held by a live lease, or taken for a row that is still generating, is not. A listener
+that dies (SIGKILL) keeps its generations' slots taken until they end and are adopted;
+its other slots free themselves when their lease runs out. Rows, not session advisory
+locks: docs/flow-control.md.
 
 `Limiter` is the adaptation (AIMD): a refusal (429, DISABLED_BY_QUEUE) lowers the shared
 effective value multiplicatively, once per burst; successes raise it by one per window of
