@@ -22,4 +22,3 @@ def test_the_account_id_is_the_same_in_every_release():
         "fusionbrain:1e1447986f3e18202215a1bf65ed06c0"
     )
     assert account_id("gigachat", "key", "secret") == "gigachat:e85573167653f4cb80fec532f459876a"
-
