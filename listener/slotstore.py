@@ -16,8 +16,8 @@ from listener.sqlfiles import queries
 
 
 class PgSlots:
-    """The claims take their slots in their own statement (PgStore.claim_ready); `take`
-    and `bind` here are those steps alone (tests, tools)."""
+    """The account's row and this process's slots; the claims take their slots in their
+    own statement (PgStore.claim_ready)."""
 
     def __init__(self, db: Database, *, account: str, provider: str, worker: str, lease: float):
         self.db, self.account, self.provider = db, account, provider
@@ -42,13 +42,6 @@ class PgSlots:
         if not rows:
             raise LookupError(f"no listener_limits row for {self.account}")
         return _limits(tuple(rows[0].values()))
-
-    async def take(self, n: int) -> list[int]:
-        rows = await self.db.fetch("slots_take", self._params(n=n))
-        return sorted(r["slot"] for r in rows)
-
-    async def bind(self, slots: list[int], ids: list[int]) -> None:
-        await self.db.execute("slots_bind", self._params(slots=slots, ids=ids))
 
     async def inherit(self, image_id: int) -> int | None:
         rows = await self.db.fetch("slots_inherit", self._params(id=image_id))

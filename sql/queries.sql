@@ -573,9 +573,11 @@ FROM listener_limits AS l WHERE l.account = %(account)s
 UPDATE listener_limits SET wanted_by = %(worker)s, wanted_at = now()
 WHERE account = %(account)s
 
--- Take up to `n` free slots below the effective limit. Free: no live lease on it, and the
--- row it was taken for is not generating (a holder that died leaves its generation's slot
--- taken until the generation ends). SKIP LOCKED: listeners never wait for each other.
+-- Take up to `n` free slots below the effective limit, on their own: the listener takes
+-- its slots in the claim's statement (claim_ready's `free`, the same rule); this is what
+-- bench/slot_strategies.py measures. Free: no live lease on it, and the row it was taken
+-- for is not generating (a holder that died leaves its generation's slot taken until the
+-- generation ends). SKIP LOCKED: listeners never wait for each other.
 -- name: slots_take
 UPDATE listener_slots AS s
 SET holder = %(worker)s, held_until = now() + make_interval(secs => %(lease)s::float8),
@@ -594,12 +596,6 @@ FROM (
 WHERE s.account = %(account)s AND s.slot = free.slot
 RETURNING s.slot
 
--- The rows the slots were taken for (one statement for a claim's batch).
--- name: slots_bind
-UPDATE listener_slots AS s SET image_id = b.image_id
-FROM unnest(%(slots)s::integer[], %(ids)s::bigint[]) AS b (slot, image_id)
-WHERE s.account = %(account)s AND s.slot = b.slot AND s.holder = %(worker)s
-
 -- A generation adopted from a listener that stopped or died: its slot is ours now.
 -- name: slots_inherit
 UPDATE listener_slots AS s
@@ -609,7 +605,7 @@ WHERE s.account = %(account)s AND s.image_id = %(id)s
 RETURNING s.slot
 
 -- image_id stays: a generation that goes on without us (handed to the processors, or
--- left at shutdown) keeps its slot taken until it ends (see slots_take).
+-- left at shutdown) keeps its slot taken until it ends (see claim_ready's `free`).
 -- name: slots_release
 UPDATE listener_slots SET holder = NULL, held_until = NULL
 WHERE account = %(account)s AND slot = ANY(%(slots)s::integer[]) AND holder = %(worker)s

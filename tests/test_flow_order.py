@@ -39,16 +39,21 @@ async def test_the_operator_changes_the_limit_and_the_listener_role_runs_the_bud
     import pytest
 
     from listener.engine.flow import account_id
+    from listener.engine.ports import SlotAsk
     from listener.slotstore import PgSlots
 
     account = account_id("fusionbrain", "u", "k", "s")
+    with psycopg.connect(login_as("images_writer"), autocommit=True) as c:
+        c.execute("INSERT INTO images (prompt) VALUES ('a'), ('b'), ('c')")
     listener_url = login_as("images_listener")
     s = load_settings(env_file=None, database_url=listener_url, db_max_open_conns=3)
     async with open_database(listener_url, s, application_name="t") as db:
         slots = PgSlots(db, account=account, provider="fusionbrain", worker="w", lease=30)
         await slots.register(2, explicit=True)
-        assert await slots.take(3) == [0, 1]
-        await slots.bind([0], [1])
+        # the claim takes and binds the slots in its own statement, as the listener role
+        ask = SlotAsk(account=account, mine=[], bind=True, known=[])
+        assert len(await PgStore(db, "w", 30).claim_ready(3, slots=ask)) == 2
+        assert sorted(ask.got) == [0, 1]
         await slots.release([0, 1])
         await slots.renew()
     with psycopg.connect(login_as("images_operator"), autocommit=True) as c:

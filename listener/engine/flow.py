@@ -1,14 +1,15 @@
 """The provider account's concurrency budget, shared by every listener through PostgreSQL,
 and how much of it the listeners allow themselves (adapting to 429 / busy answers).
 
-`Slots` holds this process's share: before a claim takes rows to submit, it takes one
-slot per row (`take`); the slot is bound to the row and given back when its generation is
-over (provider slot kind "generation": Fusion Brain's queue counts generations in
-progress) or when its submit call returns (kind "call": one call in flight). The table
-decides what is free (sql/queries.sql, slots_take): a slot held by a live lease, or taken
-for a row that is still generating, is not. A listener that dies (SIGKILL) keeps its
-generations' slots taken until they end and are adopted; its other slots free themselves
-when their lease runs out. Rows, not session advisory locks: docs/flow-control.md.
+`Slots` holds this process's share: a claim of rows to submit takes one slot per row in
+its own statement (`ask`, then `claimed`); the slot is bound to the row and given back
+when its generation is over (provider slot kind "generation": Fusion Brain's queue counts
+generations in progress) or when its submit call returns (kind "call": one call in
+flight). The table decides what is free (sql/queries.sql, claim_ready's `free`): a slot
+held by a live lease, or taken for a row that is still generating, is not. A listener
+that dies (SIGKILL) keeps its generations' slots taken until they end and are adopted;
+its other slots free themselves when their lease runs out. Rows, not session advisory
+locks: docs/flow-control.md.
 
 `Limiter` is the adaptation (AIMD): a refusal (429, DISABLED_BY_QUEUE) lowers the shared
 effective value multiplicatively, once per burst; successes raise it by one per window of
@@ -74,16 +75,13 @@ class Limits:
 
 class SlotStore(Protocol):
     """The budget's table (PgSlots on PostgreSQL; a fake in the engine's tests). The
-    claims take their slots in their own statement (`Store.claim_ready`, `SlotAsk`);
-    `take` and `bind` are the same steps on their own."""
+    claims take their slots in their own statement (`Store.claim_ready`, `SlotAsk`)."""
 
     @property
     def account(self) -> str: ...
 
     async def register(self, limit: int, *, explicit: bool) -> Limits: ...
     async def read(self) -> Limits: ...
-    async def take(self, n: int) -> list[int]: ...
-    async def bind(self, slots: list[int], ids: list[int]) -> None: ...
     async def inherit(self, image_id: int) -> int | None: ...
     async def release(self, slots: list[int]) -> None: ...
     async def renew(self) -> None: ...
@@ -294,29 +292,6 @@ class Slots:
     def unclaimed(self, ask: SlotAsk) -> None:
         """The claim failed: nothing changed in the table; `mine` is spare again."""
         self._spare.update(s for s in ask.mine if s in self.held)
-
-    async def take(self, n: int) -> list[int]:
-        """Up to `n` free slots (none: try again when told, or after SLOT_POLL)."""
-        got = sorted(s for s in self._spare if s < self.effective)[:n]
-        self._spare.difference_update(got)
-        if len(got) < n:
-            more = await self.store.take(n - len(got))
-            self.held.update(more)
-            got += more
-        self.taken += len(got)
-        if not got:
-            self.starved += 1
-            now = trio.current_time()
-            if now - self._wanted_at >= WANT_EVERY:
-                self._wanted_at = now
-                await self.store.want()
-        return got
-
-    async def bind(self, slots: list[int], ids: list[int]) -> None:
-        """Generation slots name their rows: a generation outliving its holder keeps
-        its slot (a call slot is over with its call)."""
-        if slots and self.kind == "generation":
-            await self.store.bind(slots, ids)
 
     async def inherit(self, image_id: int) -> int | None:
         """The slot of a generation adopted from another listener, if it had one."""

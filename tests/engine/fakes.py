@@ -530,6 +530,7 @@ class FakeSlotTable:
     slots: dict[int, list] = field(default_factory=dict)
     most_held: int = 0
     wanted: tuple = (None, -1e9)  # (worker, when) of the last listener without a slot
+    gone: bool = False  # the account's row was deleted by hand (its slots with it)
 
     def __post_init__(self) -> None:
         self.account = f"fake:{id(self)}"
@@ -544,6 +545,11 @@ class FakeSlotTable:
             and ((self.slots[s][0] == worker and s in mine) or self._free(s, now))
         ]
         return sorted(ok, key=lambda s: (s not in mine, s))[:limit]
+
+    def delete(self) -> None:
+        """DELETE FROM listener_limits: the slots go with the row (ON DELETE CASCADE)."""
+        self.gone = True
+        self.slots.clear()
 
     def fill(self) -> None:
         for n in range(self.configured):
@@ -587,26 +593,15 @@ class FakeSlotStore:
         t = self.table
         if explicit or not t.slots:
             t.configured = t.effective = limit
+        t.gone = False
         t.fill()
         return self._limits()
 
     async def read(self):
         await trio.lowlevel.checkpoint()
+        if self.table.gone:
+            raise LookupError(f"no listener_limits row for {self.account}")
         return self._limits()
-
-    async def take(self, n: int) -> list[int]:
-        await trio.lowlevel.checkpoint()
-        t, now = self.table, trio.current_time()
-        got = [s for s in sorted(t.slots) if s < t.effective and t._free(s, now)][:n]
-        for s in got:
-            t.slots[s] = [self.worker, now + self.lease, None]
-        t.most_held = max(t.most_held, t.taken(now))
-        return got
-
-    async def bind(self, slots, ids) -> None:
-        for s, i in zip(slots, ids, strict=True):
-            if self.table.slots[s][0] == self.worker:
-                self.table.slots[s][2] = i
 
     async def inherit(self, image_id: int):
         now = trio.current_time()
@@ -617,9 +612,11 @@ class FakeSlotStore:
         return None
 
     async def release(self, slots) -> None:
+        await trio.lowlevel.checkpoint()  # a statement: a cancelled caller stops here
         for s in slots:
-            if self.table.slots[s][0] == self.worker:
-                self.table.slots[s][:2] = [None, None]
+            entry = self.table.slots.get(s)  # gone with a deleted account row
+            if entry is not None and entry[0] == self.worker:
+                entry[:2] = [None, None]
 
     async def renew(self) -> None:
         now = trio.current_time()
