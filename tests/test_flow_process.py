@@ -12,6 +12,7 @@ import psycopg
 import trio
 
 from tests.fixtures.listener import rows, wait_until
+from tests.web_fixtures import get, http_url
 
 # The test environment checks every 0.05 s, so the seed's 30 checks are 1.5 s: these
 # generations take seconds.
@@ -115,7 +116,8 @@ async def test_a_429_storm_fails_nothing_counts_nothing_and_concurrency_recovers
     start_listener, database_url, emulator
 ):
     emulator.configure(generation_time=0.5, max_concurrent=0)  # every run refused: 429
-    listener = await start_listener(PROVIDER_CONCURRENCY="4", **SLOW)
+    listener = await start_listener("--http", "127.0.0.1:0", PROVIDER_CONCURRENCY="4", **SLOW)
+    url = await http_url(listener)
     enqueue(database_url, 24)
     await wait_until(
         lambda: rows(database_url, "SELECT effective FROM listener_limits") == [(1,)],
@@ -124,6 +126,12 @@ async def test_a_429_storm_fails_nothing_counts_nothing_and_concurrency_recovers
     await trio.sleep(1.0)
     refused = emulator.stats()["runs_refused"]
     assert refused >= 4
+    m = flow_metrics(get(url + "metrics").text)
+    assert m["provider_concurrency", "configured"] == 4
+    assert m["provider_concurrency", "effective"] == 1
+    assert m["provider_concurrency_changes_total", "decrease"] >= 1
+    # each one a 429 the emulator sent (read after the page: more may have come since)
+    assert 1 <= m["provider_refusals_total", None] <= emulator.stats()["runs_refused"]
     emulator.configure(max_concurrent=4)  # the storm is over; the true limit is 4
     await all_done(database_url, 24)
     assert counts(database_url) == {"ReadyToPublish": 24}
@@ -131,6 +139,9 @@ async def test_a_429_storm_fails_nothing_counts_nothing_and_concurrency_recovers
     assert rows(database_url, "SELECT effective, ceiling FROM listener_limits") == [(4, None)]
     reason = rows(database_url, "SELECT reason FROM listener_limits")[0][0]
     assert reason.startswith("raised from 3")
+    m = flow_metrics(get(url + "metrics").text)
+    assert m["provider_concurrency", "effective"] == 4
+    assert m["provider_concurrency_changes_total", "increase"] >= 1
     await listener.stop()
     assert "Provider concurrency lowered to" in listener.log
 
@@ -147,3 +158,16 @@ async def test_status_checks_per_image_with_a_steady_3s_generation(
     assert per_image <= 3, per_image
     await listener.stop()
     assert "Status checks: " in listener.log
+
+
+def flow_metrics(text: str) -> dict[tuple[str, str | None], float]:
+    """The flow-control series of a /metrics page: (name, its value/direction label)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str | None], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("fusionbrain_listener_provider_"):
+                name = s.name.removeprefix("fusionbrain_listener_")
+                out[name, s.labels.get("value") or s.labels.get("direction")] = s.value
+    return out

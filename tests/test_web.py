@@ -95,6 +95,14 @@ async def test_metrics_equal_what_the_table_says_after_20_rows(
     assert value(m, "generation_paused", reason="credentials", **prov) == 0
     assert value(m, "wakeup_mode", mode="listen") == 1
     assert value(m, "db_pool_connections", pool="main", state="idle") >= 1
+    assert (P + "db_pool_connections", frozenset({"pool": "writes", "state": "idle"}.items())) in m
+    # the account's shared budget: the provider's default, never lowered (no 429 here)
+    assert value(m, "provider_concurrency", value="configured", **prov) == 8
+    assert value(m, "provider_concurrency", value="effective", **prov) == 8
+    assert value(m, "provider_refusals_total", **prov) == 0
+    assert value(m, "provider_concurrency_changes_total", direction="decrease", **prov) == 0
+    assert (P + "provider_slot_waits_total", frozenset(prov.items())) in m
+    assert value(m, "provider_slots_held", **prov) <= 8
     # every histogram's buckets are cumulative and end at +Inf = count
     assert value(m, "pickup_latency_seconds_bucket", le="+Inf", **prov) == 20
     assert p.proc.poll() is None

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "fusionbrain_listener_"
@@ -154,6 +154,15 @@ class _Gauges(Collector):
 
 def gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]):
     family = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+def counter(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]):
+    """A counter read from the engine's own tallies at each scrape (`name` without
+    `_total`: the family adds it)."""
+    family = CounterMetricFamily(PREFIX + name, doc, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)
     return family

@@ -16,7 +16,7 @@ from listener.errors import DatabaseError
 from listener.web.db import WebDb
 from listener.web.health import Health
 from listener.web.live import Live
-from listener.web.metrics import QUEUE_CACHE, Cached, Metrics, gauge
+from listener.web.metrics import QUEUE_CACHE, Cached, Metrics, counter, gauge
 from listener.web.observed import ObservedProvider, ObservedStore, Tracker
 from listener.web.server import serve_http, url_for
 from listener.web.settings import HttpSettings
@@ -109,6 +109,49 @@ class Web:
         except DatabaseError:
             self.queue.set(None)
 
+    @staticmethod
+    def _flow_gauges(e: Any, p: str) -> Iterable[Any]:
+        """The account's shared budget (docs/flow-control.md), when the engine has one."""
+        slots = e.slots
+        limiter = slots.limiter if slots is not None else None
+        if slots is None or limiter is None:
+            return
+        values = [([p, "configured"], limiter.configured), ([p, "effective"], limiter.effective)]
+        if limiter.ceiling is not None:
+            values.append(([p, "ceiling"], limiter.ceiling))
+        yield gauge(
+            "provider_concurrency",
+            "The account's limit on calls at once, shared by every listener using it: "
+            "configured (PROVIDER_CONCURRENCY or the provider's default), effective (after "
+            "refusals for load), ceiling (the value at the last refusal, while it is kept).",
+            ["provider", "value"],
+            values,
+        )
+        yield gauge(
+            "provider_slots_held",
+            "Slots of the account's budget this process holds.",
+            ["provider"],
+            [([p], len(slots.held))],
+        )
+        yield counter(
+            "provider_refusals",
+            "Submissions the provider refused for load (429, its queue full), this process.",
+            ["provider"],
+            [([p], limiter.refusals)],
+        )
+        yield counter(
+            "provider_concurrency_changes",
+            "Changes of the effective limit made by this process, by direction.",
+            ["provider", "direction"],
+            [([p, "decrease"], limiter.decreases), ([p, "increase"], limiter.increases)],
+        )
+        yield counter(
+            "provider_slot_waits",
+            "Claims that found no free slot of the account's budget, this process.",
+            ["provider"],
+            [([p], slots.starved)],
+        )
+
     def _gauges(self) -> Iterable[Any]:
         e = self.engine
         p = self.provider_name
@@ -144,6 +187,7 @@ class Web:
                     ([p, "quota"], float(getattr(h, "quota", None) is not None)),
                 ],
             )
+            yield from self._flow_gauges(e, p)
             mode = "cron" if self.mode != "event" else ("poll" if e.polling else "listen")
             yield gauge(
                 "wakeup_mode",
@@ -156,6 +200,7 @@ class Web:
         for name, pool in (
             ("main", self.db.pool),
             ("pickup", self.db.pickup),
+            ("writes", self.db.writes),
             ("web", self.pages.pool),
         ):
             stats = pool.get_stats()
@@ -163,7 +208,7 @@ class Web:
             pools += [([name, "in_use"], size - idle), ([name, "idle"], idle)]
         yield gauge(
             "db_pool_connections",
-            "Database connections of this process by pool (main, pickup, web) and state.",
+            "Database connections of this process by pool (main, pickup, writes, web) and state.",
             ["pool", "state"],
             pools,
         )
