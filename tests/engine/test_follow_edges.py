@@ -5,6 +5,7 @@ the pacing (survivors of the mutation run of 2026-12-07 on follow.py)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -14,6 +15,7 @@ from listener.engine import Connected, Wakeup
 from listener.engine.ports import Pending, Ready, Refused, Submitted
 from listener.errors import (
     ApiBusy,
+    ApiCredentials,
     ApiMalformed,
     ApiNotFound,
     ApiPermanent,
@@ -261,7 +263,7 @@ async def test_checks_under_a_second_apart_keep_the_interval_after_busy_without_
     times = _answers(provider, [ApiBusy("status: HTTP 429"), Pending(), Pending(), Ready(PNG_B64)])
     row = await _follow(store, provider, settings={"default_check_interval": 0.5})
     assert row.status == "ReadyToPublish"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == pytest.approx([0.51, 0.51, 0.51])  # each asked 0.5 s after an answer
 
 
@@ -416,3 +418,17 @@ async def test_the_ready_line_says_how_long_since_the_api_accepted_the_run(
     provider.generation_time = 16.0
     row = await _follow(store, provider)
     assert f"Image ID {row.id} ready (ReadyToPublish) in 16.0s" in caplog.text
+
+
+async def test_a_key_refused_at_a_status_check_is_said_with_the_providers_words(
+    store, provider, autojump_clock, caplog
+):
+    """The probe at start accepted the key; a status check is the first to be refused:
+    the line the operator reads carries that check's words."""
+    _answers(provider, [ApiCredentials("status: HTTP 401: key revoked"), Ready(PNG_B64)])
+    row = await _follow(store, provider)
+    assert row.status == "ReadyToPublish"
+    refused = [m for m in caplog.messages if "refused the credentials" in m]
+    assert refused and refused[0].startswith(
+        f"{provider.title} refused the credentials (status: HTTP 401: key revoked)"
+    )
