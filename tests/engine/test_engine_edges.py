@@ -143,6 +143,69 @@ async def test_a_stop_during_an_adoption_ends_at_once_with_no_further_claim(auto
     assert all(store.rows[i].locked_by is None for i in ids)
 
 
+class StopWhileClaimingSlowRelease(FakeStore):
+    """The stop arrives while a claim's statement runs; giving a row back takes the
+    database a moment (as over a network: the fake's writes take none)."""
+
+    engine = None
+
+    async def claim_ready(self, *args, **kwargs):
+        rows = await super().claim_ready(*args, **kwargs)
+        if rows and self.engine is not None:
+            self.engine.stop("SIGTERM")
+        return rows
+
+    async def release(self, *args, **kwargs):
+        await trio.sleep(0.5)
+        return await super().release(*args, **kwargs)
+
+
+async def test_a_row_claimed_as_the_stop_comes_is_given_back_uncounted_within_the_grace(
+    autojump_clock,
+):
+    """Nothing paid is in flight, yet the stop's first phase lasts up to SHUTDOWN_GRACE:
+    long enough for the row's own release (its attempt uncounted), not cut at once and
+    left to the final release, which would count the attempt."""
+    store = StopWhileClaimingSlowRelease()
+    (id_,) = store.add(1)
+    provider = FakeProvider()
+    engine = make_engine(store, provider, settings={"shutdown_grace": 5})
+    store.engine = engine
+    with trio.fail_after(60):
+        await engine.serve()
+    row = store.rows[id_]
+    assert provider.submitted == []
+    assert (row.status, row.attempts, row.locked_by) == ("ReadyToGenerate", 0, None)
+
+
+class SlowClaim(FakeStore):
+    """A claim's statement takes the database a second."""
+
+    async def claim_ready(self, *args, **kwargs):
+        await trio.sleep(1)
+        return await super().claim_ready(*args, **kwargs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a claim cancelled by the stop during its statement never gives back the "
+    "places it reserved in the budget (Claims.claim_ready: Budget.reserve, then only a "
+    "DatabaseError returns them), and Budget.wait_runs_done waits for `reserved`: the stop "
+    "lasts the whole SHUTDOWN_GRACE with nothing in flight",
+)
+async def test_a_stop_during_a_claims_statement_ends_at_once(autojump_clock):
+    store = SlowClaim()
+    (id_,) = store.add(1)
+    engine = make_engine(store, FakeProvider(), settings={"shutdown_grace": 5})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        await trio.sleep(0.5)  # the start-up claim's statement is running
+        start = trio.current_time()
+        engine.stop("SIGTERM")
+    assert store.rows[id_].locked_by is None
+    assert trio.current_time() - start < 1
+
+
 async def test_a_hung_paid_call_makes_the_stop_last_its_call_timeout_and_the_grace_at_most_longest_stop(
     store, provider, autojump_clock
 ):
@@ -196,22 +259,7 @@ async def test_the_wakeup_source_is_served_and_what_it_hears_is_claimed_at_once(
         engine.stop("test")
 
 
-# -- the provider's calls ------------------------------------------------------------------
-
-
-async def test_submissions_and_status_checks_together_keep_within_api_concurrency(
-    store, provider, autojump_clock
-):
-    """API_CONCURRENCY 1: a row's submission waits for another's status check (or
-    download), and the other way round: never two calls at once."""
-    provider.generation_time = 0.5
-    engine = make_engine(store, provider, settings={"api_concurrency": 1})
-    store.add(4)
-    async with trio.open_nursery() as n:
-        await n.start(engine.serve)
-        await run_until(lambda: store.statuses()["ReadyToPublish"] == 4)
-        engine.stop("test")
-    assert provider.max_in_flight == 1
+# -- the provider, named -------------------------------------------------------------------
 
 
 async def test_a_refused_key_is_said_with_the_providers_title_and_what_to_check(
