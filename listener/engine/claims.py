@@ -36,7 +36,7 @@ from listener.engine.budget import Budget, Ticket
 from listener.engine.doorbell import Doorbell
 from listener.engine.flow import SLOT_POLL, Slots
 from listener.engine.health import ApiHealth
-from listener.engine.ports import Store
+from listener.engine.ports import SlotAsk, Store
 from listener.engine.rows import Rows
 from listener.errors import DatabaseError
 from listener.sanitize import clean
@@ -203,12 +203,16 @@ class Claims:
                     want, held=self.rows.leases.held(), slots=ask
                 )
             except DatabaseError as exc:
-                self.budget.take(want, 0, "claimed")
-                if self.slots is not None and ask is not None:
-                    self.slots.unclaimed(ask)
+                self._unclaimed(want, ask)
                 log.warning("Generator: cannot claim rows: %s", exc.message)
                 self._due("ready", RETRY_AFTER_DB_ERROR)
                 return total
+            except BaseException:
+                # Cancelled (a stop) during the statement: it claimed nothing (the claim
+                # lane repairs a statement whose outcome it lost), so the places reserved
+                # go back, or the stop would wait for them to the end of its grace.
+                self._unclaimed(want, ask)
+                raise
             started = self.budget.take(want, len(claimed), "claimed")
             # Bounded by the budget's free slots rather than by the rows due: more may be
             # due, and a slot that frees rings the doorbell (or another listener's does,
@@ -242,6 +246,12 @@ class Claims:
             self._due("ready", 0.0)
         return total
 
+    def _unclaimed(self, want: int, ask: SlotAsk | None) -> None:
+        """A claim that took nothing: its reserved places and slots are free again."""
+        self.budget.take(want, 0, "claimed")
+        if self.slots is not None and ask is not None:
+            self.slots.unclaimed(ask)
+
     async def adopt(self, tickets: list[Ticket] | None = None) -> int:
         """Claim and follow every generation nobody follows, as far as there is room."""
         total = 0
@@ -258,6 +268,9 @@ class Claims:
                 log.warning("Processor: cannot claim generations: %s", exc.message)
                 self._due("generating", RETRY_AFTER_DB_ERROR)
                 return total
+            except BaseException:
+                self.budget.take(want, 0, "following")  # cancelled: as claim_ready
+                raise
             due = claimed.next_due_in
             if due is not None and due <= 0 and len(claimed.rows) < want:
                 # due now, yet not taken: a row this claim skipped (locked elsewhere for
