@@ -200,16 +200,16 @@ async def test_a_row_lost_at_its_due_time_to_a_faster_listener_does_not_delay_th
     """Only a wake-up (a notification) that found nothing is contention: a look at a due
     time that found nothing is not."""
     store = Watched()
-    (retry,) = store.add(1, not_before=5.0)
+    (retry,) = store.add(1, not_before=15.0)  # learned at the look at 10 s
     store.faster.add(retry)
     engine = make_engine(store, FakeProvider())
     async with serving(engine):
-        await trio.sleep_until(6)
+        await trio.sleep_until(16)
         (new,) = store.add(1)
         rang = ring_ready(engine)
         await run_until(lambda: new in store.claimed_at)
     assert store.rows[retry].locked_by == "other"
-    assert 5.0 in store.claim_times["claim_ready"]  # the look at its due time was made
+    assert 15.0 in store.claim_times["claim_ready"]  # the look at its due time was made
     assert store.claimed_at[new] == rang
 
 
@@ -288,17 +288,23 @@ async def test_a_due_time_that_cannot_be_read_after_a_claim_is_asked_again_a_sec
 async def test_a_claim_that_fails_on_the_database_keeps_the_listeners_spare_slot(
     autojump_clock,
 ):
-    """The account allows one generation at a time: the slot this listener kept from its
-    last row must still be its own after a failed claim, or no row is ever sent again."""
+    """The account allows one generation at a time, and the claim that the first row's
+    slot rings as it frees fails: the slot is still this listener's for its next claim,
+    or no row is ever sent again."""
     store = Watched()
     engine = make_engine(store, FakeProvider(), slots=shared_slots(store, 1))
-    (first,) = store.add(1)
+    first, second = store.add(2)
+    finalise = store.finalise
+
+    async def finalise_then_fail_a_claim(id_, *args, **kw):
+        await finalise(id_, *args, **kw)
+        if id_ == first:
+            store.failing["claim_ready"] = 1
+
+    store.finalise = finalise_then_fail_a_claim
     async with serving(engine):
-        await run_until(lambda: store.rows[first].status == "ReadyToPublish")
-        store.failing["claim_ready"] = 1
-        (second,) = store.add(1)
-        ring_ready(engine)
         await run_until(lambda: store.rows[second].status == "ReadyToPublish", seconds=30)
+    assert store.failing["claim_ready"] == 0  # the claim failed
     assert store.claims_of[second] == 1
 
 
@@ -411,13 +417,17 @@ async def test_a_generation_our_own_task_follows_is_not_claimed_again_when_its_l
 
 
 @pytest.mark.parametrize("sharing", [False, True], ids=["alone", "sharing-slots"])
-async def test_an_idle_listener_makes_no_claim_until_woken(sharing, autojump_clock):
-    """Only its look every LEASE_TIMEOUT / 3 (a due-time query) while nothing happens;
-    with the account's slots (two, fewer than the eight run calls) too."""
+async def test_an_idle_listener_makes_no_claim_between_wakeups(sharing, autojump_clock):
+    """Only its look every LEASE_TIMEOUT / 3 (a due-time query) while nothing happens
+    after a wake-up that found nothing; with the account's slots (two, fewer than the
+    eight run calls) too."""
     store = Watched()
     slots = shared_slots(store, 2) if sharing else None
     engine = make_engine(store, FakeProvider(), slots=slots)
     async with serving(engine):
+        await trio.sleep(1)
+        ring_ready(engine)
+        engine.on_event(Wakeup("Generate"))
         await trio.sleep(1)
         before = Counter(store.calls)
         await trio.sleep(60)
