@@ -239,11 +239,21 @@ class Claims:
             if len(claimed) < want:
                 # Asked only now, while the runs just started are already on their way.
                 try:
-                    self._due("ready", await self.store.next_ready_in(held=self.rows.leases.held()))
+                    due = await self.store.next_ready_in(held=self.rows.leases.held())
                 except DatabaseError:
-                    self._due("ready", RETRY_AFTER_DB_ERROR)
+                    due = RETRY_AFTER_DB_ERROR
+                if due is not None and due <= 0:
+                    # due now, yet not taken: a row this claim skipped (locked elsewhere
+                    # for the moment): looked at again shortly, not in a tight loop
+                    due = SKIPPED_RETRY
+                self._due("ready", due)
                 break
             self._due("ready", 0.0)
+        else:
+            if not self.stopping:
+                # Paused (a refused key, the provider busy): the loop waits in
+                # health.ready_to_generate() and looks as soon as the pause ends.
+                self._due("ready", 0.0)
         return total
 
     def _unclaimed(self, want: int, ask: SlotAsk | None) -> None:

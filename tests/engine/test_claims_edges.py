@@ -455,12 +455,6 @@ async def test_a_generation_locked_elsewhere_for_the_moment_is_asked_for_again_e
     assert store.claimed_at[id_] < 10.0 + SKIPPED_RETRY + ADOPT_AFTER + ADOPT_SPREAD
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a waiting row locked by another session is due now by next_ready_in but "
-    "skipped by the claim, and the ready loop claims again at once, without end "
-    "(adopt() waits SKIPPED_RETRY in the same case)",
-)
 async def test_a_waiting_row_locked_elsewhere_for_the_moment_is_asked_for_again_each_second(
     autojump_clock,
 ):
@@ -476,12 +470,6 @@ async def test_a_waiting_row_locked_elsewhere_for_the_moment_is_asked_for_again_
     assert all(b - a >= SKIPPED_RETRY for a, b in pairwise(times))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (minor): the start-up probe refused the key, the start-up claim took "
-    "nothing and set no due time, and the key working again rings nobody: the rows "
-    "already waiting are claimed at the next look (LEASE_TIMEOUT / 3), not at once",
-)
 async def test_rows_waiting_while_the_key_was_refused_are_claimed_once_it_works_again(
     autojump_clock,
 ):
