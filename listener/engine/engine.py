@@ -143,7 +143,6 @@ class Engine:
         self.rows = Rows(
             settings=s,
             store=store,
-            budget=self.budget,
             leases=self.leases,
             guard=self.guard,
             runs=runs,

@@ -23,7 +23,7 @@ import math
 import trio
 
 from listener.config import Settings
-from listener.engine.budget import Budget, Ticket
+from listener.engine.budget import Ticket
 from listener.engine.doorbell import backoff_delay
 from listener.engine.flow import Slots
 from listener.engine.follow import Follow
@@ -43,7 +43,6 @@ class Rows:
         *,
         settings: Settings,
         store: Store,
-        budget: Budget,
         leases: Leases,
         guard: Guard,
         runs: Runs | None,
@@ -53,7 +52,6 @@ class Rows:
         self.slots = slots
         self.settings = settings
         self.store = store
-        self.budget = budget
         self.leases = leases
         self.guard = guard
         self.runs = runs
