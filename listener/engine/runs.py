@@ -82,8 +82,8 @@ class Runs:
     health: ApiHealth
     guard: Guard
     follow_here: bool  # this process follows what it submits (it has the processor role)
+    budget: Budget  # its call() slot is held around every submission
     resends: int = 1  # UNKNOWN_OUTCOME_RESENDS in effect (the setting, or the provider's)
-    budget: Budget | None = None  # its call() slot is held around every submission
     on_retry_scheduled: object = None  # callable: a row falls due later; look again then
     slots: Slots | None = None  # the account's shared budget (None: not shared)
     # row id -> seconds its slot rests before reuse (a refusal for load: see _busy)
@@ -267,8 +267,6 @@ class Runs:
         )
 
     async def _submit(self, request: Request) -> Submitted | Refused:
-        if self.budget is None:
-            return await self.provider.submit(request)
         async with self.budget.call(submission=True):
             return await self.provider.submit(request)
 
