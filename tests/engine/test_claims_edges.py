@@ -461,13 +461,27 @@ async def test_a_waiting_row_locked_elsewhere_for_the_moment_is_asked_for_again_
     store = Watched()
     (id_,) = store.add(1)
     store.locked.add(id_)
-    engine = make_engine(store, FakeProvider())
+    engine = make_engine(store, FakeProvider())  # a periodic look every 10 s
     async with serving(engine):
-        await trio.sleep(10)
+        await trio.sleep(12)
         store.locked.discard(id_)
-        await run_until(lambda: id_ in store.claimed_at, every=1.0)
+        await run_until(lambda: id_ in store.claimed_at, every=0.1)
     times = store.claim_times["claim_ready"]
     assert all(b - a >= SKIPPED_RETRY for a, b in pairwise(times))
+    assert store.claimed_at[id_] <= 12 + SKIPPED_RETRY  # not at the next periodic look
+
+
+async def test_a_row_falling_due_in_under_a_second_is_claimed_when_it_does(autojump_clock):
+    """A short claim asks when the next row falls due and claims it then: a row due in
+    half a second is not made to wait the second a row locked elsewhere waits."""
+    store = Watched()
+    (now,) = store.add(1)
+    (soon,) = store.add(1, not_before=0.5)
+    engine = make_engine(store, FakeProvider())
+    async with serving(engine):
+        await run_until(lambda: soon in store.claimed_at, every=0.05)
+    assert store.claimed_at[now] == 0
+    assert 0.5 <= store.claimed_at[soon] < 0.6
 
 
 async def test_rows_waiting_while_the_key_was_refused_are_claimed_once_it_works_again(
