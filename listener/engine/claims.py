@@ -136,6 +136,10 @@ class Claims:
         setattr(self, f"{kind}_due_in", seconds)
         scope = self._sleeping.get(kind)
         if scope is not None and seconds is not None:
+            if kind == "generating":
+                # as `_until_due(spread=True)` waits: a moment after the lease runs out,
+                # spread, so that the listeners that learn of it do not all claim at once
+                seconds += ADOPT_AFTER + random.uniform(0, ADOPT_SPREAD)
             scope.deadline = min(scope.deadline, trio.current_time() + seconds)
 
     async def _until_due(self, kind: str, bell: Doorbell, ask, spread: bool = False) -> bool:

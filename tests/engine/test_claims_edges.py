@@ -159,7 +159,8 @@ async def test_a_sweep_that_learns_of_a_lease_running_out_brings_the_adoption_fo
         id_ = left_by_a_dead_listener(store, lease_until=10.0)
         engine.sweeps.request_catch_up()  # the LISTEN stream reconnected
         await run_until(lambda: id_ in store.claimed_at, every=1.0)
-    assert 10.0 < store.claimed_at[id_] < 10.0 + SKIPPED_RETRY + ADOPT_AFTER + ADOPT_SPREAD
+    # a moment after the lease ran out, spread (not at that instant, with every listener)
+    assert 10.0 + ADOPT_AFTER <= store.claimed_at[id_] <= 10.0 + ADOPT_AFTER + ADOPT_SPREAD
 
 
 # -- contention: another listener was faster ---------------------------------------------
