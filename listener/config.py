@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     listen_keepalive: float = Field(30, gt=0)
     data_dir: Path = Path(".data")
 
-    # -- engine (issue 11) ----------------------------------------------------------------
+    # -- engine -------------------------------------------------------------------------
     # Unset: the provider's default (its Traits.unknown_outcome_resends).
     unknown_outcome_resends: int | None = Field(None, ge=0, le=10)
     db_statement_timeout: float = Field(30, gt=0)
@@ -135,12 +135,12 @@ class Settings(BaseSettings):
     # Server-side prepared statements: auto = off when a transaction pooler is detected.
     db_prepared_statements: Literal["auto", "on", "off"] = "auto"
 
-    # -- a misbehaving API (issue 12) ---------------------------------------------------
+    # -- a misbehaving API ---------------------------------------------------------------
     # A 2xx answer larger than this is abandoned as it streams (a 1024 x 1024 image is
     # about 4 MB in base64).
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
 
-    # -- providers (issue 20) -------------------------------------------------------------
+    # -- providers ----------------------------------------------------------------------
     # Which image provider this process runs (listener.providers.registry). Unset: the
     # first registered provider whose credentials are set, else the registry's default.
     image_provider: str | None = None

@@ -80,6 +80,9 @@ REVISED: dict[str, frozenset[str]] = {
     "0014_listener_mode": frozenset(
         {"b8e80711ffa9e6560cf4bcee9eb68945c2ad8b8bb9035b2507460605fe641099"}
     ),
+    "0018_providers": frozenset(
+        {"581ec9a053b8dce4ffe9a6558a52af622530f130a370d5bb17e8fd4116721802"}
+    ),
 }
 
 

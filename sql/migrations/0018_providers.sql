@@ -1,4 +1,4 @@
--- The table knows image providers and image formats (issue 20).
+-- The table knows image providers and image formats (Fusion Brain, GigaChat; PNG, JPEG).
 --
 -- images.provider: which provider a row is for.
 --   NULL (the default): any listener's provider may draw it;
