@@ -116,8 +116,7 @@ async def test_a_429_storm_fails_nothing_counts_nothing_and_concurrency_recovers
     start_listener, database_url, emulator
 ):
     emulator.configure(generation_time=0.5, max_concurrent=0)  # every run refused: 429
-    listener = await start_listener("--http", "127.0.0.1:0", PROVIDER_CONCURRENCY="4", **SLOW)
-    url = await http_url(listener)
+    listener = await start_listener(PROVIDER_CONCURRENCY="4", **SLOW)
     enqueue(database_url, 24)
     await wait_until(
         lambda: rows(database_url, "SELECT effective FROM listener_limits") == [(1,)],
@@ -126,24 +125,48 @@ async def test_a_429_storm_fails_nothing_counts_nothing_and_concurrency_recovers
     await trio.sleep(1.0)
     refused = emulator.stats()["runs_refused"]
     assert refused >= 4
+    emulator.configure(max_concurrent=4)  # the storm is over; the true limit is 4
+    await all_done(database_url, 24)
+    assert counts(database_url) == {"ReadyToPublish": 24}
+    counted = rows(
+        database_url,
+        "SELECT id, attempts, unknown_outcomes, last_error FROM images WHERE attempts <> 1",
+    )
+    assert not counted, f"refusals counted as attempts: {counted}\n{listener.log[-3000:]}"
+    assert rows(database_url, "SELECT effective, ceiling FROM listener_limits") == [(4, None)]
+    reason = rows(database_url, "SELECT reason FROM listener_limits")[0][0]
+    assert reason.startswith("raised from 3")
+    await listener.stop()
+    assert "Provider concurrency lowered to" in listener.log
+
+
+async def test_metrics_show_the_shared_limit_lowered_by_a_429_storm_and_raised_after(
+    start_listener, database_url, emulator
+):
+    emulator.configure(generation_time=0.5, max_concurrent=0)  # every run refused: 429
+    listener = await start_listener("--http", "127.0.0.1:0", PROVIDER_CONCURRENCY="4", **SLOW)
+    url = await http_url(listener)
+    enqueue(database_url, 12)
+    await wait_until(
+        lambda: rows(database_url, "SELECT effective FROM listener_limits") == [(1,)],
+        what="the effective concurrency lowered to 1",
+    )
     m = flow_metrics(get(url + "metrics").text)
     assert m["provider_concurrency", "configured"] == 4
     assert m["provider_concurrency", "effective"] == 1
     assert m["provider_concurrency_changes_total", "decrease"] >= 1
     # each one a 429 the emulator sent (read after the page: more may have come since)
     assert 1 <= m["provider_refusals_total", None] <= emulator.stats()["runs_refused"]
-    emulator.configure(max_concurrent=4)  # the storm is over; the true limit is 4
-    await all_done(database_url, 24)
-    assert counts(database_url) == {"ReadyToPublish": 24}
-    assert rows(database_url, "SELECT DISTINCT attempts FROM images") == [(1,)]
-    assert rows(database_url, "SELECT effective, ceiling FROM listener_limits") == [(4, None)]
-    reason = rows(database_url, "SELECT reason FROM listener_limits")[0][0]
-    assert reason.startswith("raised from 3")
+    emulator.configure(max_concurrent=4)
+    await all_done(database_url, 12)
+    await wait_until(
+        lambda: rows(database_url, "SELECT effective FROM listener_limits") == [(4,)],
+        what="the effective concurrency back at 4",
+    )
     m = flow_metrics(get(url + "metrics").text)
     assert m["provider_concurrency", "effective"] == 4
     assert m["provider_concurrency_changes_total", "increase"] >= 1
     await listener.stop()
-    assert "Provider concurrency lowered to" in listener.log
 
 
 async def test_status_checks_per_image_with_a_steady_3s_generation(
