@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any
@@ -34,10 +33,10 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from listener.providers.emulator_kit.serving import url_for
 from listener.providers.fusionbrain.emulator.app import EmulatorApp
 from listener.providers.fusionbrain.emulator.config import EmulatorConfig
 from listener.providers.fusionbrain.emulator.state import EmulatorState
+from listener.tcp import bind, url_for
 
 FIRST_BYTE = "bench.first_byte"  # the scope key the app reads the stamp from
 
@@ -142,10 +141,7 @@ async def serve(port: int, token: str | None) -> None:
             connections.pop(peer, None)
             streams.pop(peer, None)
 
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    await sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
+    sock = await bind("127.0.0.1", port, backlog=1024)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, handle, [trio.SocketListener(sock)])

@@ -5,7 +5,6 @@ trio `TCPServer`, which speaks HTTP/1.1 to the Starlette app."""
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 import trio
@@ -15,15 +14,13 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
 from listener.errors import ConfigError
+from listener.tcp import bind, url_for
 
 log = logging.getLogger("listener.web")
 
 BACKLOG = 128
 
-
-def url_for(host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/"
+__all__ = ["serve_http", "url_for"]
 
 
 async def serve_http(
@@ -40,21 +37,13 @@ async def serve_http(
     async def handle(stream: trio.SocketStream) -> None:
         await TCPServer(wrapped, config, context, {}, stream).run()  # type: ignore[arg-type]
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind((host, port))
-        sock.listen(BACKLOG)
+        sock = await bind(host, port, backlog=BACKLOG)
     except OSError as exc:
-        sock.close()
         raise ConfigError(
             f"configuration error: HTTP_ADDRESS: cannot listen on {host}:{port}: "
             f"{exc.strerror or exc}"
         ) from None
-    except BaseException:
-        sock.close()
-        raise
     bound = sock.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, [trio.SocketListener(sock)])

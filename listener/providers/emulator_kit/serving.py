@@ -10,7 +10,6 @@ answering need (`drop`, GigaChat's `lost`): plain ASGI has no way to do that.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -20,6 +19,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
+from listener.tcp import bind, url_for
+
 log = logging.getLogger("listener.emulator")
 
 BACKLOG = 1024
@@ -27,24 +28,7 @@ BACKLOG = 1024
 # A client (host, port) -> the server-side socket of its connection.
 Connections = dict[tuple[Any, ...], trio.socket.SocketType]
 
-
-def url_for(host: str, port: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/"
-
-
-async def bind(host: str, port: int) -> trio.socket.SocketType:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # Lets a restarted emulator take its port back while old connections linger.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+__all__ = ["BACKLOG", "Connections", "serve_app"]
 
 
 async def serve_app(
@@ -81,7 +65,7 @@ async def serve_app(
         finally:
             connections.pop(peer, None)
 
-    sock = await bind(host, port)
+    sock = await bind(host, port, backlog=BACKLOG)
     bound_host, bound_port = sock.getsockname()[:2]
     url = url_for(host, bound_port)
     listener = trio.SocketListener(sock)
