@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from listener.engine import Engine
+from listener.engine.ports import Submitted
 from tests.engine.fakes import FakeDrawProvider, FakeProvider, FakeStore, accept_all, settings
 
 SHAPES = {"poll": FakeProvider, "draw": FakeDrawProvider}
@@ -68,3 +69,31 @@ async def run_until(predicate, *, seconds: float = 600, every: float = 0.05) -> 
     with trio.fail_after(seconds):
         while not predicate():  # noqa: ASYNC110 - a state of fakes, not an event
             await trio.sleep(every)
+
+
+def scripted(answers, otherwise):
+    """An answer function for a fake provider's `on_submit` / `on_outcome`: `answers` in
+    turn (an exception among them is raised), then `otherwise(arg)`; with the list the
+    moments it was asked, on the fake clock."""
+    times: list[float] = []
+    queue = list(answers)
+
+    def answer(arg):
+        times.append(trio.current_time())
+        a = queue.pop(0) if queue else otherwise(arg)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    return answer, times
+
+
+def with_hint(provider, hint) -> None:
+    """The fake provider's runs answered with a status-check hint: `hint` seconds, or
+    `hint(request)`."""
+
+    async def hinted(request):
+        done = await FakeProvider.submit(provider, request)
+        return Submitted(done.handle, check_after=hint(request) if callable(hint) else hint)
+
+    provider.submit = hinted

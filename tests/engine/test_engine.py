@@ -8,8 +8,8 @@ import trio
 from listener.engine import Connected, Polling, Wakeup
 from listener.engine.ports import Submitted
 from listener.errors import ApiCredentials
-from tests.engine.conftest import make_engine, run_until
-from tests.engine.fakes import PNG_B64, FakeProvider
+from tests.engine.conftest import make_engine, run_until, with_hint
+from tests.engine.fakes import PNG_B64
 
 
 async def test_rows_inserted_while_running_are_generated(store, provider, autojump_clock):
@@ -97,11 +97,7 @@ async def test_a_poll_accepted_at_a_stop_is_checked_once_in_its_deadline_then_re
     provider.generation_time = 1000.0
     hints = {"a hint that fits": 3.0, "a hint past the deadline": 100.0}
 
-    async def submit(request):
-        done = await FakeProvider.submit(provider, request)
-        return Submitted(done.handle, check_after=hints[request.prompt])
-
-    provider.submit = submit
+    with_hint(provider, lambda request: hints[request.prompt])
     engine = make_engine(store, provider, settings={"shutdown_grace": 5})
     (fits,) = store.add(1, prompt="a hint that fits")
     (late,) = store.add(1, prompt="a hint past the deadline")

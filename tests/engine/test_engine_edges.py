@@ -13,7 +13,7 @@ from listener.engine import Connected, Wakeup
 from listener.engine.flow import Slots
 from listener.engine.ports import Submitted
 from listener.errors import ApiBusy, ApiCredentials
-from tests.engine.conftest import make_engine, run_until
+from tests.engine.conftest import make_engine, run_until, with_hint
 from tests.engine.fakes import PNG_B64, FakeProvider, FakeSlotStore, FakeSlotTable, FakeStore
 
 # -- stopping ------------------------------------------------------------------------------
@@ -64,11 +64,7 @@ async def test_a_second_signal_cuts_the_wait_for_a_first_check_at_a_stop(
     row keeps its uuid (nothing paid was lost)."""
     provider.run_time, provider.generation_time = 10.0, 1000.0
 
-    async def submit(request):
-        done = await FakeProvider.submit(provider, request)
-        return Submitted(done.handle, check_after=15.0)
-
-    provider.submit = submit
+    with_hint(provider, 15.0)
     engine = make_engine(store, provider, settings={"shutdown_grace": 5})
     (id_,) = store.add(1)
     async with trio.open_nursery() as n:
@@ -95,11 +91,7 @@ async def test_a_run_paid_before_the_stop_lands_its_image_when_its_hint_falls_in
     the image it finds is written before serve returns."""
     provider.run_time, provider.generation_time = 1.0, 20.0
 
-    async def submit(request):
-        done = await FakeProvider.submit(provider, request)
-        return Submitted(done.handle, check_after=20.0)
-
-    provider.submit = submit
+    with_hint(provider, 20.0)
     engine = make_engine(store, provider, settings={"shutdown_grace": 5})
     (id_,) = store.add(1)
     async with trio.open_nursery() as n:

@@ -8,7 +8,7 @@ import trio
 from listener.engine.ports import Pending
 from listener.errors import ApiBusy, ApiPermanent
 from listener.images import ImageInfo
-from tests.engine.conftest import make_engine, run_until
+from tests.engine.conftest import make_engine, run_until, scripted
 
 
 async def _follow(store, provider, **kw):
@@ -23,19 +23,7 @@ async def _follow(store, provider, **kw):
 
 def _checks_at(provider, answers):
     """provider.on_outcome answering from `answers` in turn (then Pending), noting when."""
-    times: list[float] = []
-    queue = list(answers)
-
-    def answer(handle):
-        times.append(trio.current_time())
-        if queue:
-            a = queue.pop(0)
-            if isinstance(a, Exception):
-                raise a
-            return a
-        return Pending()
-
-    provider.on_outcome = answer
+    provider.on_outcome, times = scripted(answers, lambda handle: Pending())
     return times
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from listener.engine import Connected, Wakeup
-from listener.engine.ports import Pending, Ready, Refused, Submitted
+from listener.engine.ports import Pending, Ready, Refused
 from listener.errors import (
     ApiBusy,
     ApiCredentials,
@@ -24,8 +24,8 @@ from listener.errors import (
     DatabaseUnavailable,
     InvalidImage,
 )
-from tests.engine.conftest import make_engine, run_until
-from tests.engine.fakes import PNG_B64, FakeProvider, FakeStore
+from tests.engine.conftest import make_engine, run_until, scripted, with_hint
+from tests.engine.fakes import PNG_B64, FakeStore
 
 
 async def _follow(store, provider, **kw):
@@ -40,17 +40,7 @@ async def _follow(store, provider, **kw):
 
 def _answers(provider, answers) -> list[float]:
     """provider.on_outcome answering from `answers` in turn (then Pending), noting when."""
-    times: list[float] = []
-    queue = list(answers)
-
-    def answer(handle):
-        times.append(trio.current_time())
-        a = queue.pop(0) if queue else Pending()
-        if isinstance(a, Exception):
-            raise a
-        return a
-
-    provider.on_outcome = answer
+    provider.on_outcome, times = scripted(answers, lambda handle: Pending())
     return times
 
 
@@ -235,11 +225,7 @@ async def test_at_a_stop_the_first_check_is_made_only_if_it_leaves_the_grace_bef
     31 s does not (not made: the row keeps its uuid for the next start)."""
     provider.run_time, provider.generation_time = 10.0, 1000.0
 
-    async def submit(request):
-        done = await FakeProvider.submit(provider, request)
-        return Submitted(done.handle, check_after=hint)
-
-    provider.submit = submit
+    with_hint(provider, hint)
     engine = make_engine(store, provider, settings={"shutdown_grace": 5})
     (id_,) = store.add(1)
     async with trio.open_nursery() as n:
@@ -325,9 +311,7 @@ def _hinted(provider, hints: dict[str, float]) -> dict[str, list[float]]:
     `provider.generation_time` has passed since its acceptance)."""
     asked: dict[str, list[float]] = {}
 
-    async def submit(request):
-        done = await FakeProvider.submit(provider, request)
-        return Submitted(done.handle, check_after=hints.get(request.prompt, 0.0))
+    with_hint(provider, lambda request: hints.get(request.prompt, 0.0))
 
     def on_outcome(handle):
         asked.setdefault(handle, []).append(trio.current_time())
@@ -335,7 +319,7 @@ def _hinted(provider, hints: dict[str, float]) -> dict[str, list[float]]:
             return Ready(PNG_B64)
         return Pending()
 
-    provider.submit, provider.on_outcome = submit, on_outcome
+    provider.on_outcome = on_outcome
     return asked
 
 

@@ -24,7 +24,7 @@ from listener.errors import (
     DatabaseUnavailable,
 )
 from listener.sanitize import clean
-from tests.engine.conftest import make_engine, run_until
+from tests.engine.conftest import make_engine, run_until, scripted
 from tests.engine.fakes import FakeProvider, FakeSlotStore, FakeSlotTable, FakeStore
 
 
@@ -38,21 +38,13 @@ async def _serve_until(engine, predicate, **kw) -> None:
 def _answers(provider, *answers) -> list[float]:
     """provider.on_submit answering from `answers` in turn (an exception is raised), then
     accepting; when each submission was answered."""
-    times: list[float] = []
-    queue = list(answers)
 
-    def answer(request):
-        times.append(trio.current_time())
-        if queue:
-            a = queue.pop(0)
-            if isinstance(a, Exception):
-                raise a
-            return a
+    def accept(request):
         handle = f"uuid-{len(times)}"
         provider.started[handle] = trio.current_time()
         return Submitted(handle, check_after=0.0)
 
-    provider.on_submit = answer
+    provider.on_submit, times = scripted(answers, accept)
     return times
 
 
