@@ -142,6 +142,12 @@ class Claims:
                 seconds += ADOPT_AFTER + random.uniform(0, ADOPT_SPREAD)
             scope.deadline = min(scope.deadline, trio.current_time() + seconds)
 
+    def _due_after_short_claim(self, kind: str, seconds: float | None) -> None:
+        """A claim took fewer rows than it asked for; `seconds`: when the next is due. Due
+        now, yet not taken, is a row the claim skipped (locked elsewhere for the moment):
+        looked at again shortly, not in a tight loop."""
+        self._due(kind, SKIPPED_RETRY if seconds is not None and seconds <= 0 else seconds)
+
     async def _until_due(self, kind: str, bell: Doorbell, ask, spread: bool = False) -> bool:
         """Until the doorbell rings (True) or work falls due (False). The due time is
         asked again (`ask`) every `refresh` seconds meanwhile: a lease that runs out
@@ -246,11 +252,7 @@ class Claims:
                     due = await self.store.next_ready_in(held=self.rows.leases.held())
                 except DatabaseError:
                     due = RETRY_AFTER_DB_ERROR
-                if due is not None and due <= 0:
-                    # due now, yet not taken: a row this claim skipped (locked elsewhere
-                    # for the moment): looked at again shortly, not in a tight loop
-                    due = SKIPPED_RETRY
-                self._due("ready", due)
+                self._due_after_short_claim("ready", due)
                 break
             self._due("ready", 0.0)
         else:
@@ -285,12 +287,10 @@ class Claims:
             except BaseException:
                 self.budget.take(want, 0, "following")  # cancelled: as claim_ready
                 raise
-            due = claimed.next_due_in
-            if due is not None and due <= 0 and len(claimed.rows) < want:
-                # due now, yet not taken: a row this claim skipped (locked elsewhere for
-                # the moment): looked at again shortly, not in a tight loop
-                due = SKIPPED_RETRY
-            self._due("generating", due)
+            if len(claimed.rows) < want:
+                self._due_after_short_claim("generating", claimed.next_due_in)
+            else:
+                self._due("generating", claimed.next_due_in)
             started = self.budget.take(want, len(claimed.rows), "following")
             for gen, ticket in zip(claimed.rows, started, strict=True):
                 # the uuid comes from the row, which other roles may have written
