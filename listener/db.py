@@ -7,8 +7,9 @@ mode (`listener.pgtrio`): no hand-off to a worker thread and back, no BEGIN or C
 * the `pickup` lane, one connection for the claims (always the same warm backend, with
   its prepared plans);
 * the `writes` lane, the critical named statements (a uuid or a result the API just
-  handed us, a release: `critical=True`), one at a time; while it is congested, the
-  next go through the pool's critical lane.
+  handed us, a release: `critical=True`), one at a time, in turn; a statement that
+  finds it congested, or waits too long for its turn, goes through the pool's critical
+  lane.
 
 Everything else (sweeps, heartbeats, renewals, several statements in one transaction)
 goes through `trio.to_thread.run_sync` on a `psycopg_pool.ConnectionPool`, where
@@ -39,7 +40,13 @@ import trio
 from psycopg.rows import dict_row
 
 from listener.config import Settings
-from listener.errors import DatabaseBusy, DatabaseError, DatabaseUnavailable, RuleBroken
+from listener.errors import (
+    DatabaseBusy,
+    DatabaseError,
+    DatabaseUnavailable,
+    LaneBusy,
+    RuleBroken,
+)
 from listener.sqlfiles import queries
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 STATEMENT_TIMEOUT_MS = 30_000
+# The writes lane: how many statements may wait their turn (every running row's write,
+# at the most concurrency allowed, with room), and the longest a statement waits before
+# it goes through the pool instead (a worker thread and a transaction cost more than a
+# short wait; a long one is a write held up by a lock).
+WRITES_QUEUE_MAX = 32
+WRITES_WAIT_MAX = 0.05
 CONNECT_TIMEOUT_S = 10
 
 # TCP keepalives notice a half-open connection (a peer that vanished) within ~1 minute.
@@ -192,22 +205,25 @@ class Database:
         self.critical = trio.CapacityLimiter(self.reserve)
         from listener.pgtrio import TrioConnection  # it builds on this module
 
-        def lane() -> TrioConnection:
+        def lane(**queue: Any) -> TrioConnection:
             return TrioConnection(
                 conninfo,
                 application_name=application_name,
                 statement_timeout=statement_timeout,
                 prepared=prepared,
+                **queue,
             )
 
         # Opened at the first claim, and again at the first claim after it broke (a
         # failed claim is retried by the claims' own loop, after a second).
         self.pickup = lane()
         # The critical named statements (a uuid, an image, a release), one at a time,
-        # a few queued; while it is congested, the next go through the pool's critical
-        # lane, so one write waiting for a lock never holds up the others for long, and
-        # the process holds at most one connection more than before.
-        self.writes = lane()
+        # queued as every running row's write may be at once; a statement that waited
+        # WRITES_WAIT_MAX for its turn, or finds the lane congested (WRITES_QUEUE_MAX
+        # waiting, or one statement in flight for long), goes through the pool's critical
+        # lane instead, so one write waiting for a lock never holds up the others for
+        # long, and the process holds at most one connection more than before.
+        self.writes = lane(queue_max=WRITES_QUEUE_MAX, wait_max=WRITES_WAIT_MAX)
 
     async def run(self, fn: Callable[..., T], *args: Any, critical: bool = False) -> T:
         """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
@@ -234,7 +250,10 @@ class Database:
         connections, no worker thread)."""
         query = queries()[name]
         if critical and not self.writes.congested:
-            return await self.writes.fetch(query, params)
+            try:
+                return await self.writes.fetch(query, params)
+            except LaneBusy:
+                pass  # waited its longest turn, nothing sent: the pool's critical lane
 
         def go(conn: psycopg.Connection) -> list[dict[str, Any]]:
             with conn.cursor(row_factory=dict_row) as cur:
@@ -246,7 +265,10 @@ class Database:
     async def execute(self, name: str, params: Any = None, *, critical: bool = False) -> int:
         query = queries()[name]
         if critical and not self.writes.congested:
-            return await self.writes.execute(query, params)
+            try:
+                return await self.writes.execute(query, params)
+            except LaneBusy:
+                pass  # waited its longest turn, nothing sent: the pool's critical lane
 
         def go(conn: psycopg.Connection) -> int:
             return conn.execute(query, params).rowcount

@@ -92,6 +92,10 @@ class DatabaseBusy(DatabaseError):
     """The database could not take the statement now (timeout behind a lock, deadlock)."""
 
 
+class LaneBusy(DatabaseError):
+    """A statement waited its lane's longest turn and was not sent: run it elsewhere."""
+
+
 class RuleBroken(DatabaseError):
     """A row breaks a rule of the table (a CHECK or foreign key constraint)."""
 

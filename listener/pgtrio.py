@@ -36,7 +36,7 @@ from psycopg.rows import RowFactory, dict_row
 from psycopg.waiting import Ready, Wait
 
 from listener.db import connect_kwargs, translate
-from listener.errors import DatabaseError
+from listener.errors import DatabaseError, LaneBusy
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,14 @@ class TrioConnection:
         application_name: str,
         statement_timeout: float = 30.0,
         prepared: bool = True,
+        queue_max: int = QUEUE_MAX,
+        wait_max: float | None = None,
     ) -> None:
         self.conninfo = conninfo
+        # `congested` from this many queued; with `wait_max`, a statement that waited that
+        # long for its turn is not sent (LaneBusy): its caller runs it elsewhere.
+        self.queue_max = queue_max
+        self.wait_max = wait_max
         self.application_name = application_name
         self.timeout_ms = max(1, int(statement_timeout * 1000))
         self.prepared = prepared
@@ -110,13 +116,13 @@ class TrioConnection:
 
     @property
     def congested(self) -> bool:
-        """Worth going elsewhere: QUEUE_MAX statements wait already, or the one in flight
+        """Worth going elsewhere: `queue_max` statements wait already, or the one in flight
         has taken more than STUCK seconds (waiting for a lock, say). A short queue is
         cheaper than a thread and a transaction of the pool's."""
         if not self._lock.locked():
             return False
         waiting = self._lock.statistics().tasks_waiting
-        return waiting >= QUEUE_MAX or trio.current_time() - self._since > STUCK
+        return waiting >= self.queue_max or trio.current_time() - self._since > STUCK
 
     def get_stats(self) -> dict[str, int]:
         """As psycopg_pool's, for the connection gauges: a pool of one."""
@@ -137,14 +143,39 @@ class TrioConnection:
         row_factory: RowFactory[Any] = dict_row,
     ) -> list[Any]:
         """Run one statement; its rows (none for a statement without a result)."""
-        async with self._lock:
+        await self._turn()
+        try:
             cur = await self._execute(query, params, row_factory)
             return cur.fetchall() if cur.description else []
+        finally:
+            self._lock.release()
 
     async def execute(self, query: LiteralString | str, params: Any = None) -> int:
         """Run one statement; how many rows it touched."""
-        async with self._lock:
+        await self._turn()
+        try:
             return (await self._execute(query, params, dict_row)).rowcount
+        finally:
+            self._lock.release()
+
+    async def _turn(self) -> None:
+        """The lane, for one statement. Free: taken at once, without a trip through the
+        scheduler (the statement's own wait on the socket is its checkpoint), which a
+        claim on the pickup path would pay. Busy: queued, in order; with `wait_max`,
+        for at most that long (LaneBusy: nothing was sent)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._lock.acquire_nowait()
+            return
+        except trio.WouldBlock:
+            pass
+        if self.wait_max is None:
+            await self._lock.acquire()
+            return
+        with trio.move_on_after(self.wait_max):
+            await self._lock.acquire()
+            return
+        raise LaneBusy(f"database lane busy for {self.wait_max:g}s: the statement was not sent")
 
     async def _execute(
         self, query: LiteralString | str, params: Any, row_factory: RowFactory[Any]
