@@ -48,9 +48,17 @@ claimed AS (
     ) AS due
     WHERE i.id = due.id
     -- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+    -- a text that starts with a printable ASCII character has none, and its piece is its
+    -- head: left() then, not the function (a call with a fixed search_path, not inlined)
     -- waited / age (seconds since due, since committed) feed the HTTP server's metrics
-    RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
-              images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+    RETURNING i.id,
+              CASE WHEN ascii(i.prompt) BETWEEN 33 AND 126 THEN left(i.prompt, 2000)
+                   ELSE images_prompt_head(i.prompt, 2000) END AS prompt,
+              i.style, i.width, i.height,
+              CASE WHEN ascii(i.negative_prompt) BETWEEN 33 AND 126
+                   THEN left(i.negative_prompt, 2000)
+                   ELSE images_prompt_head(i.negative_prompt, 2000) END AS negative_prompt,
+              i.attempts,
               i.last_error, i.unknown_outcomes,
               -- the style's words, for a provider that expresses styles in words (0018)
               (SELECT st.system_prompt FROM image_styles AS st
@@ -129,9 +137,17 @@ claimed AS (
     ) AS due
     WHERE i.id = due.id
     -- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+    -- a text that starts with a printable ASCII character has none, and its piece is its
+    -- head: left() then, not the function (a call with a fixed search_path, not inlined)
     -- waited / age (seconds since due, since committed) feed the HTTP server's metrics
-    RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
-              images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+    RETURNING i.id,
+              CASE WHEN ascii(i.prompt) BETWEEN 33 AND 126 THEN left(i.prompt, 2000)
+                   ELSE images_prompt_head(i.prompt, 2000) END AS prompt,
+              i.style, i.width, i.height,
+              CASE WHEN ascii(i.negative_prompt) BETWEEN 33 AND 126
+                   THEN left(i.negative_prompt, 2000)
+                   ELSE images_prompt_head(i.negative_prompt, 2000) END AS negative_prompt,
+              i.attempts,
               i.last_error, i.unknown_outcomes,
               -- the style's words, for a provider that expresses styles in words (0018)
               (SELECT st.system_prompt FROM image_styles AS st
@@ -227,9 +243,17 @@ claimed AS (
     ) AS due
     WHERE i.id = due.id
     -- a bounded piece of each prompt, after its leading blanks (images_prompt_head, 0016);
+    -- a text that starts with a printable ASCII character has none, and its piece is its
+    -- head: left() then, not the function (a call with a fixed search_path, not inlined)
     -- waited / age (seconds since due, since committed) feed the HTTP server's metrics
-    RETURNING i.id, images_prompt_head(i.prompt, 2000) AS prompt, i.style, i.width, i.height,
-              images_prompt_head(i.negative_prompt, 2000) AS negative_prompt, i.attempts,
+    RETURNING i.id,
+              CASE WHEN ascii(i.prompt) BETWEEN 33 AND 126 THEN left(i.prompt, 2000)
+                   ELSE images_prompt_head(i.prompt, 2000) END AS prompt,
+              i.style, i.width, i.height,
+              CASE WHEN ascii(i.negative_prompt) BETWEEN 33 AND 126
+                   THEN left(i.negative_prompt, 2000)
+                   ELSE images_prompt_head(i.negative_prompt, 2000) END AS negative_prompt,
+              i.attempts,
               i.last_error, i.unknown_outcomes,
               -- the style's words, for a provider that expresses styles in words (0018)
               (SELECT st.system_prompt FROM image_styles AS st

@@ -155,12 +155,37 @@ def test_the_claims_read_a_bounded_piece(conn) -> None:
     assert "prompt" not in row  # following a generation needs no prompt
 
 
+CLAIMS = ("claim_ready", "claim_ready_oldest", "claim_ready_checked")
+
+
 def test_the_claims_call_the_head_with_what_python_reads() -> None:
-    for name in ("claim_ready", "claim_ready_checked"):
-        assert f"images_prompt_head(i.prompt, {READ}) AS prompt" in queries()[name]
-        assert (
-            f"images_prompt_head(i.negative_prompt, {READ}) AS negative_prompt" in (queries()[name])
-        )
+    for name in CLAIMS:
+        for column in ("prompt", "negative_prompt"):
+            assert f"images_prompt_head(i.{column}, {READ}) END AS {column}" in queries()[name]
+            assert f"left(i.{column}, {READ})" in queries()[name]
+
+
+@pytest.mark.parametrize("name", CLAIMS)
+def test_the_claims_read_the_head_whatever_the_first_character(conn, name) -> None:
+    """The claims take a text's first READ characters as they are when it starts with a
+    printable ASCII character (it has no leading blank), and ask images_prompt_head
+    otherwise: the piece is the head's either way, at both edges of that range, past
+    READ, and for blanks and controls just outside it."""
+    firsts = ["!", "~", "A", "0", " ", "\x7f", "\x01", "\u00a0", "é", "\u200b", "漢", "👍"]
+    tails = ["x", "fox " * 800]  # short, and longer than READ
+    for first in firsts:
+        for tail in tails:
+            insert(conn, first + tail, first + tail[:9_000])
+    insert(conn, "no negative prompt")
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        claimed = cur.execute(queries()[name], PARAMS).fetchall()
+        assert len(claimed) == len(firsts) * len(tails) + 1
+        for row in claimed:
+            stored = cur.execute(
+                "SELECT prompt, negative_prompt FROM images WHERE id = %s", (row["id"],)
+            ).fetchone()
+            assert row["prompt"] == head(conn, stored["prompt"]), stored["prompt"][:3]
+            assert row["negative_prompt"] == head(conn, stored["negative_prompt"])
 
 
 # -- rows that break the length rules -------------------------------------------------------
