@@ -205,8 +205,10 @@ class Slots:
 
     async def acquire(self, *, first: bool = False) -> None:
         if self.free and not self._first and (first or not self._rest):
+            # Free: taken without a trip through the scheduler (the call it guards is
+            # the task's next checkpoint), but not by a task already cancelled.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self.free -= 1
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         handed = trio.Event()
         queue = self._first if first else self._rest

@@ -51,6 +51,9 @@ RETRY_AFTER_DB_ERROR = 1.0
 # A generation due now that a claim skipped (its row locked by someone for the moment)
 # is asked for again after this long.
 SKIPPED_RETRY = 1.0
+# After a short claim, the next due time is asked this much later (seconds): the runs it
+# started send their requests first.
+RUNS_FIRST = 0.001
 # A lease seen running out is looked at this long after it did, plus a random spread of
 # up to ADOPT_SPREAD, so that many listeners do not all claim at the same instant.
 ADOPT_AFTER = 0.05
@@ -247,7 +250,10 @@ class Claims:
                 self._due("ready", SLOT_POLL)  # another listener's slot may free
                 break
             if len(claimed) < want:
-                # Asked only now, while the runs just started are already on their way.
+                # Asked a moment later: the runs just started share this thread, and
+                # their requests go out first (asked at once, the question's own work
+                # would come between a row's claim and its request).
+                await trio.sleep(RUNS_FIRST)
                 try:
                     due = await self.store.next_ready_in(held=self.rows.leases.held())
                 except DatabaseError:

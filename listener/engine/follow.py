@@ -181,20 +181,24 @@ class Follow:
         due at once; a poll's first "not yet" costs one status call), else not made
         (False: the row keeps its uuid, resumed later); never after a second signal."""
         if until == -math.inf:
-            await trio.sleep_until(due)
+            await _sleep_until(due)
             return True
         with self.guard.until_stopped():
-            await trio.sleep_until(due)
+            await _sleep_until(due)
         if not self.guard.stopping:
             return True
         if self.guard.hard or due > until - self.settings.shutdown_grace:
             return False
-        await trio.sleep_until(due)
+        await _sleep_until(due)
         return True
 
     async def _credentials_ok(self, until: float) -> bool:
         """Wait while the key is refused (nothing fails because of a key). Before the
         first check of a generation just paid for, a stop ends the wait (False)."""
+        if self.health.credentials_ok.is_set():
+            # The usual case, on every check: no trip through the scheduler.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return until == -math.inf or not self.guard.hard
         if until == -math.inf:
             await self.health.credentials_ok.wait()
             return True
@@ -289,3 +293,12 @@ def gone_reason(handle: str, failed: ApiTransient | None) -> str:
             "fetched elsewhere"
         )
     return f"{gone}: its result expired or was fetched elsewhere"
+
+
+async def _sleep_until(due: float) -> None:
+    """`trio.sleep_until`, without a trip through the scheduler when `due` has passed
+    (a generation whose hint is "now"): a cancelled task still stops here."""
+    if due > trio.current_time():
+        await trio.sleep_until(due)
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()

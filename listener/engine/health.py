@@ -125,7 +125,12 @@ class ApiHealth:
     async def ready_to_generate(self) -> None:
         """Return when the generator may call run: credentials fine, not backing off."""
         while True:
-            await self.credentials_ok.wait()
+            if self.credentials_ok.is_set():
+                # The usual case, at every wake-up: no trip through the scheduler between
+                # the doorbell and the claim (a cancelled task still stops here).
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await self.credentials_ok.wait()
             pause = self.busy_until - trio.current_time()
             if pause <= 0:
                 return

@@ -152,3 +152,29 @@ async def test_a_busy_answer_pauses_every_run_call_for_the_back_off(
     assert 5 <= pauses[0] <= 10 and 10 <= pauses[1] <= 20  # base, then twice the base
     assert calls[1] - calls[0] >= pauses[0] - 1e-9  # the clock's floats
     assert calls[2] - calls[1] >= pauses[1] - 1e-9
+
+
+async def test_after_a_short_claim_the_runs_go_out_before_the_next_due_time_is_asked(
+    store, provider, autojump_clock
+):
+    """A claim that took fewer rows than it could asks when the next row falls due; the
+    runs it started share the thread, and their requests go out first (asked at once,
+    the question would come between a row's claim and its request)."""
+    provider.run_time = 5.0
+    asked_with_runs_out: list[int] = []
+    next_ready_in = store.next_ready_in
+
+    async def watched(**kw):
+        asked_with_runs_out.append(provider.in_flight)
+        return await next_ready_in(**kw)
+
+    store.next_ready_in = watched
+    engine = make_engine(store, provider, settings={"api_concurrency": 4})
+    async with trio.open_nursery() as n:
+        await n.start(engine.serve)
+        asked_with_runs_out.clear()  # the start-up look
+        store.add(2)
+        engine.on_event(Wakeup("ReadyToGenerate"))
+        await run_until(lambda: provider.in_flight == 2)
+        engine.stop("test")
+    assert asked_with_runs_out[:1] == [2]

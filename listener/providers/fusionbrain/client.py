@@ -195,7 +195,10 @@ class FusionBrainClient:
     # -- operations ------------------------------------------------------------------------
 
     async def pipeline_id(self) -> str:
-        """The newest ACTIVE TEXT2IMAGE pipeline, cached until it is reported disabled."""
+        """The newest ACTIVE TEXT2IMAGE pipeline, cached until it is reported disabled.
+        Cached: returned without the lock (a trip through the scheduler on every run)."""
+        if self._pipeline_id is not None:
+            return self._pipeline_id
         async with self._pipeline_lock:
             if self._pipeline_id is None:
                 body = await self._read("GET", "pipelines", params={"type": "TEXT2IMAGE"})
