@@ -38,6 +38,9 @@ class Pacing:
         self._times: deque[float] = deque(maxlen=history)
         self._marks: tuple[float, ...] = ()
         self._spread = interval
+        # New observations not yet in the marks: they are computed when read (a provider
+        # whose images are ready at the first check never reads them).
+        self._stale = False
         self.checks = 0  # status checks made
         self.finished = 0  # generations followed to their end (image or refusal)
 
@@ -48,6 +51,14 @@ class Pacing:
         if not seconds >= 0 or seconds == float("inf"):
             return
         self._times.append(seconds)
+        self._stale = True
+
+    def _learn(self) -> None:
+        """The marks and the spread of the times observed, computed again only after a
+        new observation."""
+        if not self._stale:
+            return
+        self._stale = False
         ordered = sorted(self._times)
         if len(ordered) == 1:
             self._marks, self._spread = (ordered[0],), self.interval
@@ -84,10 +95,12 @@ class Pacing:
 
     @property
     def median(self) -> float | None:
+        self._learn()
         return self._marks[0] if self._marks else None
 
     @property
     def spread(self) -> float:
+        self._learn()
         return self._spread
 
     @property
@@ -97,6 +110,7 @@ class Pacing:
     def delay(self, elapsed: float) -> float:
         """Seconds from now (`elapsed` seconds after acceptance, a check just answered
         "not yet") to the next check."""
+        self._learn()
         if not self._marks:
             return max(self.interval, elapsed * UNKNOWN_SHARE)
         for mark in self._marks:
