@@ -196,9 +196,10 @@ class Follow:
         """Wait while the key is refused (nothing fails because of a key). Before the
         first check of a generation just paid for, a stop ends the wait (False)."""
         if self.health.credentials_ok.is_set():
-            # The usual case, on every check: no trip through the scheduler.
+            # The usual case, on every check: no trip through the scheduler. (A second
+            # signal cannot have come since `_wait_until` said go: nothing awaited.)
             await trio.lowlevel.checkpoint_if_cancelled()
-            return until == -math.inf or not self.guard.hard
+            return True
         if until == -math.inf:
             await self.health.credentials_ok.wait()
             return True

@@ -229,3 +229,24 @@ async def test_a_refused_key_while_following_pauses_and_the_row_is_kept(
     row = await _one(store, provider)
     assert row.status == "ReadyToPublish" and store.released == []  # never let go
     assert calls["n"] == 2
+
+
+async def test_a_key_refused_at_a_later_check_pauses_that_check_and_the_row_is_kept(
+    store, provider, autojump_clock
+):
+    """Past the first check (no longer part of the paid call), a refused key pauses the
+    row's checks too, and they go on once the key works again."""
+    answers = [Pending(), ApiCredentials("status: HTTP 401")]
+
+    def on_outcome(handle):
+        if answers:
+            a = answers.pop(0)
+            if isinstance(a, Exception):
+                raise a
+            return a
+        return Ready(PNG_B64)
+
+    provider.on_outcome = on_outcome
+    row = await _one(store, provider)
+    assert row.status == "ReadyToPublish" and store.released == []  # never let go
+    assert sum(provider.checks.values()) == 3
