@@ -3,7 +3,8 @@
 Not part of `make bench` (it wraps the listener's internals, so it is a tool to read the
 path with, not a measurement to compare across versions). It runs one listener whose
 notification handler, claim, database hand-off and API run call are wrapped to record
-`time.time()`, inserts single rows 20 ms apart as the pickup benchmark does, and prints
+`time.time()` (and the row's task, the request's exchange and its first socket write),
+inserts single rows 20 ms apart as the pickup benchmark does, and prints
 the percentiles of each step between the INSERT's commit and the emulator receiving the
 run request.
 
@@ -30,6 +31,8 @@ def listener_main() -> int:
     """`python -m listener`, wrapped: the steps go to TRACE_FILE when it stops."""
     import atexit
     import threading
+
+    import trio
 
     from listener import notify, service, store
     from listener.cli import main
@@ -76,6 +79,29 @@ def listener_main() -> int:
         steps.append(["run", time.time(), request.prompt])
         return await api_run(self, request)
 
+    from listener.engine import runs
+
+    submit = runs.Runs.submit
+
+    async def traced_submit(self, row, own):
+        steps.append(["task", time.time(), row.prompt])
+        return await submit(self, row, own)
+
+    exchange = client.exchange
+
+    async def traced_exchange(transport, request, **kw):
+        steps.append(["exchange", time.time()])
+        return await exchange(transport, request, **kw)
+
+    send_all = trio.SocketStream.send_all
+
+    async def traced_send_all(self, data):
+        steps.append(["send", time.time()])
+        return await send_all(self, data)
+
+    runs.Runs.submit = traced_submit
+    client.exchange = traced_exchange
+    trio.SocketStream.send_all = traced_send_all
     service._StreamEvents._translate = traced_on_event
     store.PgStore.claim_ready = traced_claim_ready
     Database.run = traced_run
@@ -133,6 +159,19 @@ def report(steps: list[list], commits: dict[str, float], arrivals: dict[str, flo
             entered[step[2]] = step[1]
         elif step[0] == "thread_done":
             threads.append((entered.pop(step[2]), step[1]))
+    tasks = {s[2]: s[1] for s in steps if s[0] == "task"}
+    # The first exchange and socket write after each run call (rows come 20 ms apart: one
+    # run request at a time)
+    exchanged: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    current = None
+    for step in steps:
+        if step[0] == "run":
+            current = step[2]
+        elif step[0] == "exchange" and current is not None:
+            exchanged.setdefault(current, step[1])
+        elif step[0] == "send" and current in exchanged:
+            sent.setdefault(current, step[1])
     parts: dict[str, list[float]] = {}
 
     def add(name: str, seconds: float) -> None:
@@ -153,6 +192,12 @@ def report(steps: list[list], commits: dict[str, float], arrivals: dict[str, flo
             add("claim: in the thread (pool, UPDATE round trip)", t_out - t_in)
             add("claim: hand-off back to trio", c1 - t_out)
         add("claim -> run call", runs[prompt] - c1)
+        if prompt in tasks and prompt in sent:
+            add("  claim -> the row's task (Runs.submit)", tasks[prompt] - c1)
+            add("  the row's task -> run call", runs[prompt] - tasks[prompt])
+            add("  run call -> exchange (request built)", exchanged[prompt] - runs[prompt])
+            add("  exchange -> first socket write", sent[prompt] - exchanged[prompt])
+            add("  first socket write -> emulator", arrivals[prompt] - sent[prompt])
         add("run call -> emulator receives it", arrivals[prompt] - runs[prompt])
         add("total: commit -> emulator receives run", arrivals[prompt] - committed)
     print(f"{len(parts.get('total: commit -> emulator receives run', []))} rows traced (ms)")
