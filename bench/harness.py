@@ -336,8 +336,15 @@ class Emulator:
 
 
 def start_listener(
-    name: str, url: str, emulator: Emulator, size: int = 64, **knobs: str
+    name: str,
+    url: str,
+    emulator: Emulator,
+    size: int = 64,
+    *,
+    command: list[str] | None = None,
+    **knobs: str,
 ) -> Process:
+    """`python -m listener` (or `command`, a wrapper of it) on `url` and the emulator."""
     env = clean_env(
         DATABASE_URL=url,
         FUSION_BRAIN_URL=emulator.url,
@@ -348,7 +355,7 @@ def start_listener(
         DEFAULT_CHECK_INTERVAL="0.05",
         **knobs,
     )
-    return Process(name, [PYTHON, "-m", "listener"], env)
+    return Process(name, command or [PYTHON, "-m", "listener"], env)
 
 
 def start_procrastinate(

@@ -115,16 +115,9 @@ def drive(n: int) -> None:
     emu = h.Emulator()
     url = h.fresh_db("bench_steps")
     out = h.WORK / "steps.json"
-    env = h.clean_env(
-        DATABASE_URL=url,
-        FUSION_BRAIN_URL=emu.url,
-        FUSION_BRAIN_API_KEY="bench-api-key-7c41",
-        FUSION_BRAIN_SECRET_KEY="bench-secret-key-93ad",  # noqa: S106 - the emulator's
-        DEFAULT_IMAGE_WIDTH="64",
-        DEFAULT_IMAGE_HEIGHT="64",
-        COUNT_FILE=str(out),
+    proc = h.start_listener(
+        "listener-steps", url, emu, command=[h.PYTHON, __file__, "--listener"], COUNT_FILE=str(out)
     )
-    proc = h.Process("listener-steps", [h.PYTHON, __file__, "--listener"], env)
     try:
         proc.wait_for("Listener ready")
         with psycopg.connect(url, autocommit=True) as c:

@@ -116,16 +116,13 @@ def drive(n: int) -> None:
     emu = h.Emulator()
     url = h.fresh_db("bench_trace")
     trace = h.WORK / "trace.json"
-    env = h.clean_env(
-        DATABASE_URL=url,
-        FUSION_BRAIN_URL=emu.url,
-        FUSION_BRAIN_API_KEY="bench-api-key-7c41",
-        FUSION_BRAIN_SECRET_KEY="bench-secret-key-93ad",  # noqa: S106 - the emulator's
-        DEFAULT_IMAGE_WIDTH="64",
-        DEFAULT_IMAGE_HEIGHT="64",
+    proc = h.start_listener(
+        "listener-trace",
+        url,
+        emu,
+        command=[h.PYTHON, __file__, "--listener"],
         TRACE_FILE=str(trace),
     )
-    proc = h.Process("listener-trace", [h.PYTHON, __file__, "--listener"], env)
     commits: dict[str, float] = {}
     try:
         proc.wait_for("Listener ready")
