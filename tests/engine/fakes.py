@@ -675,3 +675,15 @@ class LimitedProvider(FakeProvider):
         if not isinstance(out, Pending):
             self.running.discard(handle)
         return out
+
+
+class StopWhileClaiming(FakeStore):
+    """The stop arrives while the claim's statement runs (its rows come back anyway)."""
+
+    engine = None
+
+    async def claim_ready(self, *args, **kwargs):
+        rows = await super().claim_ready(*args, **kwargs)
+        if rows and self.engine is not None:
+            self.engine.stop("SIGTERM")
+        return rows

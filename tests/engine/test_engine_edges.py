@@ -14,7 +14,14 @@ from listener.engine.flow import Slots
 from listener.engine.ports import Submitted
 from listener.errors import ApiBusy, ApiCredentials
 from tests.engine.conftest import make_engine, run_until, with_hint
-from tests.engine.fakes import PNG_B64, FakeProvider, FakeSlotStore, FakeSlotTable, FakeStore
+from tests.engine.fakes import (
+    PNG_B64,
+    FakeProvider,
+    FakeSlotStore,
+    FakeSlotTable,
+    FakeStore,
+    StopWhileClaiming,
+)
 
 # -- stopping ------------------------------------------------------------------------------
 
@@ -135,17 +142,9 @@ async def test_a_stop_during_an_adoption_ends_at_once_with_no_further_claim(auto
     assert all(store.rows[i].locked_by is None for i in ids)
 
 
-class StopWhileClaimingSlowRelease(FakeStore):
+class StopWhileClaimingSlowRelease(StopWhileClaiming):
     """The stop arrives while a claim's statement runs; giving a row back takes the
     database a moment (as over a network: the fake's writes take none)."""
-
-    engine = None
-
-    async def claim_ready(self, *args, **kwargs):
-        rows = await super().claim_ready(*args, **kwargs)
-        if rows and self.engine is not None:
-            self.engine.stop("SIGTERM")
-        return rows
 
     async def release(self, *args, **kwargs):
         await trio.sleep(0.5)

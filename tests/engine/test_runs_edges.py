@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 
 from tests.engine.conftest import make_engine, run_until
-from tests.engine.fakes import FakeProvider, FakeStore
+from tests.engine.fakes import FakeProvider, FakeStore, StopWhileClaiming
 
 
 async def _serve_until(engine, predicate) -> None:
@@ -30,18 +30,6 @@ async def test_a_row_claimed_with_its_resends_used_up_fails_without_being_sent(
         f"gave up: {over} run(s) sent without a usable answer (the API may have generated"
     )
     assert store.rows[id_].locked_by is None
-
-
-class StopWhileClaiming(FakeStore):
-    """The stop arrives while the claim's statement runs (its rows come back anyway)."""
-
-    engine = None
-
-    async def claim_ready(self, *args, **kwargs):
-        rows = await super().claim_ready(*args, **kwargs)
-        if rows and self.engine is not None:
-            self.engine.stop("SIGTERM")
-        return rows
 
 
 async def test_a_row_claimed_as_the_stop_comes_is_released_uncounted_and_not_sent(
