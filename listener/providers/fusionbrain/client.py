@@ -103,6 +103,7 @@ MAX_ERROR_BYTES = 64 * 1024
 # Seconds a status read may take in all: a result is handed out once, so a slow but
 # honest transfer of it must be allowed to finish.
 RESULT_TIMEOUT = 120.0
+RUN_PATH = "pipeline/run"
 # Errors raised before a single byte of the request can have been sent.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -174,6 +175,8 @@ class FusionBrainClient:
         # client's per-request layers (auth and redirect flows, the cookie jar, URL
         # merging) do nothing this API needs and cost ~0.15 ms of CPU per request.
         self._base = base_url + PREFIX
+        # The run's URL, parsed once: a parse is ~12 us of CPU on the pickup's path.
+        self._run_url = httpx.URL(self._base + RUN_PATH)
         self._headers = self._http.headers
         self._extensions = {"timeout": self._http.timeout.as_dict()}
         self._pipeline_id: str | None = None
@@ -232,9 +235,7 @@ class FusionBrainClient:
         )
 
         async def send() -> _Reply:
-            return await self._exchange(
-                "POST", "pipeline/run", content=body, content_type=content_type
-            )
+            return await self._exchange("POST", RUN_PATH, content=body, content_type=content_type)
 
         try:
             reply = await _retry_not_sent(send)
@@ -292,7 +293,10 @@ class FusionBrainClient:
         if content_type is not None:
             headers = headers.copy()
             headers["Content-Type"] = content_type
-        url = httpx.URL(self._base + path, params=params)
+        if path == RUN_PATH and params is None:
+            url = self._run_url
+        else:
+            url = httpx.URL(self._base + path, params=params)
         request = httpx.Request(
             method, url, headers=headers, content=content, extensions=self._extensions
         )
