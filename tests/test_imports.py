@@ -67,3 +67,16 @@ def test_the_web_server_does_not_hold_pillow_until_an_image_is_shown():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_web_server_imports_jinja2_only_for_its_first_page():
+    """/metrics and the probes need no templates: Jinja2 is imported by the first page."""
+    code = (
+        "import sys, listener.web.runtime, listener.web.app as app;"
+        "views = app.Views(None);"
+        "before = 'jinja2' in sys.modules;"
+        "views.templates.get_template('gallery.html');"
+        "sys.exit(10 * before + ('jinja2' not in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, (done.returncode, done.stderr)

@@ -14,8 +14,9 @@ import base64
 import hashlib
 import hmac
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import trio
@@ -32,13 +33,15 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from listener.errors import DatabaseError, InvalidImage, ListenerError, NotFound, WrongState
 from listener.operator import format_duration
 from listener.sanitize import clean
 from listener.web.thumbs import Thumb, make_thumb, sniff
+
+if TYPE_CHECKING:
+    from starlette.templating import Jinja2Templates
 
 HERE = Path(__file__).resolve().parent
 PAGE = 48
@@ -190,10 +193,18 @@ def version_of(row: dict[str, Any]) -> str:
 class Views:
     def __init__(self, web: Any) -> None:
         self.web = web
-        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self.templates.env.globals["status_names"] = STATUSES
-        self.templates.env.globals["status_labels"] = {v: k for k, v in STATUSES.items()}
         self._rights: tuple[float, dict[str, Any]] | None = None
+
+    @cached_property
+    def templates(self) -> Jinja2Templates:
+        """Built for the first page: Jinja2 (~1.5 MB for the process's whole life) is not
+        imported by a server that only answers /metrics and the probes."""
+        from starlette.templating import Jinja2Templates
+
+        templates = Jinja2Templates(directory=str(HERE / "templates"))
+        templates.env.globals["status_names"] = STATUSES
+        templates.env.globals["status_labels"] = {v: k for k, v in STATUSES.items()}
+        return templates
 
     # -- helpers -----------------------------------------------------------------------
 
