@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psycopg
@@ -509,6 +509,19 @@ def run_baseline(res: Results, emu: Emulator, args) -> None:
         h.drop_db(PC_TEMPLATE)
 
 
+def probe_fresh(script: str, modules: Iterable[str]) -> list[str]:
+    """What `script` prints (split on blanks), run in a fresh interpreter with `modules`
+    as its arguments: a probe of what imports cost, untouched by this process's own."""
+    return subprocess.run(
+        [h.PYTHON, "-c", script, *modules],
+        env=h.clean_env(),
+        cwd=h.WORK,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+
+
 IMPORT_PROBE = """
 import importlib, sys
 for m in sys.argv[1:]:
@@ -548,14 +561,7 @@ def run_imports(res: Results, emu: Emulator, args) -> None:
         modules: list[str] = []
         for k, (label, more) in enumerate(steps):
             modules += more
-            out = subprocess.run(
-                [h.PYTHON, "-c", IMPORT_PROBE, *modules],
-                env=h.clean_env(),
-                cwd=h.WORK,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.split()
+            out = probe_fresh(IMPORT_PROBE, modules)
             res.add(
                 f"rss_import_{k}", "5. memory", f"RSS after imports: {label}", "MB", float(out[0])
             )
@@ -1189,14 +1195,7 @@ def cmp_floor(res: Results) -> str:
     the runtime one (without pytest and pytest-trio), the latter also with BaseModel."""
 
     def probe(modules: tuple[str, ...]) -> tuple[float, float]:
-        out = subprocess.run(
-            [h.PYTHON, "-c", FLOOR_PROBE, *modules],
-            env=h.clean_env(),
-            cwd=h.WORK,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        out = probe_fresh(FLOOR_PROBE, modules)
         return float(out[0]), float(out[1])
 
     floor, _ = probe(FLOOR_MODULES)
