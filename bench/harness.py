@@ -358,6 +358,26 @@ def start_listener(
     return Process(name, command or [PYTHON, "-m", "listener"], env)
 
 
+@contextlib.contextmanager
+def wrapped_listener(name: str, script: str, **knobs: str):
+    """A bench tool's wrapped listener (`script --listener`) on a fresh database and its
+    own emulator, ready; yields (url, emulator, process), all stopped and dropped after."""
+    snapshot_code()
+    make_template()
+    emu = Emulator()
+    url = fresh_db(f"bench_{name}")
+    proc = start_listener(
+        f"listener-{name}", url, emu, command=[PYTHON, script, "--listener"], **knobs
+    )
+    try:
+        proc.wait_for("Listener ready")
+        yield url, emu, proc
+    finally:
+        proc.stop()
+        emu.close()
+        drop_db(f"bench_{name}")
+
+
 def start_procrastinate(
     name: str, url: str, emulator: Emulator, size: int = 64, concurrency: int = 8, **extra: str
 ) -> Process:

@@ -110,30 +110,20 @@ def resumes_at(task) -> str:
 
 
 def drive(n: int) -> None:
-    h.snapshot_code()
-    h.make_template()
-    emu = h.Emulator()
-    url = h.fresh_db("bench_steps")
     out = h.WORK / "steps.json"
-    proc = h.start_listener(
-        "listener-steps", url, emu, command=[h.PYTHON, __file__, "--listener"], COUNT_FILE=str(out)
-    )
-    try:
-        proc.wait_for("Listener ready")
-        with psycopg.connect(url, autocommit=True) as c:
-            cpu0, t0 = proc.tree_cpu_seconds(), time.monotonic()
-            c.execute(
-                "INSERT INTO images (prompt) SELECT 'steps ' || g FROM generate_series(1, %s) g",
-                (n,),
-            )
-            waiting = "SELECT count(*) FROM images WHERE status <> 'ReadyToPublish'"
-            while c.execute(waiting).fetchone()[0]:
-                time.sleep(0.05)
-            cpu1, t1 = proc.tree_cpu_seconds(), time.monotonic()
-    finally:
-        proc.stop()
-        emu.close()
-        h.drop_db("bench_steps")
+    with (
+        h.wrapped_listener("steps", __file__, COUNT_FILE=str(out)) as (url, _emu, proc),
+        psycopg.connect(url, autocommit=True) as c,
+    ):
+        cpu0, t0 = proc.tree_cpu_seconds(), time.monotonic()
+        c.execute(
+            "INSERT INTO images (prompt) SELECT 'steps ' || g FROM generate_series(1, %s) g",
+            (n,),
+        )
+        waiting = "SELECT count(*) FROM images WHERE status <> 'ReadyToPublish'"
+        while c.execute(waiting).fetchone()[0]:
+            time.sleep(0.05)
+        cpu1, t1 = proc.tree_cpu_seconds(), time.monotonic()
     cpu = f"{1000 * (cpu1 - cpu0) / n:.2f} ms" if cpu0 is not None and cpu1 is not None else "?"
     print(f"{n} rows, {n / (t1 - t0):.0f} rows/s, listener CPU per row {cpu} (counted: slower)")
     counted = json.loads(out.read_text())

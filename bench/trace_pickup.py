@@ -111,21 +111,9 @@ def listener_main() -> int:
 
 
 def drive(n: int) -> None:
-    h.snapshot_code()
-    h.make_template()
-    emu = h.Emulator()
-    url = h.fresh_db("bench_trace")
     trace = h.WORK / "trace.json"
-    proc = h.start_listener(
-        "listener-trace",
-        url,
-        emu,
-        command=[h.PYTHON, __file__, "--listener"],
-        TRACE_FILE=str(trace),
-    )
     commits: dict[str, float] = {}
-    try:
-        proc.wait_for("Listener ready")
+    with h.wrapped_listener("trace", __file__, TRACE_FILE=str(trace)) as (url, emu, _proc):
         with psycopg.connect(url, autocommit=True) as c:
             for i in range(5):  # warm-up: connections, pipeline id, prepared plans
                 c.execute("INSERT INTO images (prompt) VALUES (%s)", (f"warm-up {i}",))
@@ -139,10 +127,6 @@ def drive(n: int) -> None:
                 commits[prompt] = time.time()
         time.sleep(1)
         arrivals = emu.arrivals()
-    finally:
-        proc.stop()
-        emu.close()
-        h.drop_db("bench_trace")
     report(json.loads(trace.read_text()), commits, arrivals)
 
 
